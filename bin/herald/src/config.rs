@@ -1,0 +1,346 @@
+//! `herald serve` configuration: flags, `HERALD_*` environment variables and a TOML file,
+//! merged in that order of precedence over built-in defaults.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde::Deserialize;
+
+/// Where a listener binds, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Listen {
+    Off,
+    On(SocketAddr),
+}
+
+impl FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(Listen::Off);
+        }
+        let mut addrs = s
+            .to_socket_addrs()
+            .map_err(|e| format!("expected HOST:PORT or 'off', got {s:?}: {e}"))?;
+        addrs
+            .next()
+            .map(Listen::On)
+            .ok_or_else(|| format!("{s:?} resolves to no address"))
+    }
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listen::Off => f.write_str("off"),
+            Listen::On(a) => write!(f, "{a}"),
+        }
+    }
+}
+
+/// Options of `herald serve`. Each is optional here so that the environment and the config file
+/// can fill what the command line leaves out.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// TOML configuration file. Its keys are the option names below without the leading dashes
+    /// (e.g. `data-dir = "/var/lib/herald"`, `icepeak = "0.0.0.0:3000"`).
+    #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Directory of the embedded store (created if missing). [default: ./herald-data]
+    #[arg(long, env = "HERALD_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Icepeak-compatible listener: HTTP GET/PUT/DELETE on document paths and WebSocket
+    /// subscriptions on any path. [default: 127.0.0.1:3000]
+    #[arg(long, env = "HERALD_ICEPEAK", value_name = "HOST:PORT|off")]
+    icepeak: Option<Listen>,
+
+    /// Main HTTP API: documents under /docs/{path} (GET, PUT, DELETE, PATCH) and GET /health.
+    /// [default: 127.0.0.1:8080]
+    #[arg(long, env = "HERALD_HTTP", value_name = "HOST:PORT|off")]
+    http: Option<Listen>,
+
+    /// Prometheus metrics listener (text format at /metrics, 200 at /healthcheck).
+    /// [default: off]
+    #[arg(long, env = "HERALD_METRICS", value_name = "HOST:PORT|off")]
+    metrics: Option<Listen>,
+
+    /// Require a JSON Web Token on every request. Tokens carry an `icepeak` claim listing path
+    /// prefixes and modes (see `herald token`).
+    #[arg(long, env = "HERALD_ENABLE_JWT_AUTH")]
+    enable_jwt_auth: bool,
+
+    /// Secret that verifies HS256 token signatures (also read from JWT_SECRET). Without one,
+    /// tokens are decoded but not verified, for use behind a proxy that verified them.
+    #[arg(
+        long,
+        env = "HERALD_JWT_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    jwt_secret: Option<String>,
+
+    /// Serve anonymous clients on non-loopback addresses. Without authentication Herald only
+    /// starts when every data listener binds a loopback address, unless this is given.
+    #[arg(long, env = "HERALD_ALLOW_ANONYMOUS")]
+    allow_anonymous: bool,
+
+    /// Largest accepted request body in bytes; larger ones get 413. [default: 10485760]
+    #[arg(long, env = "HERALD_MAX_BODY_BYTES", value_name = "BYTES")]
+    max_body_bytes: Option<usize>,
+
+    /// Document write queue size; Icepeak writes get 503 when it is full. [default: 4096]
+    #[arg(long, env = "HERALD_QUEUE_CAPACITY", value_name = "N")]
+    queue_capacity: Option<usize>,
+
+    /// Snapshot the document tree after this many writes, so restarts replay at most that
+    /// many. [default: 10000]
+    #[arg(long, env = "HERALD_SNAPSHOT_EVERY", value_name = "WRITES")]
+    snapshot_every: Option<u64>,
+
+    /// Seconds between WebSocket pings; 0 disables them. [default: 30]
+    #[arg(long, env = "HERALD_WEBSOCKET_PING_INTERVAL", value_name = "SECONDS")]
+    websocket_ping_interval: Option<u64>,
+
+    /// Seconds to wait for a pong after a ping interval before dropping a WebSocket client.
+    /// [default: 30]
+    #[arg(long, env = "HERALD_WEBSOCKET_PONG_TIMEOUT", value_name = "SECONDS")]
+    websocket_pong_timeout: Option<u64>,
+
+    /// Microseconds a `?method=reusable` WebSocket may stay open without a successful
+    /// subscribe. [default: 1000000]
+    #[arg(
+        long,
+        env = "HERALD_FIRST_SUBSCRIPTION_DEADLINE_TIMEOUT",
+        value_name = "MICROSECONDS"
+    )]
+    first_subscription_deadline_timeout: Option<u64>,
+
+    /// Once every listener is bound, write their addresses as JSON to this file (useful with
+    /// port 0, e.g. in tests).
+    #[arg(long, env = "HERALD_READY_FILE", value_name = "FILE")]
+    ready_file: Option<PathBuf>,
+}
+
+/// The TOML file: the same names as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    icepeak: Option<String>,
+    http: Option<String>,
+    metrics: Option<String>,
+    enable_jwt_auth: Option<bool>,
+    jwt_secret: Option<String>,
+    allow_anonymous: Option<bool>,
+    max_body_bytes: Option<usize>,
+    queue_capacity: Option<usize>,
+    snapshot_every: Option<u64>,
+    websocket_ping_interval: Option<u64>,
+    websocket_pong_timeout: Option<u64>,
+    first_subscription_deadline_timeout: Option<u64>,
+    ready_file: Option<PathBuf>,
+}
+
+/// The merged settings `serve` runs with.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) data_dir: PathBuf,
+    pub(crate) icepeak: Listen,
+    pub(crate) http: Listen,
+    pub(crate) metrics: Listen,
+    pub(crate) enable_jwt_auth: bool,
+    pub(crate) jwt_secret: Option<String>,
+    pub(crate) allow_anonymous: bool,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) queue_capacity: usize,
+    pub(crate) snapshot_every: u64,
+    pub(crate) websocket_ping_interval: u64,
+    pub(crate) websocket_pong_timeout: u64,
+    pub(crate) first_subscription_deadline_timeout: u64,
+    pub(crate) ready_file: Option<PathBuf>,
+}
+
+fn listen_from_file(key: &str, v: Option<String>) -> anyhow::Result<Option<Listen>> {
+    v.map(|s| Listen::from_str(&s).map_err(|e| anyhow::anyhow!("config key {key}: {e}")))
+        .transpose()
+}
+
+impl Settings {
+    /// Merges flags and environment (already in `args`, clap reads both) over the file over the
+    /// defaults. `JWT_SECRET` is honoured after `HERALD_JWT_SECRET`, as Icepeak reads it.
+    pub(crate) fn load(args: ServeArgs) -> anyhow::Result<Settings> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let jwt_secret = args
+            .jwt_secret
+            .or_else(|| std::env::var("JWT_SECRET").ok().filter(|s| !s.is_empty()))
+            .or(file.jwt_secret);
+        let settings = Settings {
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./herald-data")),
+            icepeak: args
+                .icepeak
+                .or(listen_from_file("icepeak", file.icepeak)?)
+                .unwrap_or(Listen::On(SocketAddr::from(([127, 0, 0, 1], 3000)))),
+            http: args
+                .http
+                .or(listen_from_file("http", file.http)?)
+                .unwrap_or(Listen::On(SocketAddr::from(([127, 0, 0, 1], 8080)))),
+            metrics: args
+                .metrics
+                .or(listen_from_file("metrics", file.metrics)?)
+                .unwrap_or(Listen::Off),
+            enable_jwt_auth: args.enable_jwt_auth || file.enable_jwt_auth.unwrap_or(false),
+            jwt_secret,
+            allow_anonymous: args.allow_anonymous || file.allow_anonymous.unwrap_or(false),
+            max_body_bytes: args
+                .max_body_bytes
+                .or(file.max_body_bytes)
+                .unwrap_or(10 * 1024 * 1024),
+            queue_capacity: args.queue_capacity.or(file.queue_capacity).unwrap_or(4096),
+            snapshot_every: args
+                .snapshot_every
+                .or(file.snapshot_every)
+                .unwrap_or(10_000),
+            websocket_ping_interval: args
+                .websocket_ping_interval
+                .or(file.websocket_ping_interval)
+                .unwrap_or(30),
+            websocket_pong_timeout: args
+                .websocket_pong_timeout
+                .or(file.websocket_pong_timeout)
+                .unwrap_or(30),
+            first_subscription_deadline_timeout: args
+                .first_subscription_deadline_timeout
+                .or(file.first_subscription_deadline_timeout)
+                .unwrap_or(1_000_000),
+            ready_file: args.ready_file.or(file.ready_file),
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.queue_capacity == 0 {
+            bail!("--queue-capacity must be at least 1");
+        }
+        if self.snapshot_every == 0 {
+            bail!("--snapshot-every must be at least 1");
+        }
+        if self.max_body_bytes == 0 {
+            bail!("--max-body-bytes must be at least 1");
+        }
+        if self.icepeak == Listen::Off && self.http == Listen::Off {
+            bail!("both --icepeak and --http are off: there would be nothing to serve");
+        }
+        // Secure by default: without verified tokens, only loopback clients may connect unless
+        // the operator says otherwise.
+        let authenticated = self.enable_jwt_auth && self.jwt_secret.is_some();
+        if !authenticated && !self.allow_anonymous {
+            for (name, listen) in [("--icepeak", self.icepeak), ("--http", self.http)] {
+                if let Listen::On(addr) = listen {
+                    if !addr.ip().is_loopback() {
+                        bail!(
+                            "refusing to start: {name} binds {addr}, which is not a loopback \
+                             address, and no authentication is configured. Enable \
+                             --enable-jwt-auth with --jwt-secret (or JWT_SECRET), or pass \
+                             --allow-anonymous to serve anonymous clients on this address."
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn load(argv: &[&str]) -> anyhow::Result<Settings> {
+        let mut full = vec!["herald"];
+        full.extend_from_slice(argv);
+        Settings::load(Cli::try_parse_from(full)?.args)
+    }
+
+    #[test]
+    fn defaults_are_loopback() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.icepeak.to_string(), "127.0.0.1:3000");
+        assert_eq!(s.http.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.metrics, Listen::Off);
+        assert_eq!(s.data_dir, PathBuf::from("./herald-data"));
+    }
+
+    #[test]
+    fn non_loopback_without_auth_is_refused() {
+        let err = load(&["--icepeak", "0.0.0.0:3000"]).unwrap_err();
+        assert!(err.to_string().contains("refusing to start"), "{err}");
+        assert!(load(&["--icepeak", "0.0.0.0:3000", "--allow-anonymous"]).is_ok());
+        assert!(
+            load(&[
+                "--icepeak",
+                "0.0.0.0:3000",
+                "--enable-jwt-auth",
+                "--jwt-secret",
+                "s"
+            ])
+            .is_ok()
+        );
+        // Auth without a secret does not verify anything, so it does not count.
+        assert!(load(&["--http", "0.0.0.0:8080", "--enable-jwt-auth"]).is_err());
+    }
+
+    #[test]
+    fn file_fills_what_flags_leave_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("herald.toml");
+        std::fs::write(
+            &file,
+            "data-dir = \"/tmp/x\"\nicepeak = \"127.0.0.1:4000\"\nhttp = \"off\"\nqueue-capacity = 7\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let s = load(&["--config", f, "--icepeak", "127.0.0.1:5000"]).unwrap();
+        assert_eq!(s.icepeak.to_string(), "127.0.0.1:5000");
+        assert_eq!(s.http, Listen::Off);
+        assert_eq!(s.queue_capacity, 7);
+        assert_eq!(s.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn bad_values_are_reported() {
+        assert!(load(&["--icepeak", "nonsense"]).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "no-such-key = 1\n").unwrap();
+        let err = load(&["--config", file.to_str().unwrap()]).unwrap_err();
+        assert!(format!("{err:#}").contains("no-such-key"), "{err:#}");
+        assert!(load(&["--icepeak", "off", "--http", "off"]).is_err());
+    }
+}

@@ -1,0 +1,309 @@
+//! `herald serve`: opens the store, starts the engine and every listener, and shuts down
+//! cleanly on SIGINT/SIGTERM.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use herald_auth::JwtConfig;
+use herald_engine::{Docs, DocsOptions};
+use herald_store::Store;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Listen, ServeArgs, Settings};
+
+/// How long listeners get to finish in-flight requests after a shutdown signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let settings = Settings::load(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("herald")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(settings))
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let metrics = match settings.metrics {
+        Listen::On(_) => Some(install_metrics()?),
+        Listen::Off => None,
+    };
+
+    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+        format!(
+            "cannot create data directory {}",
+            settings.data_dir.display()
+        )
+    })?;
+    let store_dir = settings.data_dir.join("store");
+    let opened = Instant::now();
+    let store: Arc<dyn Store> = Arc::new(
+        herald_store_fjall::FjallStore::open(&store_dir)
+            .with_context(|| format!("cannot open the store in {}", store_dir.display()))?,
+    );
+    tracing::info!(
+        dir = %store_dir.display(),
+        elapsed_ms = opened.elapsed().as_millis() as u64,
+        "store opened"
+    );
+
+    let (docs, docs_task) = Docs::open(
+        store.clone(),
+        DocsOptions {
+            queue_capacity: settings.queue_capacity,
+            snapshot_every: settings.snapshot_every,
+            ..DocsOptions::default()
+        },
+    )
+    .await
+    .context("cannot load the document tree")?;
+
+    let jwt = settings.enable_jwt_auth.then(|| JwtConfig {
+        secret: settings.jwt_secret.clone().map(String::into_bytes),
+    });
+    if settings.enable_jwt_auth && settings.jwt_secret.is_none() {
+        tracing::warn!("JWT auth is on without a secret: tokens are decoded but NOT verified");
+    }
+    if !settings.enable_jwt_auth {
+        tracing::info!("authentication is off: every client has full access");
+    }
+
+    let shutdown = CancellationToken::new();
+    let mut servers = tokio::task::JoinSet::new();
+    let mut bound: BTreeMap<&'static str, SocketAddr> = BTreeMap::new();
+
+    if let Listen::On(addr) = settings.icepeak {
+        let config = herald_transport_icepeak::IcepeakConfig {
+            jwt: jwt.clone(),
+            max_body_bytes: settings.max_body_bytes,
+            ping_interval: (settings.websocket_ping_interval > 0)
+                .then(|| Duration::from_secs(settings.websocket_ping_interval)),
+            pong_timeout: Duration::from_secs(settings.websocket_pong_timeout),
+            first_subscription_deadline: Duration::from_micros(
+                settings.first_subscription_deadline_timeout,
+            ),
+            ..Default::default()
+        };
+        let app = with_http_metrics(
+            herald_transport_icepeak::router(docs.clone(), config),
+            "icepeak",
+        );
+        let local = start(&mut servers, "icepeak", addr, app, &shutdown).await?;
+        bound.insert("icepeak", local);
+    }
+    if let Listen::On(addr) = settings.http {
+        let config = herald_transport_http::HttpConfig {
+            jwt: jwt.clone(),
+            max_body_bytes: settings.max_body_bytes,
+            ..Default::default()
+        };
+        let app = with_http_metrics(herald_transport_http::router(docs.clone(), config), "http");
+        let local = start(&mut servers, "http", addr, app, &shutdown).await?;
+        bound.insert("http", local);
+    }
+    if let (Listen::On(addr), Some(handle)) = (settings.metrics, metrics) {
+        let local = start(
+            &mut servers,
+            "metrics",
+            addr,
+            metrics_router(handle),
+            &shutdown,
+        )
+        .await?;
+        bound.insert("metrics", local);
+    }
+
+    if let Some(path) = &settings.ready_file {
+        write_ready_file(path, &bound)?;
+    }
+    tracing::info!(data_dir = %settings.data_dir.display(), "herald is ready");
+
+    wait_for_signal().await;
+    tracing::info!("shutdown requested: draining listeners");
+    shutdown.cancel();
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while servers.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("listeners did not drain within {DRAIN_TIMEOUT:?}; closing them");
+        servers.abort_all();
+    }
+    tracing::info!("writing the final snapshot");
+    if let Err(e) = docs.shutdown().await {
+        tracing::warn!(error = %e, "document engine was already stopped");
+    }
+    let _ = docs_task.await;
+    drop(docs);
+    store.sync().context("final sync of the store failed")?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// Binds `addr` and serves `app` until `shutdown` is cancelled.
+async fn start(
+    servers: &mut tokio::task::JoinSet<()>,
+    name: &'static str,
+    addr: SocketAddr,
+    app: Router,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot bind the {name} listener to {addr}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(listener = name, addr = %local, "listening");
+    let token = shutdown.clone();
+    servers.spawn(async move {
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(listener = name, error = %e, "listener failed");
+        }
+    });
+    Ok(local)
+}
+
+fn write_ready_file(
+    path: &std::path::Path,
+    bound: &BTreeMap<&'static str, SocketAddr>,
+) -> anyhow::Result<()> {
+    let json: BTreeMap<&str, String> = bound.iter().map(|(k, v)| (*k, v.to_string())).collect();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(&json)?)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+/// Installs the Prometheus recorder. Histograms get explicit buckets so they render as
+/// Prometheus histograms, not summaries.
+fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    // Icepeak's buckets: exponential from 1 ms, factor 2, 12 buckets.
+    let icepeak: Vec<f64> = (0..12).map(|i| 0.001 * f64::powi(2.0, i)).collect();
+    let fine: Vec<f64> = (0..16).map(|i| 0.000_05 * f64::powi(2.0, i)).collect();
+    let sizes: Vec<f64> = (0..12).map(|i| f64::powi(2.0, i)).collect();
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("http_request_duration_seconds".into()),
+            &icepeak,
+        )?
+        .set_buckets_for_metric(Matcher::Full("herald_store_commit_seconds".into()), &fine)?
+        .set_buckets_for_metric(Matcher::Full("herald_doc_commit_batch_size".into()), &sizes)?
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
+}
+
+/// The metrics listener: Icepeak answers 200 on `/healthcheck` and metrics on every other path.
+fn metrics_router(handle: PrometheusHandle) -> Router {
+    Router::new()
+        .route(
+            "/healthcheck",
+            axum::routing::get(|| async { StatusCode::OK }),
+        )
+        .fallback(move || {
+            let handle = handle.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    handle.render(),
+                )
+                    .into_response()
+            }
+        })
+}
+
+/// Records `http_request_duration_seconds{method,status}` (Icepeak's name) and
+/// `herald_http_requests_total{listener,method,status}` for every request.
+fn with_http_metrics(app: Router, listener: &'static str) -> Router {
+    app.layer(middleware::from_fn(
+        move |req: Request, next: Next| async move {
+            let started = Instant::now();
+            let method: &'static str = match *req.method() {
+                Method::GET => "GET",
+                Method::HEAD => "HEAD",
+                Method::PUT => "PUT",
+                Method::POST => "POST",
+                Method::DELETE => "DELETE",
+                Method::PATCH => "PATCH",
+                Method::OPTIONS => "OPTIONS",
+                _ => "OTHER",
+            };
+            let resp: Response = next.run(req).await;
+            let status = resp.status().as_u16().to_string();
+            metrics::histogram!(
+                "http_request_duration_seconds",
+                "method" => method,
+                "status" => status.clone()
+            )
+            .record(started.elapsed().as_secs_f64());
+            metrics::counter!(
+                "herald_http_requests_total",
+                "listener" => listener,
+                "method" => method,
+                "status" => status
+            )
+            .increment(1);
+            resp
+        },
+    ))
+}

@@ -1,0 +1,43 @@
+//! Herald's engine: the runtime that owns state and fans changes out to subscribers.
+//!
+//! The engine sits between the protocol adapters and the store. It is the only place that
+//! mutates Herald's data, so the ordering and durability rules live here: a write is applied,
+//! committed to the [`Store`](herald_store::Store) with group commit, and only then made visible
+//! to readers and pushed to subscribers.
+//!
+//! What it is **not**: it speaks no wire protocol (adapters do) and stores nothing itself (the
+//! store does).
+//!
+//! # Layout
+//! - [`docs`]: the document actor ([`Docs`] handle, [`Write`], [`Subscriber`]).
+//! - [`inbox`]: the per-connection coalescing mailbox ([`Inbox`]) updates are pushed into.
+//!
+//! # Example
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use std::sync::Arc;
+//! use herald_core::{Path, PathLimits};
+//! use herald_engine::{Docs, DocsOptions, Write};
+//! use herald_store::MemoryStore;
+//!
+//! let (docs, _task) = Docs::open(Arc::new(MemoryStore::default()), DocsOptions::default())
+//!     .await
+//!     .unwrap();
+//! let path = Path::parse_url("/users/1", &PathLimits::default()).unwrap();
+//! let sub = docs.subscriber();
+//! assert_eq!(sub.subscribe(vec![path.clone()]).await.unwrap(), vec![None]);
+//!
+//! docs.write(Write::Put { path: path.clone(), value: serde_json::json!({"name": "ada"}) })
+//!     .await
+//!     .unwrap();
+//! let updates = sub.inbox().recv().await;
+//! assert_eq!(&updates[0].1[..], br#"{"name":"ada"}"#);
+//! assert_eq!(&docs.get(path).await.unwrap().unwrap()[..], br#"{"name":"ada"}"#);
+//! # });
+//! ```
+
+pub mod docs;
+pub mod inbox;
+
+pub use docs::{Docs, DocsError, DocsOptions, Pending, Subscriber, Write};
+pub use inbox::{Inbox, Update};

@@ -1,0 +1,99 @@
+//! Small HTTP helpers shared by Herald's HTTP-based adapters: JSON error bodies, bounded body
+//! reading and connection gauges.
+//!
+//! What it is **not**: an adapter. It holds no routes and no protocol rules, only the plumbing
+//! every HTTP adapter would otherwise write again.
+//!
+//! # Layout
+//! - [`json_response`], [`error_response`]: responses with `application/json` bodies.
+//! - [`read_body`]: reads a request body up to a limit (413 past it).
+//! - [`ConnectionGauge`]: counts open connections per protocol.
+//!
+//! # Example
+//! ```
+//! use axum::http::StatusCode;
+//! let resp = herald_httpkit::error_response(StatusCode::BAD_REQUEST, "invalid path");
+//! assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+//! ```
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+
+/// A response with the given status and an `application/json` body.
+pub fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
+    let mut resp = (status, body.into()).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// An error response with Herald's JSON error body `{"error": "<message>"}`.
+pub fn error_response(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    json_response(
+        status,
+        serde_json::json!({ "error": message.to_string() }).to_string(),
+    )
+}
+
+/// Reads the whole request body, refusing more than `limit` bytes.
+///
+/// # Errors
+/// The response to send instead: 413 when the body (declared or actual) is over the limit, 400
+/// when it could not be read.
+pub async fn read_body(req: Request, limit: usize) -> Result<Bytes, Box<Response>> {
+    let too_large = || {
+        Box::new(error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than the limit of {limit} bytes"),
+        ))
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match axum::body::to_bytes(req.into_body(), limit).await {
+        Ok(b) => Ok(b),
+        Err(e) => {
+            let over_limit = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if over_limit {
+                Err(too_large())
+            } else {
+                Err(Box::new(error_response(
+                    StatusCode::BAD_REQUEST,
+                    format!("could not read the request body: {e}"),
+                )))
+            }
+        }
+    }
+}
+
+/// Counts one open connection of a protocol in the `herald_connections` gauge (and
+/// `herald_connections_total`) for as long as it lives.
+#[derive(Debug)]
+pub struct ConnectionGauge(metrics::Gauge);
+
+impl ConnectionGauge {
+    /// Counts a new connection of `protocol`.
+    pub fn new(protocol: &'static str) -> Self {
+        let g = metrics::gauge!("herald_connections", "protocol" => protocol);
+        g.increment(1.0);
+        metrics::counter!("herald_connections_total", "protocol" => protocol).increment(1);
+        Self(g)
+    }
+}
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}

@@ -1,0 +1,693 @@
+//! The durable [`Store`] backend for Herald, on the [fjall](https://docs.rs/fjall) LSM-tree.
+//!
+//! [`FjallStore`] keeps Herald's logs (append-only, trimmed by retention) and named snapshots in
+//! one fjall database directory. Every [`Store::append`] is one atomic fjall write batch; with
+//! [`Durability::Sync`] the batch's journal entry is `fdatasync`ed before the call returns, and
+//! before the records become visible to readers.
+//!
+//! What this crate is **not**: it does no group commit of its own (callers batch records into
+//! one `append`, see `herald-store`), owns no threads besides fjall's background workers, and is
+//! blocking (call it from a dedicated thread or `spawn_blocking`). It knows nothing of JSON or
+//! protocols.
+//!
+//! # Layout
+//! - [`FjallStore`]: the [`Store`] implementation (this file).
+//! - [`FjallOptions`] (`options`): cache, journal and memtable sizes.
+//! - `keys`: the on-disk key/value encodings, described below.
+//! - [`FormatError`]: what [`StoreError::Engine`] wraps when on-disk data does not decode.
+//!
+//! # On disk
+//! Two fjall keyspaces in the directory given to [`FjallStore::open`]:
+//! - `logs`: records under `0x02 ++ u16_be(name_len) ++ name ++ seq_be`, and each log's
+//!   `(first, last)` bounds under `0x01 ++ u16_be(name_len) ++ name`. The length prefix keeps
+//!   names that are prefixes of each other, or contain NUL, apart; big-endian `seq` keeps records
+//!   in order. Records and bounds share a keyspace, so they share a memtable and flush together
+//!   and a hot log never pins journals through a second, rarely flushed keyspace.
+//! - `snapshots`: per name, a header (`seq`, length, chunk count) and the blob in
+//!   [`SNAPSHOT_CHUNK_BYTES`] chunks, all replaced in one batch.
+//!
+//! **Trim watermark.** Deleting records in an LSM-tree writes tombstones, and a scan that starts
+//! below them walks every one until compaction drops them (20 ms for 62k tombstones, measured
+//! in `deps-notes.md`). Each log's `first` is therefore kept exactly (the oldest stored record,
+//! or `last + 1`), and reads and trims always seek from it, never from seq 0.
+//!
+//! # Example
+//! ```
+//! use herald_store::{Append, Durability, LogBounds, Store};
+//! use herald_store_fjall::FjallStore;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let store = FjallStore::open(dir.path())?;
+//! store.append(
+//!     &[
+//!         Append { log: "docs", seq: 1, data: b"hello" },
+//!         Append { log: "docs", seq: 2, data: b"world" },
+//!     ],
+//!     Durability::Sync,
+//! )?;
+//! store.trim("docs", 2, Durability::Sync)?;
+//! assert_eq!(store.read("docs", 0, 10)?, vec![(2, b"world".to_vec())]);
+//! drop(store);
+//!
+//! let store = FjallStore::open(dir.path())?;
+//! assert_eq!(store.bounds("docs")?, Some(LogBounds { first: 2, last: 2 }));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod keys;
+mod options;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode, Readable};
+use herald_store::{Append, Durability, LogBounds, Store, StoreError};
+
+pub use keys::{MAX_NAME_LEN, SNAPSHOT_CHUNK_BYTES};
+pub use options::FjallOptions;
+
+use keys::{LogMeta, SnapshotHeader};
+
+/// How many deletes one trim batch holds at most. A trim of millions of records is split into
+/// batches of this size, each moving the watermark, so memory stays bounded.
+const TRIM_BATCH: usize = 16 * 1024;
+
+/// The fsync flavour used for [`Durability::Sync`] and [`Store::sync`].
+///
+/// `SyncData` (`fdatasync`), not `SyncAll` (`fsync`): fjall pre-allocates each journal file
+/// (`set_len` + `fsync` on creation) and writes it front to back, and rotates journals with
+/// `SyncAll` plus a directory fsync. So the only metadata an append changes is the mtime (and
+/// the size, once a recovered journal grows past its end, which `fdatasync` does flush since
+/// it is needed to read the data back). Skipping the mtime saves a filesystem-journal commit per
+/// sync on ext4/xfs without weakening durability of the data.
+const SYNC_MODE: PersistMode = PersistMode::SyncData;
+
+/// What [`StoreError::Engine`] wraps when data on disk cannot be decoded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FormatError {
+    /// The directory was written by a build with a different on-disk format.
+    #[error("unsupported on-disk format version {found} (this build reads version {supported})")]
+    UnsupportedVersion {
+        /// The version found on disk.
+        found: u32,
+        /// The version this build reads and writes.
+        supported: u32,
+    },
+    /// An entry does not decode, or a snapshot's chunks do not match its header.
+    #[error("corrupt {what} for {name:?}")]
+    Corrupt {
+        /// Which kind of entry ("log bounds", "snapshot header", ...).
+        what: &'static str,
+        /// The log or snapshot name (lossy for undecodable keys).
+        name: String,
+    },
+}
+
+fn corrupt(what: &'static str, name: impl Into<String>) -> StoreError {
+    StoreError::Engine(Box::new(FormatError::Corrupt {
+        what,
+        name: name.into(),
+    }))
+}
+
+/// Maps a fjall error, keeping fjall's own poisoning visible as [`StoreError::Poisoned`].
+fn engine(error: fjall::Error) -> StoreError {
+    match error {
+        fjall::Error::Poisoned => StoreError::Poisoned,
+        other => StoreError::Engine(Box::new(other)),
+    }
+}
+
+/// The journal persist mode for a [`Durability`].
+fn persist_mode(durability: Durability) -> Option<PersistMode> {
+    Some(match durability {
+        // fjall's default: the journal buffer is handed to the OS, not fsynced. Survives a
+        // process crash, not an OS crash or power loss.
+        Durability::Buffered => PersistMode::Buffer,
+        // fjall fsyncs inside `commit`, before the batch reaches the memtables, so a reader can
+        // never see a `Sync` write that a crash could still take back.
+        Durability::Sync => SYNC_MODE,
+    })
+}
+
+fn too_long(name: &str) -> StoreError {
+    StoreError::Invalid(format!(
+        "name of {} bytes is longer than the limit of {MAX_NAME_LEN}",
+        name.len()
+    ))
+}
+
+/// A [`Store`] backed by a fjall database directory.
+///
+/// Thread-safe: share it in an `Arc`. Writers are serialized by an internal lock (one writer at
+/// a time, as in fjall's journal anyway); readers never wait for a writer's fsync.
+///
+/// # Invariants
+/// - `meta` equals the bounds entries on disk, except between a writer's commit and its update
+///   of `meta` (under `writer`), when `meta` is behind. For every log, `meta.first` is the oldest
+///   stored record (or `last + 1`), and no record below it exists.
+/// - After any failed write or fsync, `poisoned` is set and stays set; no further write is tried.
+pub struct FjallStore {
+    /// Where the database lives (for `Debug` and error messages).
+    dir: PathBuf,
+    /// The fjall database; write batches and persists go through it.
+    db: Database,
+    /// Log records and per-log bounds.
+    logs: Keyspace,
+    /// Snapshot headers and chunks.
+    snapshots: Keyspace,
+    /// Each log's bounds, mirrored from disk so `append` validates and `bounds` answers without
+    /// a disk read. Written only by the holder of `writer`, after its batch committed; readers
+    /// take it briefly to learn a log's watermark.
+    meta: RwLock<HashMap<String, LogMeta>>,
+    /// Serializes writers from validation through commit (and fsync), so two appends to one log
+    /// cannot both pass validation and a snapshot's old chunk count stays current. Held by
+    /// `append`, `trim` and `put_snapshot`; never by readers.
+    writer: Mutex<()>,
+    /// Set on the first failed write or fsync: after a failed fsync the kernel may have dropped
+    /// the dirty pages, so nothing later can be trusted to be durable (the "fsyncgate" lesson).
+    poisoned: AtomicBool,
+}
+
+impl std::fmt::Debug for FjallStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FjallStore")
+            .field("dir", &self.dir)
+            .field("logs", &self.read_meta().len())
+            .field("poisoned", &self.is_poisoned())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FjallStore {
+    /// Opens (creating it if needed) the store in `dir` with [`FjallOptions::default`].
+    ///
+    /// # Errors
+    /// [`StoreError::Engine`] if fjall cannot open or recover the directory (also when another
+    /// process or another `FjallStore` holds it open), or the data in it does not decode (then
+    /// wrapping a [`FormatError`]).
+    pub fn open(dir: &Path) -> Result<FjallStore, StoreError> {
+        Self::open_with(dir, FjallOptions::default())
+    }
+
+    /// Opens (creating it if needed) the store in `dir` with the given options.
+    ///
+    /// Opening replays the journal that was active at the last close into memory; with the
+    /// default options that is at most a few tens of MiB.
+    ///
+    /// # Errors
+    /// [`StoreError::Invalid`] for options fjall would reject; otherwise as [`FjallStore::open`].
+    pub fn open_with(dir: &Path, options: FjallOptions) -> Result<FjallStore, StoreError> {
+        options.validate()?;
+        let mut builder = Database::builder(dir)
+            .cache_size(options.cache_bytes)
+            .max_journaling_size(options.max_journal_bytes);
+        if let Some(threads) = options.worker_threads {
+            builder = builder.worker_threads(threads);
+        }
+        let db = builder.open().map_err(engine)?;
+        let logs = db
+            .keyspace("logs", || {
+                KeyspaceCreateOptions::default().max_memtable_size(options.log_memtable_bytes)
+            })
+            .map_err(engine)?;
+        let snapshots = db
+            .keyspace("snapshots", || {
+                KeyspaceCreateOptions::default().max_memtable_size(options.snapshot_memtable_bytes)
+            })
+            .map_err(engine)?;
+
+        let meta = load_meta(&logs)?;
+        match logs.get(keys::FORMAT_KEY).map_err(engine)? {
+            Some(value) => {
+                let found = <[u8; 4]>::try_from(&*value)
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| corrupt("format marker", dir.display().to_string()))?;
+                if found != keys::FORMAT_VERSION {
+                    return Err(StoreError::Engine(Box::new(
+                        FormatError::UnsupportedVersion {
+                            found,
+                            supported: keys::FORMAT_VERSION,
+                        },
+                    )));
+                }
+            }
+            None if meta.is_empty() => {
+                let mut batch = db.batch().durability(Some(PersistMode::SyncAll));
+                batch.insert(&logs, keys::FORMAT_KEY, keys::FORMAT_VERSION.to_be_bytes());
+                batch.commit().map_err(engine)?;
+            }
+            None => {
+                return Err(corrupt(
+                    "format marker (missing)",
+                    dir.display().to_string(),
+                ));
+            }
+        }
+
+        Ok(FjallStore {
+            dir: dir.to_path_buf(),
+            db,
+            logs,
+            snapshots,
+            meta: RwLock::new(meta),
+            writer: Mutex::new(()),
+            poisoned: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether an earlier fatal fault poisoned the store (see [`StoreError::Poisoned`]).
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+
+    /// Bytes the database uses on disk: tables plus journals, as fjall accounts them.
+    ///
+    /// # Errors
+    /// [`StoreError::Engine`] on I/O failure.
+    pub fn disk_space(&self) -> Result<u64, StoreError> {
+        self.db.disk_space().map_err(engine)
+    }
+
+    fn read_meta(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, LogMeta>> {
+        // Writers only insert whole entries, so a panic elsewhere cannot leave a torn value.
+        self.meta.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn log_meta(&self, log: &str) -> Option<LogMeta> {
+        self.read_meta().get(log).copied()
+    }
+
+    fn set_meta<'a>(&self, updates: impl IntoIterator<Item = (&'a str, LogMeta)>) {
+        let mut meta = self.meta.write().unwrap_or_else(|e| e.into_inner());
+        for (log, m) in updates {
+            match meta.get_mut(log) {
+                Some(slot) => *slot = m,
+                None => {
+                    meta.insert(log.to_owned(), m);
+                }
+            }
+        }
+    }
+
+    fn check_poisoned(&self) -> Result<(), StoreError> {
+        if self.is_poisoned() {
+            Err(StoreError::Poisoned)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Takes the writer lock. A panic while it was held may have left `meta` behind the disk,
+    /// so that poisons the store.
+    fn lock_writer(&self) -> Result<MutexGuard<'_, ()>, StoreError> {
+        self.check_poisoned()?;
+        self.writer.lock().map_err(|_| {
+            self.poisoned.store(true, Ordering::Release);
+            StoreError::Poisoned
+        })
+    }
+
+    fn batch(&self, durability: Durability) -> OwnedWriteBatch {
+        self.db.batch().durability(persist_mode(durability))
+    }
+
+    /// Commits a batch; any failure is fatal and poisons the store.
+    fn commit(&self, batch: OwnedWriteBatch) -> Result<(), StoreError> {
+        batch.commit().map_err(|e| self.poison(e))
+    }
+
+    fn poison(&self, error: fjall::Error) -> StoreError {
+        tracing::error!(dir = %self.dir.display(), %error, "fjall write failed; store poisoned");
+        self.poisoned.store(true, Ordering::Release);
+        engine(error)
+    }
+
+    fn read_snapshot(&self, name: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let Some(header_key) = keys::snapshot_header_key(name) else {
+            return Ok(None);
+        };
+        // One read snapshot for header and chunks, so a concurrent put cannot mix versions.
+        let snap = self.db.snapshot();
+        let Some(header) = snap.get(&self.snapshots, &header_key).map_err(engine)? else {
+            return Ok(None);
+        };
+        let header =
+            SnapshotHeader::decode(&header).ok_or_else(|| corrupt("snapshot header", name))?;
+        let len = usize::try_from(header.len).map_err(|_| corrupt("snapshot length", name))?;
+        let mut data = Vec::with_capacity(len.min(1 << 30));
+        if let Some(last) = header.chunks.checked_sub(1) {
+            let (Some(lo), Some(hi)) = (
+                keys::snapshot_chunk_key(name, 0),
+                keys::snapshot_chunk_key(name, last),
+            ) else {
+                return Ok(None);
+            };
+            let mut expected = 0u32;
+            for guard in snap.range(&self.snapshots, lo..=hi) {
+                let (key, chunk) = guard.into_inner().map_err(engine)?;
+                if keys::decode_chunk_index(&key) != Some(expected) {
+                    return Err(corrupt("snapshot chunk sequence", name));
+                }
+                data.extend_from_slice(&chunk);
+                expected += 1;
+            }
+            if expected != header.chunks {
+                return Err(corrupt("snapshot chunk count", name));
+            }
+        }
+        if data.len() != len {
+            return Err(corrupt("snapshot length", name));
+        }
+        Ok(Some((header.seq, data)))
+    }
+}
+
+/// Reads every log's bounds (done once, on open).
+fn load_meta(logs: &Keyspace) -> Result<HashMap<String, LogMeta>, StoreError> {
+    let mut meta = HashMap::new();
+    for guard in logs.prefix(keys::META_PREFIX) {
+        let (key, value) = guard.into_inner().map_err(engine)?;
+        let name = keys::decode_meta_key(&key)
+            .ok_or_else(|| corrupt("log bounds key", String::from_utf8_lossy(&key)))?;
+        let m = LogMeta::decode(&value).ok_or_else(|| corrupt("log bounds", name.as_str()))?;
+        meta.insert(name, m);
+    }
+    Ok(meta)
+}
+
+impl Store for FjallStore {
+    fn append(&self, records: &[Append<'_>], durability: Durability) -> Result<(), StoreError> {
+        self.check_poisoned()?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        let _writer = self.lock_writer()?;
+
+        // Validate everything before writing anything: the batch is all-or-nothing.
+        let mut updates: HashMap<&str, LogMeta> = HashMap::new();
+        {
+            let meta = self.read_meta();
+            for r in records {
+                if r.log.len() > MAX_NAME_LEN {
+                    return Err(too_long(r.log));
+                }
+                if r.seq == u64::MAX {
+                    return Err(StoreError::Invalid(format!(
+                        "seq u64::MAX is reserved (log {:?}): a fully trimmed log reports \
+                         first = last + 1",
+                        r.log
+                    )));
+                }
+                let current = updates.get(r.log).or_else(|| meta.get(r.log)).copied();
+                let next = match current {
+                    Some(m) if r.seq <= m.last => {
+                        return Err(StoreError::Invalid(format!(
+                            "seq {} is not greater than {} in log {}",
+                            r.seq, m.last, r.log
+                        )));
+                    }
+                    // A new log, or one trimmed empty: this record is the oldest one.
+                    None => LogMeta {
+                        first: r.seq,
+                        last: r.seq,
+                    },
+                    Some(m) if m.is_empty() => LogMeta {
+                        first: r.seq,
+                        last: r.seq,
+                    },
+                    Some(m) => LogMeta {
+                        first: m.first,
+                        last: r.seq,
+                    },
+                };
+                updates.insert(r.log, next);
+            }
+        }
+
+        let mut batch = self.batch(durability);
+        for r in records {
+            let key = keys::record_key(r.log, r.seq).ok_or_else(|| too_long(r.log))?;
+            batch.insert(&self.logs, key, r.data);
+        }
+        for (log, m) in &updates {
+            let key = keys::meta_key(log).ok_or_else(|| too_long(log))?;
+            batch.insert(&self.logs, key, m.encode());
+        }
+        self.commit(batch)?;
+        self.set_meta(updates);
+        Ok(())
+    }
+
+    fn read(&self, log: &str, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let Some(m) = self.log_meta(log) else {
+            return Ok(Vec::new());
+        };
+        // Seek from the watermark, never below it: below are only tombstones.
+        let start = from.max(m.first);
+        if limit == 0 || start > m.last {
+            return Ok(Vec::new());
+        }
+        let (Some(lo), Some(hi)) = (keys::record_key(log, start), keys::record_key(log, m.last))
+        else {
+            return Ok(Vec::new());
+        };
+        let span = usize::try_from(m.last - start)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1);
+        let mut out = Vec::with_capacity(limit.min(span).min(1024));
+        for guard in self.logs.range(lo..=hi).take(limit) {
+            let (key, value) = guard.into_inner().map_err(engine)?;
+            let seq = keys::decode_record_seq(&key).ok_or_else(|| corrupt("record key", log))?;
+            out.push((seq, value.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn bounds(&self, log: &str) -> Result<Option<LogBounds>, StoreError> {
+        Ok(self.log_meta(log).map(|m| LogBounds {
+            first: m.first,
+            last: m.last,
+        }))
+    }
+
+    fn trim(&self, log: &str, before: u64, durability: Durability) -> Result<(), StoreError> {
+        self.check_poisoned()?;
+        let _writer = self.lock_writer()?;
+        let Some(m) = self.log_meta(log) else {
+            return Ok(());
+        };
+        if m.is_empty() || before <= m.first {
+            return Ok(());
+        }
+        let meta_key = keys::meta_key(log).ok_or_else(|| too_long(log))?;
+        let (Some(lo), Some(hi)) = (
+            keys::record_key(log, m.first),
+            keys::record_key(log, m.last),
+        ) else {
+            return Err(too_long(log));
+        };
+
+        // Walk the live records from the watermark (no tombstones below it to skip) and delete
+        // those below `before`. Big trims are split into batches; each one moves the watermark
+        // to the oldest record it leaves, so a crash between batches leaves a shorter trim, and
+        // `meta` stays exact at every step.
+        let mut batch = self.db.batch();
+        let mut pending = 0usize;
+        let mut new_first = m.last + 1; // `m.last < u64::MAX`: append refuses u64::MAX.
+        for guard in self.logs.range(lo..=hi) {
+            let key = guard.key().map_err(engine)?;
+            let seq = keys::decode_record_seq(&key).ok_or_else(|| corrupt("record key", log))?;
+            if seq >= before {
+                new_first = seq;
+                break;
+            }
+            if pending == TRIM_BATCH {
+                let step = LogMeta {
+                    first: seq,
+                    last: m.last,
+                };
+                batch.insert(&self.logs, meta_key.clone(), step.encode());
+                self.commit(std::mem::replace(&mut batch, self.db.batch()))?;
+                self.set_meta([(log, step)]);
+                pending = 0;
+            }
+            batch.remove(&self.logs, key);
+            pending += 1;
+        }
+        let done = LogMeta {
+            first: new_first,
+            last: m.last,
+        };
+        let mut last_batch = batch.durability(persist_mode(durability));
+        last_batch.insert(&self.logs, meta_key, done.encode());
+        self.commit(last_batch)?;
+        self.set_meta([(log, done)]);
+        Ok(())
+    }
+
+    fn put_snapshot(
+        &self,
+        name: &str,
+        seq: u64,
+        data: &[u8],
+        durability: Durability,
+    ) -> Result<(), StoreError> {
+        self.check_poisoned()?;
+        let header_key = keys::snapshot_header_key(name).ok_or_else(|| too_long(name))?;
+        let chunks = u32::try_from(data.len().div_ceil(SNAPSHOT_CHUNK_BYTES)).map_err(|_| {
+            StoreError::Invalid(format!(
+                "snapshot {name:?} of {} bytes is too large",
+                data.len()
+            ))
+        })?;
+        let _writer = self.lock_writer()?;
+
+        // Chunks beyond the new count belong to the old version and must go in the same batch.
+        let old_chunks = match self.snapshots.get(&header_key).map_err(engine)? {
+            Some(old) => {
+                SnapshotHeader::decode(&old)
+                    .ok_or_else(|| corrupt("snapshot header", name))?
+                    .chunks
+            }
+            None => 0,
+        };
+        let header = SnapshotHeader {
+            seq,
+            len: data.len() as u64,
+            chunks,
+        };
+        let mut batch = self.batch(durability);
+        batch.insert(&self.snapshots, header_key, header.encode());
+        for (index, chunk) in (0u32..).zip(data.chunks(SNAPSHOT_CHUNK_BYTES)) {
+            let key = keys::snapshot_chunk_key(name, index).ok_or_else(|| too_long(name))?;
+            batch.insert(&self.snapshots, key, chunk);
+        }
+        for index in chunks..old_chunks {
+            let key = keys::snapshot_chunk_key(name, index).ok_or_else(|| too_long(name))?;
+            batch.remove(&self.snapshots, key);
+        }
+        self.commit(batch)
+    }
+
+    fn snapshot(&self, name: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.read_snapshot(name)
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        self.check_poisoned()?;
+        self.db.persist(SYNC_MODE).map_err(|e| self.poison(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, FjallStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FjallStore::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn trim_moves_the_in_memory_watermark_to_the_oldest_record() {
+        let (_dir, store) = open();
+        let data = [0u8; 8];
+        let records: Vec<Append<'_>> = (1..=50_000)
+            .map(|seq| Append {
+                log: "s",
+                seq,
+                data: &data,
+            })
+            .collect();
+        store.append(&records, Durability::Buffered).unwrap();
+        // More than one trim batch.
+        store.trim("s", 40_001, Durability::Sync).unwrap();
+        assert_eq!(
+            store.log_meta("s"),
+            Some(LogMeta {
+                first: 40_001,
+                last: 50_000
+            })
+        );
+        // The on-disk bounds entry agrees.
+        let on_disk = store
+            .logs
+            .get(keys::meta_key("s").unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            LogMeta::decode(&on_disk),
+            Some(LogMeta {
+                first: 40_001,
+                last: 50_000
+            })
+        );
+        // Records below the watermark are gone from the keyspace itself, not just hidden.
+        let lo = keys::record_key("s", 0).unwrap();
+        let hi = keys::record_key("s", 40_000).unwrap();
+        assert_eq!(store.logs.range(lo..=hi).count(), 0);
+    }
+
+    #[test]
+    fn poisoned_store_refuses_writes_but_serves_reads() {
+        let (_dir, store) = open();
+        store
+            .append(
+                &[Append {
+                    log: "l",
+                    seq: 1,
+                    data: b"x",
+                }],
+                Durability::Sync,
+            )
+            .unwrap();
+        store.poisoned.store(true, Ordering::Release);
+        let append = store.append(
+            &[Append {
+                log: "l",
+                seq: 2,
+                data: b"y",
+            }],
+            Durability::Sync,
+        );
+        assert!(matches!(append, Err(StoreError::Poisoned)));
+        assert!(matches!(
+            store.trim("l", 2, Durability::Sync),
+            Err(StoreError::Poisoned)
+        ));
+        assert!(matches!(
+            store.put_snapshot("s", 1, b"", Durability::Sync),
+            Err(StoreError::Poisoned)
+        ));
+        assert!(matches!(store.sync(), Err(StoreError::Poisoned)));
+        assert_eq!(store.read("l", 0, 10).unwrap(), vec![(1, b"x".to_vec())]);
+        assert!(store.is_poisoned());
+    }
+
+    #[test]
+    fn snapshot_replacement_deletes_surplus_chunks() {
+        let (_dir, store) = open();
+        let big = vec![7u8; 3 * SNAPSHOT_CHUNK_BYTES + 1];
+        store.put_snapshot("s", 1, &big, Durability::Sync).unwrap();
+        store
+            .put_snapshot("s", 2, b"tiny", Durability::Sync)
+            .unwrap();
+        let chunks: Vec<u32> = store
+            .snapshots
+            .iter()
+            .filter_map(|g| g.key().ok())
+            .filter_map(|k| {
+                (k.len() > keys::snapshot_header_key("s").unwrap().len())
+                    .then(|| keys::decode_chunk_index(&k))
+                    .flatten()
+            })
+            .collect();
+        assert_eq!(chunks, vec![0]);
+        assert_eq!(store.snapshot("s").unwrap(), Some((2, b"tiny".to_vec())));
+    }
+}
