@@ -46,6 +46,17 @@ def herald_bin() -> Path:
     return (Path(target) / "debug" / "herald").resolve()
 
 
+def clean_env() -> dict[str, str]:
+    """The environment for a herald process: ours minus anything the server
+    reads as configuration (HERALD_*, JWT_SECRET), so the command line alone
+    decides how it runs."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("HERALD_") and k != "JWT_SECRET"
+    }
+
+
 def _tail(path: Path, limit: int = 8000) -> str:
     try:
         data = path.read_bytes()
@@ -75,7 +86,7 @@ class HeraldServer:
         self.binary = binary
         self.extra_args = list(extra_args)
         self.listeners = {"icepeak": icepeak, "http": http, "metrics": metrics}
-        self.env = dict(os.environ)
+        self.env = clean_env()
         self.env.setdefault("RUST_BACKTRACE", "1")
         if env:
             self.env.update(env)

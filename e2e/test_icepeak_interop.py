@@ -26,6 +26,7 @@ from herald_e2e import (
     HeraldServer,
     assert_quiet,
     auth,
+    clean_env,
     delete,
     expect_close,
     get,
@@ -55,7 +56,9 @@ def cli_token(herald_bin: Path, *paths: str, secret: str = SECRET, expires: int 
         cmd += ["--expires", str(expires)]
     for p in paths:
         cmd += ["--path", p]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
+    res = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL, env=clean_env()
+    )
     assert res.returncode == 0, f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr}"
     token = res.stdout.strip()
     assert token.count(".") == 2, f"`herald token` printed {res.stdout!r}, not a JWT"

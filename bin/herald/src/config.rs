@@ -249,15 +249,15 @@ impl Settings {
         let authenticated = self.enable_jwt_auth && self.jwt_secret.is_some();
         if !authenticated && !self.allow_anonymous {
             for (name, listen) in [("--icepeak", self.icepeak), ("--http", self.http)] {
-                if let Listen::On(addr) = listen {
-                    if !addr.ip().is_loopback() {
-                        bail!(
-                            "refusing to start: {name} binds {addr}, which is not a loopback \
-                             address, and no authentication is configured. Enable \
-                             --enable-jwt-auth with --jwt-secret (or JWT_SECRET), or pass \
-                             --allow-anonymous to serve anonymous clients on this address."
-                        );
-                    }
+                if let Listen::On(addr) = listen
+                    && !addr.ip().is_loopback()
+                {
+                    bail!(
+                        "refusing to start: {name} binds {addr}, which is not a loopback \
+                         address, and no authentication is configured. Enable \
+                         --enable-jwt-auth with --jwt-secret (or JWT_SECRET), or pass \
+                         --allow-anonymous to serve anonymous clients on this address."
+                    );
                 }
             }
         }

@@ -216,11 +216,16 @@ impl fmt::Display for Path {
 }
 
 impl<'de> Deserialize<'de> for Path {
-    /// Reads the array-of-segments form that [`Serialize`] writes, validating it with the
-    /// default limits.
+    /// Reads the array-of-segments form that [`Serialize`] writes. Segments are validated
+    /// (no empty or dot segments) but size limits are not applied: a stored path was checked
+    /// against the limits in force when it was written, and replay must not depend on today's.
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let segments = Vec::<String>::deserialize(d)?;
-        Path::from_segments(segments, &PathLimits::default()).map_err(serde::de::Error::custom)
+        let unlimited = PathLimits {
+            max_segments: usize::MAX,
+            max_segment_bytes: usize::MAX,
+        };
+        Path::from_segments(segments, &unlimited).map_err(serde::de::Error::custom)
     }
 }
 

@@ -333,8 +333,6 @@ proptest! {
 
     /// The same with arbitrary floats.
     #[test]
-    #[ignore = "fails until serde_json's `float_roundtrip` feature is enabled: its default \
-                float parser is off by one ULP for about 1 in 10 floats of 17 digits"]
     fn log_replay_preserves_arbitrary_floats(ops in vec(op(), 0..20)) {
         check_log_replay(&ops)?;
     }
@@ -439,7 +437,6 @@ proptest! {
 /// `966.1258145908966` as `966.1258145908967` (one ULP off), journals that, and reads the journal
 /// back as `966.1258145908968`.
 #[test]
-#[ignore = "fails until serde_json's `float_roundtrip` feature is enabled"]
 fn journaled_float_survives_replay() {
     let value: Value = serde_json::from_str("966.1258145908966").unwrap();
     let op = DocOp::Put {

@@ -8,11 +8,14 @@
 //!    patches into plain `put`s ([`DocOp`]);
 //! 3. append all of them to the store in **one** atomic batch with **one** fsync (group
 //!    commit);
-//! 4. only then: push the new values to affected subscribers, register new subscriptions,
-//!    answer reads, and acknowledge the writes.
+//! 4. only then: push the new values to affected subscribers, register new subscriptions and
+//!    remove cancelled ones, answer reads, and acknowledge the writes, all in the order the
+//!    requests arrived.
 //!
 //! So nothing is visible to anyone (reader, subscriber or writer) before it is on disk, and a
-//! crash can only lose writes nobody has seen. While a batch is being fsync'd, new requests queue
+//! crash can only lose writes nobody has seen. After a failed commit the tree may hold writes
+//! that are not on disk, so every later request (reads included) fails with
+//! [`DocsError::Store`] until a restart recovers the durable state. While a batch is being fsync'd, new requests queue
 //! up and form the next batch, which is what makes group commit effective under load.
 //!
 //! Every `snapshot_every` writes the task serializes the tree and a background job stores it as
@@ -156,6 +159,8 @@ pub struct Docs {
     /// most one message per subscriber ever created.
     dropped: mpsc::UnboundedSender<u64>,
     metrics: Arc<Metrics>,
+    /// `DocsOptions::max_depth`, for [`Docs::check_depth`].
+    max_depth: usize,
 }
 
 /// A write that was queued; await [`Pending::committed`] to know it is durable.
@@ -284,6 +289,7 @@ impl Docs {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "document tree recovered"
         );
+        let max_depth = options.max_depth;
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let (dropped_tx, dropped_rx) = mpsc::unbounded_channel();
         let metrics = Arc::new(Metrics::new());
@@ -305,6 +311,7 @@ impl Docs {
                 tx,
                 dropped: dropped_tx,
                 metrics,
+                max_depth,
             },
             handle,
         ))
@@ -361,6 +368,16 @@ impl Docs {
         rx.await.map_err(|_| DocsError::Closed)?
     }
 
+    /// Checks that putting `value` at `path` stays within the depth limit, so adapters that
+    /// answer before the commit (Icepeak without `?durable`) can refuse a write the engine
+    /// would refuse. The engine checks again when it applies the write.
+    ///
+    /// # Errors
+    /// [`DocsError::TooDeep`].
+    pub fn check_depth(&self, path: &Path, value: &Value) -> Result<(), DocsError> {
+        check_depth(path, value, self.max_depth)
+    }
+
     /// Creates a subscriber with an empty inbox; see [`Subscriber::subscribe`].
     pub fn subscriber(&self) -> Subscriber {
         Subscriber {
@@ -381,6 +398,14 @@ impl Docs {
             .map_err(|_| DocsError::Closed)?;
         rx.await.map_err(|_| DocsError::Closed)
     }
+}
+
+fn check_depth(path: &Path, value: &Value, max: usize) -> Result<(), DocsError> {
+    let depth = path.depth() + tree::depth(value);
+    if depth > max {
+        return Err(DocsError::TooDeep { depth, max });
+    }
+    Ok(())
 }
 
 fn recover(store: &dyn Store) -> Result<(Value, u64, u64), DocsError> {
@@ -581,13 +606,7 @@ impl Actor {
             Write::JsonPatch { path, patch } => tree::json_patch(&self.tree, &path, patch)?,
         };
         if let DocOp::Put { path, value } = &op {
-            let depth = path.depth() + tree::depth(value);
-            if depth > self.options.max_depth {
-                return Err(DocsError::TooDeep {
-                    depth,
-                    max: self.options.max_depth,
-                });
-            }
+            check_depth(path, value, self.options.max_depth)?;
         }
         Ok(op)
     }

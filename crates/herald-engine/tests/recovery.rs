@@ -140,10 +140,9 @@ async fn snapshots_trim_the_log_and_recovery_gives_the_same_tree(mut backend: Ba
     // Wait for background snapshot jobs of the crashed engine, then inspect the store.
     backend.restart().await;
     let snap = backend.snapshot_seq().expect("a snapshot was taken");
-    assert!(
-        snap >= 5 && snap % 5 == 0 && snap <= 23,
-        "snapshot at {snap}"
-    );
+    // Usually 20; later than a multiple of 5 when a snapshot was due while the previous one
+    // was still being written.
+    assert!((5..=23).contains(&snap), "snapshot at {snap}");
     let bounds = backend.bounds().expect("log exists");
     assert_eq!(bounds.last, 23);
     assert!(bounds.first > 1, "log was not trimmed: {bounds:?}");
@@ -264,27 +263,18 @@ async fn failed_append_fails_the_write_and_every_later_one() -> TestResult {
     // Subscribers were not told about the failed write.
     assert_eq!(take(sub.inbox()), vec![]);
 
-    // Reads must not expose the write that is not durable: either they are refused or they
-    // return the last durable value.
-    match docs.get(p("/a")).await {
-        Ok(v) => assert_eq!(
-            v.as_ref().map(js),
-            Some(json!(1)),
-            "non-durable write visible"
-        ),
-        Err(e) => assert!(matches!(e, DocsError::Store(_)), "{e:?}"),
-    }
+    // Reads must not expose the write that is not durable (it was applied to the in-memory
+    // tree before the commit failed): they are refused, like writes.
+    let err = docs.get(p("/a")).await.expect_err("reads refused");
+    assert!(matches!(err, DocsError::Store(_)), "{err:?}");
     let late = docs.subscriber();
-    match late.subscribe(vec![p("/a")]).await {
-        Ok(v) => assert_eq!(
-            v.into_iter()
-                .map(|v| v.as_ref().map(js))
-                .collect::<Vec<_>>(),
-            vec![Some(json!(1))],
-            "non-durable write visible"
-        ),
-        Err(e) => assert!(matches!(e, DocsError::Store(_)), "{e:?}"),
-    }
+    let err = late
+        .subscribe(vec![p("/a")])
+        .await
+        .expect_err("subscribe refused");
+    assert!(matches!(err, DocsError::Store(_)), "{err:?}");
+    assert_eq!(take(late.inbox()), vec![]);
+    assert_eq!(take(sub.inbox()), vec![]);
 
     // Shutdown still works; it takes no snapshot of the suspect tree.
     stop(docs, task).await;
@@ -295,6 +285,31 @@ async fn failed_append_fails_the_write_and_every_later_one() -> TestResult {
     assert_eq!(root(&docs).await, json!({"a": 1}));
     docs.write(put("/b", json!(2))).await?;
     assert_eq!(store.bounds("docs")?.map(|b| b.last), Some(2));
+    stop(docs, task).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failed_batch_fails_every_write_in_it() -> TestResult {
+    let store = Arc::new(FailingStore::default());
+    store.fail.store(true, Ordering::SeqCst);
+    let (docs, task) = open(store.clone(), options(10_000)).await;
+    let pending: Vec<_> = (0..10)
+        .map(|i| docs.try_submit(put(&format!("/p/{i}"), json!(i))))
+        .collect::<Result<_, _>>()?;
+    for w in pending {
+        let err = tokio::time::timeout(WAIT, w.committed())
+            .await?
+            .expect_err("batch failed");
+        assert!(matches!(err, DocsError::Store(_)), "{err:?}");
+    }
+    assert_eq!(store.bounds("docs")?, None);
+    crash(docs, task).await;
+    wait_released(&store).await;
+
+    store.fail.store(false, Ordering::SeqCst);
+    let (docs, task) = open(store.clone(), options(10_000)).await;
+    assert_eq!(root(&docs).await, json!({}));
     stop(docs, task).await;
     Ok(())
 }

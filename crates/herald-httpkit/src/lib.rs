@@ -8,6 +8,7 @@
 //! - [`json_response`], [`error_response`]: responses with `application/json` bodies.
 //! - [`read_body`]: reads a request body up to a limit (413 past it).
 //! - [`ConnectionGauge`]: counts open connections per protocol.
+//! - [`close_if_body_unread`]: keeps keep-alive clients working after early answers.
 //!
 //! # Example
 //! ```
@@ -18,7 +19,8 @@
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
@@ -96,4 +98,33 @@ impl Drop for ConnectionGauge {
     fn drop(&mut self) {
         self.0.decrement(1.0);
     }
+}
+
+/// Middleware: adds `Connection: close` to answers that may have left the request body unread.
+///
+/// Only a successful PUT or PATCH has surely read its whole body. Any other answer to a request
+/// that carries one (an early 401, 404, 413, ...) may leave it unread, and hyper then closes the
+/// connection after the answer without saying so, which breaks keep-alive clients (Python
+/// `requests` fails its next request with `RemoteDisconnected`). Saying `Connection: close` lets
+/// them reconnect.
+pub async fn close_if_body_unread(req: Request, next: Next) -> Response {
+    let has_body = declares_body(req.headers());
+    let reads_body = matches!(*req.method(), Method::PUT | Method::PATCH);
+    let mut resp = next.run(req).await;
+    if has_body && !(reads_body && resp.status().is_success()) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// Whether the request announces a body (a non-zero `Content-Length`, or any
+/// `Transfer-Encoding`).
+pub fn declares_body(headers: &HeaderMap) -> bool {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return true;
+    }
+    headers
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v.to_str().map_or(true, |v| v.trim() != "0"))
 }

@@ -2,7 +2,7 @@
 //! run, and the figures go into `docs/benchmarks.md`).
 //!
 //! Run with `cargo bench -p herald-store-fjall --bench group_commit [-- CASE...]` (cases:
-//! `sync_b1`, `sync_b16`, `sync_b256`, `buffered_b256`, `read_1M`, `reopen_cycle`; a filter
+//! `sync_b1`, `sync_b16`, `sync_b256`, `buffered_b256`, `read_1M`, `reopen_cycle`, `steady_state`; a filter
 //! matches by substring). Prints one `RESULT` line per figure. Data goes to a temporary directory under `$HERALD_BENCH_DIR` (default: the
 //! system temp dir); it must be a real disk, not tmpfs, for the fsync figures to mean anything.
 //!
@@ -11,7 +11,8 @@
 //! - `Durability::Buffered` at batch 256 (500k appends, one final `sync` included);
 //! - a 1M-record log: reopen time, first and warm last-100 reads (p50/p99), a 500k trim and the
 //!   read of the oldest retained record after it;
-//! - disk use after writing, after reopen, and over repeated open/append/close cycles.
+//! - disk use after writing, after reopen, over repeated open/append/close cycles, and in a
+//!   long run without reopening.
 
 use herald_store::{Append, Durability, Store};
 use herald_store_fjall::FjallStore;
@@ -30,20 +31,33 @@ fn main() -> BenchResult {
         root.display()
     );
     let values = Values::new(4096);
+    // `cargo bench` passes `--bench`; any other argument selects cases by substring.
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let selected = |case: &str| filters.is_empty() || filters.iter().any(|f| case.contains(f));
 
-    append_case(&root, &values, "sync_b1", Durability::Sync, 1, 20_000)?;
-    append_case(&root, &values, "sync_b16", Durability::Sync, 16, 500_000)?;
-    append_case(&root, &values, "sync_b256", Durability::Sync, 256, 500_000)?;
-    append_case(
-        &root,
-        &values,
-        "buffered_b256",
-        Durability::Buffered,
-        256,
-        500_000,
-    )?;
-    read_cases(&root, &values)?;
-    reopen_cycles(&root, &values)?;
+    let appends = [
+        ("sync_b1", Durability::Sync, 1, 20_000),
+        ("sync_b16", Durability::Sync, 16, 500_000),
+        ("sync_b256", Durability::Sync, 256, 500_000),
+        ("buffered_b256", Durability::Buffered, 256, 500_000),
+    ];
+    for (case, durability, batch, total) in appends {
+        if selected(case) {
+            append_case(&root, &values, case, durability, batch, total)?;
+        }
+    }
+    if selected("read_1M") {
+        read_cases(&root, &values)?;
+    }
+    if selected("reopen_cycle") {
+        reopen_cycles(&root, &values)?;
+    }
+    if selected("steady_state") {
+        steady_state(&root, &values)?;
+    }
     Ok(())
 }
 
@@ -173,6 +187,7 @@ fn read_cases(root: &Path, values: &Values) -> BenchResult {
             "RESULT case=fill_1M durability=Buffered batch=1024 secs={:.3}",
             start.elapsed().as_secs_f64()
         );
+        print_disk("after_1M_open", dir.path())?;
     }
     print_disk("after_1M_close", dir.path())?;
 
@@ -183,6 +198,9 @@ fn read_cases(root: &Path, values: &Values) -> BenchResult {
         start.elapsed().as_secs_f64()
     );
     print_disk("after_1M_reopen", dir.path())?;
+    // Background flushes and compactions triggered by recovery get a moment to finish.
+    std::thread::sleep(Duration::from_secs(3));
+    print_disk("after_1M_reopen_idle_3s", dir.path())?;
 
     let log = logs[0].as_str();
     let last = store.bounds(log)?.map_or(0, |b| b.last);
@@ -233,32 +251,92 @@ fn read_cases(root: &Path, values: &Values) -> BenchResult {
     Ok(())
 }
 
-/// Disk use over repeated open / append 200k / close cycles: it must level off, not grow with
-/// each reopen.
+/// Disk use over repeated open / append 200k / trim / close cycles: it must level off, not grow
+/// with each reopen. A 512 KiB snapshot every 50k appends exercises the rarely written
+/// `snapshots` keyspace, which is what keeps old journals alive until the journal limit.
 fn reopen_cycles(root: &Path, values: &Values) -> BenchResult {
     let dir = tempfile::tempdir_in(root)?;
     let logs = log_names(LOGS);
     let mut next_seq = vec![1u64; LOGS];
-    for cycle in 0..8 {
+    let snapshot: Vec<u8> = values
+        .0
+        .iter()
+        .flatten()
+        .copied()
+        .take(512 * 1024)
+        .collect();
+    for cycle in 0..10 {
         let start = Instant::now();
         let store = FjallStore::open(dir.path())?;
         let open_secs = start.elapsed().as_secs_f64();
-        fill(
-            &store,
-            values,
-            &logs,
-            &mut next_seq,
-            256,
-            200_000,
-            Durability::Sync,
-        )?;
-        // Retention keeps the newest 50k records per log, so live data stays ~80 MB.
+        for _ in 0..4 {
+            fill(
+                &store,
+                values,
+                &logs,
+                &mut next_seq,
+                256,
+                50_000,
+                Durability::Sync,
+            )?;
+            store.put_snapshot("tree", next_seq[0], &snapshot, Durability::Sync)?;
+        }
+        // Retention keeps the newest 50k records per log: ~95 MB of live records.
         for (log, next) in logs.iter().zip(&next_seq) {
             store.trim(log, next.saturating_sub(50_000), Durability::Sync)?;
         }
         drop(store);
         print!("RESULT case=reopen_cycle cycle={cycle} open_secs={open_secs:.3} ");
         print_disk_inline(dir.path())?;
+    }
+    Ok(())
+}
+
+/// Disk use in one long run without reopening: 2.4M appends with retention and snapshots.
+/// Journals must not pile up (fjall frees one only when every keyspace written in it has
+/// flushed, and `snapshots` is rarely written).
+fn steady_state(root: &Path, values: &Values) -> BenchResult {
+    let dir = tempfile::tempdir_in(root)?;
+    let store = FjallStore::open(dir.path())?;
+    let logs = log_names(LOGS);
+    let mut next_seq = vec![1u64; LOGS];
+    let snapshot: Vec<u8> = values
+        .0
+        .iter()
+        .flatten()
+        .copied()
+        .take(512 * 1024)
+        .collect();
+    let start = Instant::now();
+    let (mut append_time, mut trim_time) = (Duration::ZERO, Duration::ZERO);
+    for round in 1..=48u64 {
+        let t = Instant::now();
+        fill(
+            &store,
+            values,
+            &logs,
+            &mut next_seq,
+            256,
+            50_000,
+            Durability::Sync,
+        )?;
+        store.put_snapshot("tree", next_seq[0], &snapshot, Durability::Sync)?;
+        append_time += t.elapsed();
+        let t = Instant::now();
+        for (log, next) in logs.iter().zip(&next_seq) {
+            store.trim(log, next.saturating_sub(50_000), Durability::Sync)?;
+        }
+        trim_time += t.elapsed();
+        if round % 8 == 0 {
+            print!(
+                "RESULT case=steady_state appends={} secs={:.1} append_secs={:.1} trim_secs={:.1} ",
+                round * 50_000,
+                start.elapsed().as_secs_f64(),
+                append_time.as_secs_f64(),
+                trim_time.as_secs_f64(),
+            );
+            print_disk_inline(dir.path())?;
+        }
     }
     Ok(())
 }

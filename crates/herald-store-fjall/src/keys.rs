@@ -27,6 +27,12 @@
 /// longest key this crate builds is a record key, `1 + 2 + len + 8` bytes.
 pub const MAX_NAME_LEN: usize = u16::MAX as usize - 1 - 2 - 8;
 
+/// The largest record [`Store::append`](herald_store::Store::append) accepts, in bytes.
+///
+/// fjall stores value lengths as `u32` and truncates longer ones silently in its journal, so
+/// larger records are refused up front. (Snapshots have no such limit: they are chunked.)
+pub const MAX_RECORD_BYTES: usize = u32::MAX as usize;
+
 /// The size of one stored piece of a snapshot.
 ///
 /// fjall values are limited to `u32::MAX` bytes (the journal truncates longer lengths

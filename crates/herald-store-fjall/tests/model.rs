@@ -192,8 +192,17 @@ fn compare(fjall: &FjallStore, model: &MemoryStore) {
     }
 }
 
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    // 32 cases take a couple of seconds on a quiet 2-core box (fsync-bound); set
+    // PROPTEST_CASES for a longer soak.
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     #[test]
     fn fjall_store_matches_the_memory_model(ops in prop::collection::vec(op(), 1..40)) {

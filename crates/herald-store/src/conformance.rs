@@ -145,9 +145,17 @@ pub fn read_honours_from_and_limit(store: &dyn Store) {
     assert_eq!(read(0, 0), Vec::<u64>::new());
     assert_eq!(read(0, usize::MAX).len(), 10);
     // Paging through a longer log with small pages sees every record once.
-    for seq in 101..1_101 {
-        append(store, "long", seq, &payload(seq));
-    }
+    // One batch of 1000: batches may be large.
+    let data: Vec<Vec<u8>> = (101..1_101).map(payload).collect();
+    let batch: Vec<Append<'_>> = (101..)
+        .zip(&data)
+        .map(|(seq, data)| Append {
+            log: "long",
+            seq,
+            data,
+        })
+        .collect();
+    ok(store.append(&batch, Durability::Sync), "append 1000");
     let mut from = 0;
     let mut seen = Vec::new();
     loop {

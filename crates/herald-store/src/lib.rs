@@ -88,7 +88,8 @@ pub enum StoreError {
 ///
 /// # Invariants
 /// - Within a log, sequence numbers only grow; [`Store::append`] rejects a record whose `seq`
-///   is not greater than the log's last one with [`StoreError::Invalid`].
+///   is not greater than the log's last one, or is `u64::MAX` (reserved so that `last + 1`
+///   always exists), with [`StoreError::Invalid`].
 /// - One call to [`Store::append`] is atomic: after a crash either all its records are present
 ///   or none is.
 /// - With [`Durability::Sync`], a record that [`Store::append`] returned `Ok` for survives
@@ -118,6 +119,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes every record of `log` with `seq < before`. The log's last sequence number is
     /// remembered even when every record is trimmed, so numbering continues after it.
+    ///
+    /// A large trim may be carried out in several steps; a crash in the middle leaves a shorter
+    /// trim (a prefix of the requested one), never a hole.
     ///
     /// # Errors
     /// [`StoreError::Engine`] on I/O failure.
@@ -185,7 +189,7 @@ impl Store for MemoryStore {
             let last = lasts
                 .entry(r.log)
                 .or_insert_with(|| inner.logs.get(r.log).and_then(|l| l.last));
-            if last.is_some_and(|l| r.seq <= l) {
+            if r.seq == u64::MAX || last.is_some_and(|l| r.seq <= l) {
                 return Err(StoreError::Invalid(format!(
                     "seq {} is not greater than {} in log {}",
                     r.seq,

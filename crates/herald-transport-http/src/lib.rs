@@ -73,6 +73,9 @@ pub fn router(docs: Docs, config: HttpConfig) -> Router {
         .route("/docs/", any(doc))
         .route("/docs/{*path}", any(doc))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(
+            herald_httpkit::close_if_body_unread,
+        ))
         .with_state(Arc::new(AppState { docs, config }))
 }
 

@@ -55,6 +55,11 @@ pub(crate) async fn handle(state: Shared, req: Request) -> Response {
                     );
                 }
             };
+            // Checked here as well as in the engine: without `durable` the answer is sent
+            // before the engine sees the write, and a refused write must not get 202.
+            if let Err(e) = state.docs.check_depth(&path, &value) {
+                return docs_error(e);
+            }
             submit(state, Write::Put { path, value }, query.durable).await
         }
         Method::DELETE => submit(state, Write::Delete { path }, query.durable).await,
@@ -89,8 +94,8 @@ async fn submit(state: Shared, write: Write, durable: bool) -> Response {
             return docs_error(e);
         }
     } else {
-        // Icepeak answers as soon as the write is queued; a write that fails later (too deep)
-        // is only logged.
+        // Icepeak answers as soon as the write is queued; a write that fails later (a storage
+        // failure) is only logged. Too-deep writes were refused before queueing.
         tokio::spawn(async move {
             if let Err(e) = pending.committed().await {
                 tracing::warn!(error = %e, "queued write failed");

@@ -83,6 +83,9 @@ type Shared = Arc<AppState>;
 pub fn router(docs: Docs, config: IcepeakConfig) -> Router {
     Router::new()
         .fallback(dispatch)
+        .layer(axum::middleware::from_fn(
+            herald_httpkit::close_if_body_unread,
+        ))
         .with_state(Arc::new(AppState { docs, config }))
 }
 

@@ -8,6 +8,7 @@
 //! Both coalesce updates for slow clients (the engine's inbox keeps only the newest value per
 //! path) and ping the client, dropping it when no pong arrives in time.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -128,6 +129,14 @@ async fn send_close(socket: &mut WebSocket, code: u16, reason: &'static str) {
         .await;
 }
 
+/// Whether a read failed because the frame or message is over the reader's size limit.
+fn is_too_large(e: &axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    std::error::Error::source(e)
+        .and_then(|inner| inner.downcast_ref::<WsError>())
+        .is_some_and(|inner| matches!(inner, WsError::Capacity(_)))
+}
+
 /// What the socket loop should do after an event.
 enum Flow {
     Continue,
@@ -166,10 +175,10 @@ async fn send_all(
     mut encode: impl FnMut(&Path, Bytes) -> Option<Message>,
 ) -> Flow {
     for (path, value) in updates {
-        if let Some(msg) = encode(&path, value) {
-            if socket.feed(msg).await.is_err() {
-                return Flow::Stop;
-            }
+        if let Some(msg) = encode(&path, value)
+            && socket.feed(msg).await.is_err()
+        {
+            return Flow::Stop;
         }
     }
     match socket.flush().await {
@@ -187,10 +196,10 @@ async fn single(state: Shared, mut socket: WebSocket, path: Path) {
         Err(_) => return,
     };
     let first = current.unwrap_or_else(|| Bytes::from_static(b"null"));
-    if let Some(msg) = text(first) {
-        if socket.send(msg).await.is_err() {
-            return;
-        }
+    if let Some(msg) = text(first)
+        && socket.send(msg).await.is_err()
+    {
+        return;
     }
     let mut keepalive = Keepalive::new(config.ping_interval, config.pong_timeout);
     loop {
@@ -211,6 +220,9 @@ struct Reusable {
     socket: WebSocket,
     sub: Subscriber,
     subscribed_once: bool,
+    /// How the client spelled each subscribed path (`a/b`, `/a/b`, `a//b` are one path):
+    /// updates and unsubscribe replies use the client's own spelling, as Icepeak does.
+    names: HashMap<Path, String>,
 }
 
 impl Reusable {
@@ -221,6 +233,7 @@ impl Reusable {
             socket,
             sub,
             subscribed_once: false,
+            names: HashMap::new(),
         }
     }
 
@@ -241,10 +254,12 @@ impl Reusable {
                     Flow::Stop
                 }
                 updates = self.sub.inbox().recv() => {
+                    let names = &self.names;
                     send_all(&mut self.socket, updates, |path, value| {
+                        let name = names.get(path).cloned().unwrap_or_else(|| path.to_slashed());
                         let msg = format!(
                             r#"{{"type":"update","path":{},"value":{}}}"#,
-                            Value::String(path.to_slashed()),
+                            Value::String(name),
                             String::from_utf8_lossy(&value)
                         );
                         Some(Message::Text(msg.into()))
@@ -256,6 +271,11 @@ impl Reusable {
                     Some(Ok(Message::Binary(_))) => {
                         send_close(&mut self.socket, close::BINARY, "binary frames are not supported")
                             .await;
+                        Flow::Stop
+                    }
+                    // Over the reader's own limit (twice ours): still Icepeak's close code.
+                    Some(Err(e)) if is_too_large(&e) => {
+                        send_close(&mut self.socket, close::TOO_LARGE, "message too large").await;
                         Flow::Stop
                     }
                     other => control_frame(other, &mut keepalive),
@@ -357,8 +377,11 @@ impl Reusable {
                 ));
             }
         }
-        let values = self.sub.subscribe(paths).await.ok()?;
+        let values = self.sub.subscribe(paths.clone()).await.ok()?;
         self.subscribed_once = true;
+        for (path, name) in paths.into_iter().zip(&raw) {
+            self.names.insert(path, name.clone());
+        }
         let mut out = String::from(
             r#"{"type":"subscribe","code":200,"message":"You've been successfully subscribed to the paths","extra":{},"paths":["#,
         );
@@ -389,7 +412,10 @@ impl Reusable {
             }
         };
         let removed = self.sub.unsubscribe(paths).await.ok()?;
-        let removed: Vec<String> = removed.iter().map(Path::to_slashed).collect();
+        let removed: Vec<String> = removed
+            .into_iter()
+            .map(|p| self.names.remove(&p).unwrap_or_else(|| p.to_slashed()))
+            .collect();
         Some(
             json!({
                 "type": "unsubscribe",
