@@ -99,8 +99,9 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "HERALD_QUEUE_CAPACITY", value_name = "N")]
     queue_capacity: Option<usize>,
 
-    /// Snapshot the document tree after this many writes, so restarts replay at most that
-    /// many. [default: 10000]
+    /// Snapshot the document tree after at least this many writes (and at least one snapshot's
+    /// worth of log bytes, so large trees are not rewritten too often). Bounds what a restart
+    /// replays. [default: 10000]
     #[arg(long, env = "HERALD_SNAPSHOT_EVERY", value_name = "WRITES")]
     snapshot_every: Option<u64>,
 

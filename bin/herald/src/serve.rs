@@ -12,6 +12,7 @@ use axum::extract::Request;
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use herald_auth::JwtConfig;
 use herald_engine::{Docs, DocsOptions};
 use herald_store::Store;
@@ -174,6 +175,13 @@ async fn start(
     tracing::info!(listener = name, addr = %local, "listening");
     let token = shutdown.clone();
     servers.spawn(async move {
+        // Small pushes (WebSocket updates, short HTTP answers) must not wait for Nagle's
+        // algorithm and the peer's delayed ACK.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         let result = axum::serve(listener, app)
             .with_graceful_shutdown(async move { token.cancelled().await })
             .await;

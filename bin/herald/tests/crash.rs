@@ -101,16 +101,31 @@ async fn writer(
 }
 
 /// `replayed=N` of the last "document tree recovered" line of the server log.
-fn last_replayed(log: &str) -> u64 {
+/// The numbers the last "document tree recovered" log line reports.
+struct Recovery {
+    replayed: u64,
+    replayed_bytes: u64,
+    snapshot_bytes: u64,
+}
+
+fn last_recovery(log: &str) -> Recovery {
     let line = log
         .lines()
         .rev()
         .find(|l| l.contains("document tree recovered"))
         .unwrap_or_else(|| panic!("no recovery line in the log:\n{log}"));
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("replayed="))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no replayed=N in {line:?}"))
+    let field = |name: &str| -> u64 {
+        let prefix = format!("{name}=");
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(prefix.as_str()))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {name}=N in {line:?}"))
+    };
+    Recovery {
+        replayed: field("replayed"),
+        replayed_bytes: field("replayed_bytes"),
+        snapshot_bytes: field("snapshot_bytes"),
+    }
 }
 
 fn bases_of(s: &herald_testkit::Server) -> Bases {
@@ -177,12 +192,21 @@ async fn crash_cycles(api: Api) {
         .await
         .expect("herald restarts after kill -9");
         // Snapshots kept the replay short: the log after the last snapshot is at most about
-        // `snapshot-every` records (plus the writes of a snapshot still in flight).
-        let replayed = last_replayed(&s.log());
-        eprintln!("{api:?} cycle {cycle}: recovery replayed {replayed} log records");
+        // `snapshot-every` records or one snapshot's size in bytes, whichever is more (plus
+        // the writes of a snapshot still in flight).
+        let r = last_recovery(&s.log());
+        eprintln!(
+            "{api:?} cycle {cycle}: recovery replayed {} log records ({} bytes) after a \
+             {}-byte snapshot",
+            r.replayed, r.replayed_bytes, r.snapshot_bytes
+        );
         assert!(
-            replayed <= 4 * SNAPSHOT_EVERY,
-            "recovery replayed {replayed} records with --snapshot-every {SNAPSHOT_EVERY}"
+            r.replayed <= 4 * SNAPSHOT_EVERY || r.replayed_bytes <= 3 * r.snapshot_bytes,
+            "recovery replayed {} records ({} bytes) with --snapshot-every {SNAPSHOT_EVERY} \
+             and a {}-byte snapshot",
+            r.replayed,
+            r.replayed_bytes,
+            r.snapshot_bytes
         );
         // One read of the whole subtree.
         let tree = icepeak_get(&s, "/crash").await.expect("/crash exists");

@@ -46,7 +46,11 @@ pub struct DocsOptions {
     pub queue_capacity: usize,
     /// The largest number of requests handled (and writes committed) in one batch.
     pub max_batch: usize,
-    /// Take a snapshot after this many writes.
+    /// Take a snapshot after at least this many writes, once the log written since the last
+    /// snapshot is also at least as large as that snapshot. The second rule keeps the cost of
+    /// snapshotting a large tree proportional to the bytes written (amortized O(1) per byte),
+    /// while a restart still replays at most about `max(snapshot_every writes, one snapshot's
+    /// size of log)`.
     pub snapshot_every: u64,
     /// The deepest document allowed: path segments plus nesting of the stored value. Kept well
     /// below serde_json's parser limit (128) so that a snapshot can always be read back.
@@ -280,12 +284,14 @@ impl Docs {
     ) -> Result<(Docs, JoinHandle<()>), DocsError> {
         let started = Instant::now();
         let recovery_store = store.clone();
-        let (tree, seq, replayed) = tokio::task::spawn_blocking(move || recover(&*recovery_store))
+        let recovered = tokio::task::spawn_blocking(move || recover(&*recovery_store))
             .await
             .map_err(|e| DocsError::Corrupt(format!("recovery task failed: {e}")))??;
         tracing::info!(
-            seq,
-            replayed,
+            seq = recovered.seq,
+            replayed = recovered.replayed,
+            replayed_bytes = recovered.replayed_bytes,
+            snapshot_bytes = recovered.snapshot_bytes,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "document tree recovered"
         );
@@ -295,9 +301,11 @@ impl Docs {
         let metrics = Arc::new(Metrics::new());
         let actor = Actor {
             store,
-            tree,
-            seq,
-            since_snapshot: replayed,
+            tree: recovered.tree,
+            seq: recovered.seq,
+            since_snapshot: recovered.replayed,
+            bytes_since_snapshot: recovered.replayed_bytes,
+            last_snapshot_bytes: recovered.snapshot_bytes,
             index: PathIndex::new(),
             subscriptions: HashMap::new(),
             options,
@@ -408,18 +416,31 @@ fn check_depth(path: &Path, value: &Value, max: usize) -> Result<(), DocsError> 
     Ok(())
 }
 
-fn recover(store: &dyn Store) -> Result<(Value, u64, u64), DocsError> {
+/// What recovery found.
+struct Recovered {
+    tree: Value,
+    /// The last sequence number in the log (or the snapshot's).
+    seq: u64,
+    /// Log records replayed after the snapshot, and their bytes.
+    replayed: u64,
+    replayed_bytes: u64,
+    /// The size of the snapshot recovery started from (0 without one).
+    snapshot_bytes: u64,
+}
+
+fn recover(store: &dyn Store) -> Result<Recovered, DocsError> {
     let store_err = |e| DocsError::Store(Arc::new(e));
-    let (mut tree, snap_seq) = match store.snapshot(DOCS_LOG).map_err(store_err)? {
+    let (mut tree, snap_seq, snapshot_bytes) = match store.snapshot(DOCS_LOG).map_err(store_err)? {
         Some((seq, bytes)) => {
             let tree = serde_json::from_slice(&bytes)
                 .map_err(|e| DocsError::Corrupt(format!("snapshot at seq {seq}: {e}")))?;
-            (tree, seq)
+            (tree, seq, bytes.len() as u64)
         }
-        None => (Value::Object(Default::default()), 0),
+        None => (Value::Object(Default::default()), 0, 0),
     };
     let mut next = snap_seq + 1;
     let mut replayed = 0u64;
+    let mut replayed_bytes = 0u64;
     loop {
         let records = store.read(DOCS_LOG, next, 4096).map_err(store_err)?;
         let Some(&(last, _)) = records.last() else {
@@ -430,6 +451,7 @@ fn recover(store: &dyn Store) -> Result<(Value, u64, u64), DocsError> {
                 .map_err(|e| DocsError::Corrupt(format!("log record {seq}: {e}")))?;
             op.apply_owned(&mut tree);
             replayed += 1;
+            replayed_bytes += data.len() as u64;
         }
         next = last + 1;
     }
@@ -438,7 +460,13 @@ fn recover(store: &dyn Store) -> Result<(Value, u64, u64), DocsError> {
         .map_err(store_err)?
         .map_or(0, |b| b.last)
         .max(snap_seq);
-    Ok((tree, last, replayed))
+    Ok(Recovered {
+        tree,
+        seq: last,
+        replayed,
+        replayed_bytes,
+        snapshot_bytes,
+    })
 }
 
 struct Actor {
@@ -447,6 +475,10 @@ struct Actor {
     /// The sequence number of the last write applied to `tree`.
     seq: u64,
     since_snapshot: u64,
+    /// Bytes of log records written since the last snapshot.
+    bytes_since_snapshot: u64,
+    /// The size of the last snapshot; see [`DocsOptions::snapshot_every`].
+    last_snapshot_bytes: u64,
     /// Which inboxes watch which path.
     index: PathIndex<Arc<Inbox>>,
     /// The paths each inbox watches, to clean up when it is dropped.
@@ -549,10 +581,12 @@ impl Actor {
         let mut commit_result = Ok(());
         if !ops.is_empty() {
             let n = ops.len() as u64;
+            let bytes: u64 = ops.iter().map(|(_, d)| d.len() as u64).sum();
             commit_result = self.commit(ops).await;
             if commit_result.is_ok() {
                 self.notify(&changed);
                 self.since_snapshot += n;
+                self.bytes_since_snapshot += bytes;
             }
         }
 
@@ -582,7 +616,10 @@ impl Actor {
             let _ = reply.send(());
             return true;
         }
-        if self.since_snapshot >= self.options.snapshot_every && self.failed.is_none() {
+        if self.since_snapshot >= self.options.snapshot_every
+            && self.bytes_since_snapshot >= self.last_snapshot_bytes
+            && self.failed.is_none()
+        {
             self.start_snapshot();
         }
         false
@@ -740,6 +777,8 @@ impl Actor {
         };
         self.metrics.snapshot_bytes.set(data.len() as f64);
         self.since_snapshot = 0;
+        self.bytes_since_snapshot = 0;
+        self.last_snapshot_bytes = data.len() as u64;
         let seq = self.seq;
         let store = self.store.clone();
         self.snapshot_job = Some(tokio::task::spawn_blocking(move || {

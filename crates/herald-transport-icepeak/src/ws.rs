@@ -35,12 +35,19 @@ mod close {
     pub(super) const NO_SUBSCRIPTION: u16 = 1008;
 }
 
+/// The initial read buffer of a WebSocket connection. Clients of the legacy protocol send
+/// nothing but pongs; subscribe messages of the reusable one are small.
+const WS_READ_BUFFER_BYTES: usize = 1024;
+
 pub(crate) async fn handshake(state: Shared, parts: Parts, upgrade: WebSocketUpgrade) -> Response {
     let query = Query::parse(parts.uri.query());
     let config = &state.config;
     // Leave room above our own limit so that an oversize message reaches us and gets Icepeak's
     // close code instead of a bare protocol error.
+    // tungstenite preallocates its read buffer (128 KiB by default) for every connection; a
+    // small one keeps idle subscribers cheap, and it grows on demand for a large message.
     let upgrade = upgrade
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
         .max_message_size(config.max_ws_message_bytes.saturating_mul(2))
         .max_frame_size(config.max_ws_message_bytes.saturating_mul(2));
     match query.method.as_deref() {
