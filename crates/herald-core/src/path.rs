@@ -6,6 +6,7 @@
 //! subscriptions) is always by whole segments, so `/foo` is never a prefix of `/foobar`.
 
 use std::fmt;
+use std::sync::Arc;
 
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
@@ -78,13 +79,14 @@ pub enum PathError {
 
 /// A validated path in Herald's namespace.
 ///
+/// Cloning is cheap (a reference count): fan-out hands the same path to every subscriber.
+///
 /// # Invariants
 /// Every segment is non-empty, is neither `.` nor `..`, and the limits the path was parsed
 /// with held.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Path {
-    segments: Vec<String>,
+    segments: Arc<[String]>,
 }
 
 impl Path {
@@ -142,7 +144,9 @@ impl Path {
         for s in &segments {
             validate_segment(s, limits)?;
         }
-        Ok(Self { segments })
+        Ok(Self {
+            segments: segments.into(),
+        })
     }
 
     /// The segments, root first.
@@ -169,7 +173,7 @@ impl Path {
     pub fn parent(&self) -> Option<Path> {
         let (_, rest) = self.segments.split_last()?;
         Some(Path {
-            segments: rest.to_vec(),
+            segments: rest.into(),
         })
     }
 
@@ -208,10 +212,18 @@ impl fmt::Display for Path {
         if self.segments.is_empty() {
             return f.write_str("/");
         }
-        for s in &self.segments {
+        for s in self.segments.iter() {
             write!(f, "/{}", utf8_percent_encode(s, SEGMENT_ESCAPES))?;
         }
         Ok(())
+    }
+}
+
+impl Serialize for Path {
+    /// Writes the segments as a JSON-style array (`["a","b"]`), as Icepeak's journal does.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let segments: &[String] = &self.segments;
+        segments.serialize(s)
     }
 }
 
