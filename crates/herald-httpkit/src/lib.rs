@@ -6,7 +6,7 @@
 //!
 //! # Layout
 //! - [`json_response`], [`error_response`]: responses with `application/json` bodies.
-//! - [`read_body`]: reads a request body up to a limit (413 past it).
+//! - [`read_body`], [`read_json`]: read a request body up to a limit (413 past it).
 //! - [`ConnectionGauge`]: counts open connections per protocol.
 //! - [`close_if_body_unread`]: keeps keep-alive clients working after early answers.
 //!
@@ -77,6 +77,21 @@ pub async fn read_body(req: Request, limit: usize) -> Result<Bytes, Box<Response
             }
         }
     }
+}
+
+/// Reads the whole request body (see [`read_body`]) and parses it as JSON.
+///
+/// # Errors
+/// The response to send instead: 413 or 400 as [`read_body`], 400 when the body is not JSON
+/// (including nesting deeper than serde_json's limit of 128).
+pub async fn read_json(req: Request, limit: usize) -> Result<serde_json::Value, Box<Response>> {
+    let body = read_body(req, limit).await?;
+    serde_json::from_slice(&body).map_err(|e| {
+        Box::new(error_response(
+            StatusCode::BAD_REQUEST,
+            format!("request body is not valid JSON: {e}"),
+        ))
+    })
 }
 
 /// Counts one open connection of a protocol in the `herald_connections` gauge (and

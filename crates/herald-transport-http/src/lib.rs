@@ -35,7 +35,7 @@ use axum::routing::{any, get};
 use herald_auth::JwtConfig;
 use herald_core::{Access, Modes, Path, PathLimits};
 use herald_engine::{Docs, DocsError, Write};
-use herald_httpkit::{error_response, json_response, read_body};
+use herald_httpkit::{error_response, json_response, read_json};
 
 /// Settings of the main HTTP API.
 #[derive(Debug, Clone)]
@@ -131,18 +131,9 @@ async fn doc(State(state): State<Shared>, req: Request) -> Response {
                         .trim()
                         .to_ascii_lowercase()
                 });
-            let body = match read_body(req, config.max_body_bytes).await {
-                Ok(b) => b,
-                Err(resp) => return *resp,
-            };
-            let value: serde_json::Value = match serde_json::from_slice(&body) {
+            let value = match read_json(req, config.max_body_bytes).await {
                 Ok(v) => v,
-                Err(e) => {
-                    return error_response(
-                        StatusCode::BAD_REQUEST,
-                        format!("request body is not valid JSON: {e}"),
-                    );
-                }
+                Err(resp) => return *resp,
             };
             if method == Method::PUT {
                 Write::Put { path, value }

@@ -42,18 +42,9 @@ pub(crate) async fn handle(state: Shared, req: Request) -> Response {
     match method {
         Method::GET => get(state, path).await,
         Method::PUT => {
-            let body = match herald_httpkit::read_body(req, state.config.max_body_bytes).await {
-                Ok(b) => b,
-                Err(resp) => return *resp,
-            };
-            let value: serde_json::Value = match serde_json::from_slice(&body) {
+            let value = match herald_httpkit::read_json(req, state.config.max_body_bytes).await {
                 Ok(v) => v,
-                Err(e) => {
-                    return error_response(
-                        StatusCode::BAD_REQUEST,
-                        format!("request body is not valid JSON: {e}"),
-                    );
-                }
+                Err(resp) => return *resp,
             };
             // Checked here as well as in the engine: without `durable` the answer is sent
             // before the engine sees the write, and a refused write must not get 202.

@@ -35,6 +35,13 @@ mod close {
     pub(super) const NO_SUBSCRIPTION: u16 = 1008;
 }
 
+/// The reader accepts messages up to this many times `max_ws_message_bytes`, so that a message
+/// over the limit is read whole and answered with close code 3001 on a clean connection (closing
+/// with the rest of a message unread would make the kernel reset the connection, and the client
+/// would never see the code). Past this hard cap the server stops reading at once, without
+/// buffering the message: it still sends 3001, but the client may see a reset instead.
+const READER_LIMIT_FACTOR: usize = 4;
+
 /// The initial read buffer of a WebSocket connection. Clients of the legacy protocol send
 /// nothing but pongs; subscribe messages of the reusable one are small.
 const WS_READ_BUFFER_BYTES: usize = 1024;
@@ -48,8 +55,16 @@ pub(crate) async fn handshake(state: Shared, parts: Parts, upgrade: WebSocketUpg
     // small one keeps idle subscribers cheap, and it grows on demand for a large message.
     let upgrade = upgrade
         .read_buffer_size(WS_READ_BUFFER_BYTES)
-        .max_message_size(config.max_ws_message_bytes.saturating_mul(2))
-        .max_frame_size(config.max_ws_message_bytes.saturating_mul(2));
+        .max_message_size(
+            config
+                .max_ws_message_bytes
+                .saturating_mul(READER_LIMIT_FACTOR),
+        )
+        .max_frame_size(
+            config
+                .max_ws_message_bytes
+                .saturating_mul(READER_LIMIT_FACTOR),
+        );
     match query.method.as_deref() {
         Some("reusable") => upgrade.on_upgrade(move |socket| async move {
             let _conn = herald_httpkit::ConnectionGauge::new("icepeak-ws");
