@@ -107,6 +107,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         let app = with_http_metrics(
             herald_transport_icepeak::router(docs.clone(), config),
             "icepeak",
+            metrics.is_some(),
         );
         let local = start(&mut servers, "icepeak", addr, app, &shutdown).await?;
         bound.insert("icepeak", local);
@@ -117,7 +118,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             max_body_bytes: settings.max_body_bytes,
             ..Default::default()
         };
-        let app = with_http_metrics(herald_transport_http::router(docs.clone(), config), "http");
+        let app = with_http_metrics(
+            herald_transport_http::router(docs.clone(), config),
+            "http",
+            metrics.is_some(),
+        );
         let local = start(&mut servers, "http", addr, app, &shutdown).await?;
         bound.insert("http", local);
     }
@@ -281,8 +286,12 @@ fn metrics_router(handle: PrometheusHandle) -> Router {
 }
 
 /// Records `http_request_duration_seconds{method,status}` (Icepeak's name) and
-/// `herald_http_requests_total{listener,method,status}` for every request.
-fn with_http_metrics(app: Router, listener: &'static str) -> Router {
+/// `herald_http_requests_total{listener,method,status}` for every request, when metrics are on
+/// (without a recorder the labels would still be built for nothing on every request).
+fn with_http_metrics(app: Router, listener: &'static str, enabled: bool) -> Router {
+    if !enabled {
+        return app;
+    }
     app.layer(middleware::from_fn(
         move |req: Request, next: Next| async move {
             let started = Instant::now();
