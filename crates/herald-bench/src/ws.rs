@@ -3,8 +3,10 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use anyhow::Context;
+use futures_util::StreamExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::args::Target;
@@ -57,6 +59,27 @@ pub async fn connect(
             .await
             .with_context(|| format!("WebSocket handshake on {path} failed"))?;
     Ok(socket)
+}
+
+/// Opens a WebSocket like [`connect`] and waits for its first data frame (the subscribed
+/// path's current value), so the subscription is known to be registered.
+///
+/// # Errors
+/// When connecting fails, or the socket fails or closes before its first frame.
+pub async fn connect_subscribed(
+    target: &Target,
+    path: &str,
+    source: Option<IpAddr>,
+) -> anyhow::Result<Socket> {
+    let mut socket = connect(target, path, source).await?;
+    loop {
+        match socket.next().await {
+            Some(Ok(Message::Text(_) | Message::Binary(_))) => return Ok(socket),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e).context("WebSocket failed before its first frame"),
+            None => anyhow::bail!("WebSocket closed before its first frame"),
+        }
+    }
 }
 
 /// The `i`-th of `count` loopback source addresses, `127.0.0.1` to `127.0.0.{count}`, or

@@ -34,7 +34,7 @@ use crate::args::{Rate, Target, parse_doc_path, parse_duration};
 use crate::http::{ClientKind, Connection};
 use crate::report::{self, CpuMeter, CpuUsage, Errors, Latency, Table};
 use crate::scenario::unix_nanos;
-use crate::ws::{self, Socket};
+use crate::ws;
 
 /// Flags of `herald-bench docs-fanout`.
 #[derive(Debug, Clone, clap::Args)]
@@ -311,7 +311,7 @@ async fn subscriber(
     let socket = {
         // Held only while connecting, to bound the handshakes in flight.
         let _permit = permits.acquire().await?;
-        match first_frame(&target, &path).await {
+        match ws::connect_subscribed(&target, &path, None).await {
             Ok(s) => s,
             Err(e) => {
                 let _ = ready.send(Err(format!("{e:#}"))).await;
@@ -371,19 +371,6 @@ async fn subscriber(
         }
     }
     Ok(Some(r))
-}
-
-/// Connects and reads the first frame (the value before the run).
-async fn first_frame(target: &Target, path: &str) -> anyhow::Result<Socket> {
-    let mut socket = ws::connect(target, path, None).await?;
-    loop {
-        match socket.next().await {
-            Some(Ok(Message::Text(_) | Message::Binary(_))) => return Ok(socket),
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(e).context("WebSocket failed before its first frame"),
-            None => bail!("WebSocket closed before its first frame"),
-        }
-    }
 }
 
 impl fmt::Display for Report {

@@ -24,7 +24,6 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::args::{Target, parse_doc_path, parse_duration};
 use crate::procfs::{self, Process};
@@ -222,7 +221,7 @@ async fn idle(
         let Ok(_permit) = permits.acquire().await else {
             return;
         };
-        first_frame(&target, &path, source).await
+        ws::connect_subscribed(&target, &path, source).await
     };
     let mut socket = match connected {
         Ok(s) => {
@@ -243,22 +242,6 @@ async fn idle(
             changed = stop.changed() => if changed.is_err() || *stop.borrow() {
                 return;
             },
-        }
-    }
-}
-
-async fn first_frame(
-    target: &Target,
-    path: &str,
-    source: Option<IpAddr>,
-) -> anyhow::Result<ws::Socket> {
-    let mut socket = ws::connect(target, path, source).await?;
-    loop {
-        match socket.next().await {
-            Some(Ok(Message::Text(_) | Message::Binary(_))) => return Ok(socket),
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(e).context("WebSocket failed before its first frame"),
-            None => bail!("WebSocket closed before its first frame"),
         }
     }
 }
