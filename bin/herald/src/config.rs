@@ -95,6 +95,11 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "HERALD_MAX_BODY_BYTES", value_name = "BYTES")]
     max_body_bytes: Option<usize>,
 
+    /// Most connections open at once on the data listeners (WebSockets included); at the
+    /// limit new connections wait to be accepted. [default: 100000]
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", value_name = "N")]
+    max_connections: Option<usize>,
+
     /// Document write queue size; Icepeak writes get 503 when it is full. [default: 4096]
     #[arg(long, env = "HERALD_QUEUE_CAPACITY", value_name = "N")]
     queue_capacity: Option<usize>,
@@ -141,6 +146,7 @@ struct FileConfig {
     jwt_secret: Option<String>,
     allow_anonymous: Option<bool>,
     max_body_bytes: Option<usize>,
+    max_connections: Option<usize>,
     queue_capacity: Option<usize>,
     snapshot_every: Option<u64>,
     websocket_ping_interval: Option<u64>,
@@ -160,6 +166,7 @@ pub(crate) struct Settings {
     pub(crate) jwt_secret: Option<String>,
     pub(crate) allow_anonymous: bool,
     pub(crate) max_body_bytes: usize,
+    pub(crate) max_connections: usize,
     pub(crate) queue_capacity: usize,
     pub(crate) snapshot_every: u64,
     pub(crate) websocket_ping_interval: u64,
@@ -209,6 +216,10 @@ impl Settings {
                 .max_body_bytes
                 .or(file.max_body_bytes)
                 .unwrap_or(10 * 1024 * 1024),
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(100_000),
             queue_capacity: args.queue_capacity.or(file.queue_capacity).unwrap_or(4096),
             snapshot_every: args
                 .snapshot_every
@@ -233,6 +244,9 @@ impl Settings {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        if self.max_connections == 0 {
+            bail!("--max-connections must be at least 1");
+        }
         if self.queue_capacity == 0 {
             bail!("--queue-capacity must be at least 1");
         }

@@ -8,6 +8,7 @@
 use clap::{Parser, Subcommand};
 
 mod config;
+mod limit;
 mod serve;
 mod token;
 

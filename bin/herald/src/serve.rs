@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Listen, ServeArgs, Settings};
+use crate::limit::ConnectionLimit;
 
 /// How long listeners get to finish in-flight requests after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -89,6 +90,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
 
     let shutdown = CancellationToken::new();
+    let limit = ConnectionLimit::new(settings.max_connections);
     let mut servers = tokio::task::JoinSet::new();
     let mut bound: BTreeMap<&'static str, SocketAddr> = BTreeMap::new();
 
@@ -109,7 +111,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             "icepeak",
             metrics.is_some(),
         );
-        let local = start(&mut servers, "icepeak", addr, app, &shutdown).await?;
+        let local = start(&mut servers, "icepeak", addr, app, &shutdown, Some(&limit)).await?;
         bound.insert("icepeak", local);
     }
     if let Listen::On(addr) = settings.http {
@@ -123,7 +125,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             "http",
             metrics.is_some(),
         );
-        let local = start(&mut servers, "http", addr, app, &shutdown).await?;
+        let local = start(&mut servers, "http", addr, app, &shutdown, Some(&limit)).await?;
         bound.insert("http", local);
     }
     if let (Listen::On(addr), Some(handle)) = (settings.metrics, metrics) {
@@ -133,6 +135,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             addr,
             metrics_router(handle),
             &shutdown,
+            None,
         )
         .await?;
         bound.insert("metrics", local);
@@ -172,6 +175,7 @@ async fn start(
     addr: SocketAddr,
     app: Router,
     shutdown: &CancellationToken,
+    limit: Option<&ConnectionLimit>,
 ) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)
         .await
@@ -179,6 +183,7 @@ async fn start(
     let local = listener.local_addr()?;
     tracing::info!(listener = name, addr = %local, "listening");
     let token = shutdown.clone();
+    let limit = limit.cloned();
     servers.spawn(async move {
         // Small pushes (WebSocket updates, short HTTP answers) must not wait for Nagle's
         // algorithm and the peer's delayed ACK.
@@ -187,9 +192,19 @@ async fn start(
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
         });
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await;
+        let stop = async move { token.cancelled().await };
+        let result = match limit {
+            Some(limit) => {
+                axum::serve(limit.wrap(listener), app)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }
+        };
         if let Err(e) = result {
             tracing::error!(listener = name, error = %e, "listener failed");
         }
