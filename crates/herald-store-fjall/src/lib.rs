@@ -229,7 +229,17 @@ impl FjallStore {
         if let Some(threads) = options.worker_threads {
             builder = builder.worker_threads(threads);
         }
-        let db = builder.open().map_err(engine)?;
+        let db = builder.open().map_err(|e| match e {
+            fjall::Error::Locked => StoreError::Engine(Box::new(std::io::Error::new(
+                std::io::ErrorKind::ResourceBusy,
+                format!(
+                    "{} is in use by another process (is another herald running on this \
+                     data directory?)",
+                    dir.display()
+                ),
+            ))),
+            other => engine(other),
+        })?;
         let logs = db
             .keyspace("logs", || {
                 KeyspaceCreateOptions::default().max_memtable_size(options.log_memtable_bytes)

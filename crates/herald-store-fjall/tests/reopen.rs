@@ -222,9 +222,9 @@ fn reopen_under_many_cycles_keeps_everything() -> TestResult {
 fn second_open_of_the_same_directory_fails_cleanly() -> TestResult {
     let dir = tempfile::tempdir()?;
     let _store = FjallStore::open(dir.path())?;
-    assert!(matches!(
-        FjallStore::open(dir.path()),
-        Err(StoreError::Engine(_))
-    ));
+    let second = FjallStore::open(dir.path());
+    assert!(matches!(second, Err(StoreError::Engine(_))), "{second:?}");
+    let message = second.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(message.contains("in use by another process"), "{message}");
     Ok(())
 }
