@@ -235,22 +235,32 @@ impl Store for FailingStore {
 }
 
 /// A `MemoryStore` whose `append` blocks while the gate is closed. The gate never blocks for
-/// longer than [`WAIT`], so a forgotten `open()` cannot hang the test run.
+/// longer than [`WAIT`], so a forgotten `open()` cannot hang the test run. Optionally, appends
+/// from the `fail_from`-th on (counting from 0) fail after the gate.
 pub(crate) struct GatedStore {
     pub(crate) inner: MemoryStore,
     closed: Mutex<bool>,
     cvar: Condvar,
     /// Signalled each time an `append` starts waiting at the closed gate.
     pub(crate) entered: tokio::sync::Notify,
+    appends: AtomicU64,
+    fail_from: u64,
 }
 
 impl GatedStore {
     pub(crate) fn new_closed() -> Self {
+        Self::new_closed_failing_from(u64::MAX)
+    }
+
+    /// A closed gate, and every append from the `fail_from`-th on fails.
+    pub(crate) fn new_closed_failing_from(fail_from: u64) -> Self {
         Self {
             inner: MemoryStore::default(),
             closed: Mutex::new(true),
             cvar: Condvar::new(),
             entered: tokio::sync::Notify::new(),
+            appends: AtomicU64::new(0),
+            fail_from,
         }
     }
 
@@ -280,6 +290,9 @@ impl Store for GatedStore {
             .wait_timeout_while(guard, WAIT, |closed| *closed)
             .unwrap_or_else(|e| e.into_inner());
         drop(guard);
+        if self.appends.fetch_add(1, Ordering::SeqCst) >= self.fail_from {
+            return Err(injected());
+        }
         self.inner.append(records, durability)
     }
     fn read(&self, log: &str, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
