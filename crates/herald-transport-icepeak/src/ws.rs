@@ -49,22 +49,15 @@ const WS_READ_BUFFER_BYTES: usize = 1024;
 pub(crate) async fn handshake(state: Shared, parts: Parts, upgrade: WebSocketUpgrade) -> Response {
     let query = Query::parse(parts.uri.query());
     let config = &state.config;
-    // Leave room above our own limit so that an oversize message reaches us and gets Icepeak's
-    // close code instead of a bare protocol error.
     // tungstenite preallocates its read buffer (128 KiB by default) for every connection; a
     // small one keeps idle subscribers cheap, and it grows on demand for a large message.
+    let reader_limit = config
+        .max_ws_message_bytes
+        .saturating_mul(READER_LIMIT_FACTOR);
     let upgrade = upgrade
         .read_buffer_size(WS_READ_BUFFER_BYTES)
-        .max_message_size(
-            config
-                .max_ws_message_bytes
-                .saturating_mul(READER_LIMIT_FACTOR),
-        )
-        .max_frame_size(
-            config
-                .max_ws_message_bytes
-                .saturating_mul(READER_LIMIT_FACTOR),
-        );
+        .max_message_size(reader_limit)
+        .max_frame_size(reader_limit);
     match query.method.as_deref() {
         Some("reusable") => upgrade.on_upgrade(move |socket| async move {
             let _conn = herald_httpkit::ConnectionGauge::new("icepeak-ws");
@@ -278,10 +271,13 @@ impl Reusable {
                 updates = self.sub.inbox().recv() => {
                     let names = &self.names;
                     send_all(&mut self.socket, updates, |path, value| {
-                        let name = names.get(path).cloned().unwrap_or_else(|| path.to_slashed());
+                        let name = match names.get(path) {
+                            Some(n) => serde_json::to_string(n),
+                            None => serde_json::to_string(&path.to_slashed()),
+                        }
+                        .ok()?;
                         let msg = format!(
-                            r#"{{"type":"update","path":{},"value":{}}}"#,
-                            Value::String(name),
+                            r#"{{"type":"update","path":{name},"value":{}}}"#,
                             String::from_utf8_lossy(&value)
                         );
                         Some(Message::Text(msg.into()))
@@ -295,7 +291,8 @@ impl Reusable {
                             .await;
                         Flow::Stop
                     }
-                    // Over the reader's own limit (twice ours): still Icepeak's close code.
+                    // Over the reader's hard cap (`READER_LIMIT_FACTOR` times ours): still
+                    // Icepeak's close code, on a best-effort basis.
                     Some(Err(e)) if is_too_large(&e) => {
                         send_close(&mut self.socket, close::TOO_LARGE, "message too large").await;
                         Flow::Stop
