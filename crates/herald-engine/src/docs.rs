@@ -580,13 +580,9 @@ impl Actor {
 
         let mut commit_result = Ok(());
         if !ops.is_empty() {
-            let n = ops.len() as u64;
-            let bytes: u64 = ops.iter().map(|(_, d)| d.len() as u64).sum();
             commit_result = self.commit(ops).await;
             if commit_result.is_ok() {
                 self.notify(&changed);
-                self.since_snapshot += n;
-                self.bytes_since_snapshot += bytes;
             }
         }
 
@@ -675,6 +671,8 @@ impl Actor {
             Ok(()) => {
                 self.metrics.writes.increment(count as u64);
                 self.metrics.data_written_bytes.increment(bytes as u64);
+                self.since_snapshot += count as u64;
+                self.bytes_since_snapshot += bytes as u64;
                 Ok(())
             }
             Err(e) => {
