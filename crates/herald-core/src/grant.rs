@@ -21,14 +21,29 @@ pub struct Modes(u8);
 impl Modes {
     /// No access.
     pub const NONE: Modes = Modes(0);
-    /// Read a value, subscribe to changes.
+    /// Read a value or events, subscribe to changes (`r`).
     pub const READ: Modes = Modes(1);
-    /// Write, append, delete.
+    /// Write a document, append events; deleting a document also takes WRITE (`w`).
     pub const WRITE: Modes = Modes(2);
-    /// Administer: grant and revoke, manage users.
+    /// Administer: grant and revoke, manage users (`a`).
     pub const ADMIN: Modes = Modes(4);
+    /// Delete a topic (event stream) and its events (`d`). Documents need WRITE instead.
+    pub const DELETE: Modes = Modes(8);
+    /// List the names (topics, streams) at and below a path (`l`).
+    pub const LIST: Modes = Modes(16);
     /// Read and write.
     pub const READ_WRITE: Modes = Modes(3);
+    /// Every mode: read, write, admin, delete and list.
+    pub const ALL: Modes = Modes(1 | 2 | 4 | 8 | 16);
+
+    /// Each mode with its short letter, in the order [`Display`](fmt::Display) writes them.
+    const LETTERS: [(Modes, char); 5] = [
+        (Modes::READ, 'r'),
+        (Modes::WRITE, 'w'),
+        (Modes::ADMIN, 'a'),
+        (Modes::DELETE, 'd'),
+        (Modes::LIST, 'l'),
+    ];
 
     /// Whether every mode in `other` is in `self`.
     pub fn contains(self, other: Modes) -> bool {
@@ -40,8 +55,9 @@ impl Modes {
         self.0 == 0
     }
 
-    /// Parses the short form used by token generators: `r`, `w`, `rw` (any order, and `a`
-    /// for admin).
+    /// Parses the short form used by token generators and the command line: letters `r`
+    /// (read), `w` (write), `a` (admin), `d` (delete) and `l` (list) in any order and
+    /// repeated or not, e.g. `rw` or `rwdl`. [`Display`](fmt::Display) writes this form back.
     ///
     /// # Errors
     /// [`ModesError`] on an empty string or an unknown letter.
@@ -49,11 +65,12 @@ impl Modes {
         if s.is_empty() {
             return Err(ModesError(s.to_owned()));
         }
-        s.chars().try_fold(Modes::NONE, |acc, c| match c {
-            'r' => Ok(acc | Modes::READ),
-            'w' => Ok(acc | Modes::WRITE),
-            'a' => Ok(acc | Modes::ADMIN),
-            _ => Err(ModesError(s.to_owned())),
+        s.chars().try_fold(Modes::NONE, |acc, c| {
+            Modes::LETTERS
+                .iter()
+                .find(|(_, letter)| *letter == c)
+                .map(|(m, _)| acc | *m)
+                .ok_or_else(|| ModesError(s.to_owned()))
         })
     }
 }
@@ -66,12 +83,12 @@ impl BitOr for Modes {
 }
 
 impl fmt::Display for Modes {
-    /// Writes the short form (`rw`, `r`, `-` for none).
+    /// Writes the short form, letters in the order `r w a d l` (`rw`, `rwadl`, `-` for none).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_empty() {
             return f.write_str("-");
         }
-        for (m, c) in [(Modes::READ, 'r'), (Modes::WRITE, 'w'), (Modes::ADMIN, 'a')] {
+        for (m, c) in Modes::LETTERS {
             if self.contains(m) {
                 write!(f, "{c}")?;
             }
@@ -80,9 +97,12 @@ impl fmt::Display for Modes {
     }
 }
 
-/// A modes string that is not made of `r`, `w` and `a`.
+/// A modes string that is empty or not made of `r`, `w`, `a`, `d` and `l`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid modes {0:?}: expected letters r (read), w (write), a (admin), e.g. 'rw'")]
+#[error(
+    "invalid modes {0:?}: expected letters r (read), w (write), a (admin), d (delete), \
+     l (list), e.g. 'rw'"
+)]
 pub struct ModesError(String);
 
 /// One segment of a [`PathPattern`].
@@ -320,6 +340,35 @@ mod tests {
         assert_eq!(Modes::parse_short("r"), Ok(Modes::READ));
         assert!(Modes::parse_short("").is_err());
         assert!(Modes::parse_short("rx").is_err());
+        assert!(Modes::parse_short("R").is_err());
         assert_eq!(Modes::READ_WRITE.to_string(), "rw");
+        assert_eq!(Modes::parse_short("ld"), Ok(Modes::DELETE | Modes::LIST));
+        assert_eq!(Modes::parse_short("lrrdwa"), Ok(Modes::ALL));
+        assert_eq!(Modes::ALL.to_string(), "rwadl");
+        assert_eq!(Modes::NONE.to_string(), "-");
+    }
+
+    #[test]
+    fn every_set_of_modes_round_trips_through_the_short_form() {
+        let singles = [
+            Modes::READ,
+            Modes::WRITE,
+            Modes::ADMIN,
+            Modes::DELETE,
+            Modes::LIST,
+        ];
+        assert_eq!(
+            singles.iter().fold(Modes::NONE, |acc, m| acc | *m),
+            Modes::ALL
+        );
+        for bits in 1u8..32 {
+            let m = Modes(bits);
+            assert!(Modes::ALL.contains(m));
+            let short = m.to_string();
+            assert_eq!(Modes::parse_short(&short), Ok(m), "{short}");
+            assert_eq!(short.len(), bits.count_ones() as usize, "{short}");
+        }
+        assert!(!Modes::WRITE.contains(Modes::DELETE));
+        assert!(!Modes::READ.contains(Modes::LIST));
     }
 }

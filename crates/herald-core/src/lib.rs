@@ -1,4 +1,5 @@
-//! Herald's domain core: paths, the JSON document tree, permissions and the subscription index.
+//! Herald's domain core: paths, the JSON document tree, permissions, topics and the subscription
+//! indexes.
 //!
 //! Everything here is pure: no I/O, no async runtime, no clocks. The engine (`herald-engine`)
 //! owns state built from these types; protocol adapters translate their wire formats into them.
@@ -8,7 +9,10 @@
 //!   limits.
 //! - [`grant`]: [`Modes`], [`PathPattern`], [`Grant`] and [`Access`]: the one permission model.
 //! - [`tree`]: operations on the JSON document tree and [`DocOp`], the logged write.
-//! - [`index`]: [`PathIndex`], the subscription trie used by fan-out.
+//! - [`index`]: [`PathIndex`], the subscription trie used by document fan-out.
+//! - [`topic`]: event logs: the store record format ([`topic::encode_record`],
+//!   [`topic::decode_record`]), [`Retention`] limits and the [`RetentionRules`] choosing them by
+//!   path, and [`PatternIndex`], the trie of wildcard subscriptions used by topic fan-out.
 //!
 //! # Example
 //! ```
@@ -34,9 +38,11 @@
 pub mod grant;
 pub mod index;
 pub mod path;
+pub mod topic;
 pub mod tree;
 
 pub use grant::{Access, Grant, Modes, ModesError, PathPattern, PatternError, PatternSegment};
 pub use index::PathIndex;
 pub use path::{Path, PathError, PathLimits};
+pub use topic::{PatternIndex, RecordError, RecordRef, Retention, RetentionRules};
 pub use tree::DocOp;

@@ -7,13 +7,16 @@
 //! | tag    | key                                  | value                           |
 //! |--------|--------------------------------------|---------------------------------|
 //! | `0x00` | `0x00`                               | format version, `u32` BE        |
-//! | `0x01` | `0x01 ++ u16_be(len) ++ name`        | `first` `u64` BE ++ `last` `u64` BE |
+//! | `0x01` | `0x01 ++ u16_be(len) ++ name`        | `first` ++ `last` ++ `bytes`, `u64` BE each |
 //! | `0x02` | `0x02 ++ u16_be(len) ++ name ++ seq_be` | the record's bytes           |
 //!
 //! The length prefix makes `u16_be(len) ++ name` prefix-free: two different names differ
 //! within the first `2 + min(len)` bytes, so no name (however it is spelt, NUL bytes included)
 //! can produce a key inside another name's range. Big-endian `seq` makes byte order equal
 //! numeric order, so a range scan returns records in `seq` order.
+//!
+//! Format version 1 stored bounds as `first ++ last` only (16 bytes); opening such a directory
+//! upgrades it to version 2 (see `FjallStore::open_with`), computing `bytes` from the records.
 //!
 //! # `snapshots` keyspace
 //! | key                                          | value                                   |
@@ -41,7 +44,13 @@ pub const MAX_RECORD_BYTES: usize = u32::MAX as usize;
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// The version written under [`FORMAT_KEY`]; bump it when an encoding in this module changes.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+///
+/// - 1: bounds values are `first ++ last` (see [`LogMeta::decode_v1`]).
+/// - 2: bounds values also hold `bytes`.
+pub(crate) const FORMAT_VERSION: u32 = 2;
+
+/// The one older version that [`FORMAT_VERSION`] directories are upgraded from on open.
+pub(crate) const FORMAT_VERSION_V1: u32 = 1;
 
 const TAG_FORMAT: u8 = 0x00;
 const TAG_META: u8 = 0x01;
@@ -107,13 +116,16 @@ pub(crate) fn decode_record_seq(key: &[u8]) -> Option<u64> {
 /// A log's bounds as kept in its meta entry and in memory.
 ///
 /// # Invariants
-/// - `first <= last + 1`; `first == last + 1` means every record was trimmed.
+/// - `first <= last + 1`; `first == last + 1` means every record was trimmed, and then
+///   `bytes == 0`.
 /// - `first` is the `seq` of the oldest record actually stored (not merely a lower bound), so
 ///   `bounds()` needs no disk access, and every record below `first` has been deleted.
+/// - `bytes` is the sum of the value lengths of the stored records `first..=last`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct LogMeta {
     pub(crate) first: u64,
     pub(crate) last: u64,
+    pub(crate) bytes: u64,
 }
 
 impl LogMeta {
@@ -122,22 +134,37 @@ impl LogMeta {
         self.first > self.last
     }
 
-    pub(crate) fn encode(self) -> [u8; 16] {
-        let mut value = [0; 16];
-        let (first, last) = value.split_at_mut(8);
+    pub(crate) fn encode(self) -> [u8; 24] {
+        let mut value = [0; 24];
+        let (first, rest) = value.split_at_mut(8);
+        let (last, bytes) = rest.split_at_mut(8);
         first.copy_from_slice(&self.first.to_be_bytes());
         last.copy_from_slice(&self.last.to_be_bytes());
+        bytes.copy_from_slice(&self.bytes.to_be_bytes());
         value
     }
 
     pub(crate) fn decode(value: &[u8]) -> Option<Self> {
-        let value: &[u8; 16] = value.try_into().ok()?;
-        let (first, last) = value.split_at(8);
+        let value: &[u8; 24] = value.try_into().ok()?;
+        let (first, rest) = value.split_at(8);
+        let (last, bytes) = rest.split_at(8);
         let meta = Self {
             first: u64::from_be_bytes(first.try_into().ok()?),
             last: u64::from_be_bytes(last.try_into().ok()?),
+            bytes: u64::from_be_bytes(bytes.try_into().ok()?),
         };
-        (meta.first <= meta.last.saturating_add(1)).then_some(meta)
+        let valid =
+            meta.first <= meta.last.saturating_add(1) && !(meta.is_empty() && meta.bytes > 0);
+        valid.then_some(meta)
+    }
+
+    /// Decodes a format-version-1 value, `first ++ last`, into `(first, last)`.
+    pub(crate) fn decode_v1(value: &[u8]) -> Option<(u64, u64)> {
+        let value: &[u8; 16] = value.try_into().ok()?;
+        let (first, last) = value.split_at(8);
+        let first = u64::from_be_bytes(first.try_into().ok()?);
+        let last = u64::from_be_bytes(last.try_into().ok()?);
+        (first <= last.saturating_add(1)).then_some((first, last))
     }
 }
 
@@ -230,17 +257,39 @@ mod tests {
 
     #[test]
     fn meta_round_trips() {
-        let meta = LogMeta { first: 3, last: 9 };
+        let meta = LogMeta {
+            first: 3,
+            last: 9,
+            bytes: 1 << 40,
+        };
         assert_eq!(LogMeta::decode(&meta.encode()), Some(meta));
-        let empty = LogMeta { first: 10, last: 9 };
+        let empty = LogMeta {
+            first: 10,
+            last: 9,
+            bytes: 0,
+        };
         assert!(empty.is_empty());
         assert_eq!(LogMeta::decode(&empty.encode()), Some(empty));
-        // first > last + 1 breaks the invariant.
-        assert_eq!(
-            LogMeta::decode(&LogMeta { first: 11, last: 9 }.encode()),
-            None
-        );
-        assert_eq!(LogMeta::decode(&[0; 15]), None);
+        // first > last + 1 breaks the invariant, and so do bytes in an empty log.
+        let bad = [
+            LogMeta {
+                first: 11,
+                last: 9,
+                bytes: 0,
+            },
+            LogMeta { bytes: 1, ..empty },
+        ];
+        for meta in bad {
+            assert_eq!(LogMeta::decode(&meta.encode()), None, "{meta:?}");
+        }
+        assert_eq!(LogMeta::decode(&[0; 23]), None);
+        // The version-1 encoding is only accepted by `decode_v1`.
+        let mut v1 = [0; 16];
+        v1[..8].copy_from_slice(&3u64.to_be_bytes());
+        v1[8..].copy_from_slice(&9u64.to_be_bytes());
+        assert_eq!(LogMeta::decode(&v1), None);
+        assert_eq!(LogMeta::decode_v1(&v1), Some((3, 9)));
+        assert_eq!(LogMeta::decode_v1(&meta.encode()), None);
         let key = meta_key("x\0y").unwrap();
         assert_eq!(decode_meta_key(&key).as_deref(), Some("x\0y"));
     }

@@ -19,17 +19,40 @@
 //! # On disk
 //! Two fjall keyspaces in the directory given to [`FjallStore::open`]:
 //! - `logs`: records under `0x02 ++ u16_be(name_len) ++ name ++ seq_be`, and each log's
-//!   `(first, last)` bounds under `0x01 ++ u16_be(name_len) ++ name`. The length prefix keeps
-//!   names that are prefixes of each other, or contain NUL, apart; big-endian `seq` keeps records
-//!   in order. Records and bounds share a keyspace, so they share a memtable and flush together
-//!   and a hot log never pins journals through a second, rarely flushed keyspace.
+//!   `(first, last, bytes)` bounds under `0x01 ++ u16_be(name_len) ++ name`. The length prefix
+//!   keeps names that are prefixes of each other, or contain NUL, apart; big-endian `seq` keeps
+//!   records in order. Records and bounds share a keyspace, so they share a memtable and flush
+//!   together and a hot log never pins journals through a second, rarely flushed keyspace.
 //! - `snapshots`: per name, a header (`seq`, length, chunk count) and the blob in
 //!   [`SNAPSHOT_CHUNK_BYTES`] chunks, all replaced in one batch.
+//!
+//! A log's bounds entry is written in the same batch as the records an append adds or a trim
+//! step removes, so `first`, `last` and `bytes` always match the records, also after a crash.
+//! All bounds are also held in memory (read once on open), so [`Store::bounds`] and
+//! [`Store::list_logs`] never touch the disk; the bounds entries sort apart from the records, so
+//! reading them on open never walks a record either.
+//!
+//! **Format versions.** The `logs` keyspace holds a format marker. Version 1 (before
+//! `LogBounds::bytes` existed) stored bounds as `(first, last)`; opening such a directory
+//! upgrades it in place to version 2: each log's retained records are read once to sum their
+//! lengths, then every bounds entry and the marker are rewritten in one synced batch (a crash
+//! leaves the old directory, upgraded again on the next open). There is no way back: a build
+//! that knows only version 1 refuses an upgraded directory (it reports the 24-byte bounds as
+//! corrupt) rather than misreading it. This build checks the marker before decoding anything, so
+//! a directory from a later format is refused with [`FormatError::UnsupportedVersion`].
+//!
+//! **Deleting a log** ([`Store::delete_log`]) is a trim of every record, in the same steps, whose
+//! last step also removes the bounds entry. A crash in between leaves the log trimmed by a
+//! prefix, never a hole. A log recreated under the same name starts in the key range of its
+//! deleted records; their tombstones are walked only by reads spanning a gap in the new log's
+//! numbering, until compaction drops them.
 //!
 //! **Trim watermark.** Deleting records in an LSM-tree writes tombstones, and a scan that starts
 //! below them walks every one until compaction drops them (20 ms for 62k tombstones, measured
 //! in `deps-notes.md`). Each log's `first` is therefore kept exactly (the oldest stored record,
-//! or `last + 1`), and reads and trims always seek from it, never from seq 0.
+//! or `last + 1`), and reads and trims always seek from it, never from seq 0. A read seeks
+//! straight to `max(from, first)`, so a short read at the tail of a long log costs one seek:
+//! 10 records at the end of a 10-million-record log took 4 µs, as at its start.
 //!
 //! # Disk use
 //! Besides live records, the directory holds: tombstones of trimmed records until compaction
@@ -60,14 +83,15 @@
 //! drop(store);
 //!
 //! let store = FjallStore::open(dir.path())?;
-//! assert_eq!(store.bounds("docs")?, Some(LogBounds { first: 2, last: 2 }));
+//! assert_eq!(store.bounds("docs")?, Some(LogBounds { first: 2, last: 2, bytes: 5 }));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 mod keys;
 mod options;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock};
@@ -83,6 +107,15 @@ use keys::{LogMeta, SnapshotHeader};
 /// How many deletes one trim batch holds at most. A trim of millions of records is split into
 /// batches of this size, each moving the watermark, so memory stays bounded.
 const TRIM_BATCH: usize = 16 * 1024;
+
+/// What a trim ([`FjallStore::cut`]) removes.
+#[derive(Debug, Clone, Copy)]
+enum Cut {
+    /// Every record with a `seq` below this one; the log's bounds entry stays.
+    Below(u64),
+    /// Every record, and with the last of them the bounds entry: [`Store::delete_log`].
+    Log,
+}
 
 /// The outcome of one [`FjallStore::trim_step`].
 enum TrimStep {
@@ -113,7 +146,7 @@ pub enum FormatError {
     UnsupportedVersion {
         /// The version found on disk.
         found: u32,
-        /// The version this build reads and writes.
+        /// The version this build writes (it also reads, and upgrades, the versions before it).
         supported: u32,
     },
     /// An entry does not decode, or a snapshot's chunks do not match its header.
@@ -179,13 +212,15 @@ pub struct FjallStore {
     logs: Keyspace,
     /// Snapshot headers and chunks.
     snapshots: Keyspace,
-    /// Each log's bounds, mirrored from disk so `append` validates and `bounds` answers without
-    /// a disk read. Written only by the holder of `writer`, after its batch committed; readers
-    /// take it briefly to learn a log's watermark.
-    meta: RwLock<HashMap<String, LogMeta>>,
+    /// Each log's bounds, mirrored from disk so `append` validates and `bounds` and `list_logs`
+    /// answer without a disk read; ordered by name for `list_logs`. Written only by the holder
+    /// of `writer`, after its batch committed; readers take it briefly to learn a log's
+    /// watermark.
+    meta: RwLock<BTreeMap<String, LogMeta>>,
     /// Serializes writers from validation through commit (and fsync), so two appends to one log
     /// cannot both pass validation and a snapshot's old chunk count stays current. Held by
-    /// `append`, `trim` and `put_snapshot`; never by readers.
+    /// `append`, `trim` and `delete_log` (one step at a time) and `put_snapshot`; never by
+    /// readers.
     writer: Mutex<()>,
     /// Set on the first failed write or fsync: after a failed fsync the kernel may have dropped
     /// the dirty pages, so nothing later can be trusted to be durable (the "fsyncgate" lesson).
@@ -217,7 +252,9 @@ impl FjallStore {
     ///
     /// Opening replays into memory the journal that was active at the last close (and any
     /// sealed journal not yet freed): with the default options up to roughly 64–90 MB, which
-    /// took 0.1–1 s in the `group_commit` benchmark.
+    /// took 0.1–1 s in the `group_commit` benchmark. It then reads every log's bounds entry
+    /// (never a record), except for the one-time upgrade of a format-1 directory, which reads
+    /// every retained record once (see the crate docs).
     ///
     /// # Errors
     /// [`StoreError::Invalid`] for options fjall would reject; otherwise as [`FjallStore::open`].
@@ -251,25 +288,29 @@ impl FjallStore {
             })
             .map_err(engine)?;
 
-        let meta = load_meta(&logs)?;
-        match logs.get(keys::FORMAT_KEY).map_err(engine)? {
+        let meta = match logs.get(keys::FORMAT_KEY).map_err(engine)? {
             Some(value) => {
                 let found = <[u8; 4]>::try_from(&*value)
                     .map(u32::from_be_bytes)
                     .map_err(|_| corrupt("format marker", dir.display().to_string()))?;
-                if found != keys::FORMAT_VERSION {
-                    return Err(StoreError::Engine(Box::new(
-                        FormatError::UnsupportedVersion {
-                            found,
-                            supported: keys::FORMAT_VERSION,
-                        },
-                    )));
+                match found {
+                    keys::FORMAT_VERSION => load_meta(&logs)?,
+                    keys::FORMAT_VERSION_V1 => upgrade_v1(&db, &logs, dir)?,
+                    _ => {
+                        return Err(StoreError::Engine(Box::new(
+                            FormatError::UnsupportedVersion {
+                                found,
+                                supported: keys::FORMAT_VERSION,
+                            },
+                        )));
+                    }
                 }
             }
-            None if meta.is_empty() => {
+            None if logs.prefix(keys::META_PREFIX).next().is_none() => {
                 let mut batch = db.batch().durability(Some(PersistMode::SyncAll));
                 batch.insert(&logs, keys::FORMAT_KEY, keys::FORMAT_VERSION.to_be_bytes());
                 batch.commit().map_err(engine)?;
+                BTreeMap::new()
             }
             None => {
                 return Err(corrupt(
@@ -277,7 +318,7 @@ impl FjallStore {
                     dir.display().to_string(),
                 ));
             }
-        }
+        };
 
         Ok(FjallStore {
             dir: dir.to_path_buf(),
@@ -303,7 +344,7 @@ impl FjallStore {
         self.db.disk_space().map_err(engine)
     }
 
-    fn read_meta(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, LogMeta>> {
+    fn read_meta(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, LogMeta>> {
         // Writers only insert whole entries, so a panic elsewhere cannot leave a torn value.
         self.meta.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -312,8 +353,12 @@ impl FjallStore {
         self.read_meta().get(log).copied()
     }
 
+    fn write_meta(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, LogMeta>> {
+        self.meta.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn set_meta<'a>(&self, updates: impl IntoIterator<Item = (&'a str, LogMeta)>) {
-        let mut meta = self.meta.write().unwrap_or_else(|e| e.into_inner());
+        let mut meta = self.write_meta();
         for (log, m) in updates {
             match meta.get_mut(log) {
                 Some(slot) => *slot = m,
@@ -357,29 +402,62 @@ impl FjallStore {
         engine(error)
     }
 
-    /// Deletes up to [`TRIM_BATCH`] records of `log` below `before`, starting at the watermark,
-    /// and moves the watermark to the oldest record left, in one batch. Only the completing
-    /// batch gets the caller's `durability`; earlier ones are buffered.
+    /// Runs a trim or a delete to completion, one [`FjallStore::trim_step`] (one batch, one
+    /// hold of the writer lock) at a time, so appends are not held up for the whole of it.
+    fn cut(&self, log: &str, cut: Cut, durability: Durability) -> Result<(), StoreError> {
+        self.check_poisoned()?;
+        let mut buffered_steps = false;
+        loop {
+            match self.trim_step(log, cut, durability)? {
+                TrimStep::More => buffered_steps = true,
+                TrimStep::Done => return Ok(()),
+                // A concurrent trim finished the job; make our own earlier steps durable.
+                TrimStep::Unchanged if buffered_steps && durability == Durability::Sync => {
+                    return self.sync();
+                }
+                TrimStep::Unchanged => return Ok(()),
+            }
+        }
+    }
+
+    /// Deletes up to [`TRIM_BATCH`] records of `log` that `cut` removes, starting at the
+    /// watermark, and in the same batch moves the watermark to the oldest record left and takes
+    /// their lengths off `bytes` (or, for [`Cut::Log`] once no record is left, removes the bounds
+    /// entry). Only the completing batch gets the caller's `durability`; earlier ones are
+    /// buffered.
     ///
     /// Each step re-reads the log's bounds under the writer lock, so appends and other trims
-    /// between steps are taken into account, and each committed step leaves an exact watermark:
-    /// a crash between steps leaves a shorter trim, never a wrong `first`.
+    /// between steps are taken into account, and each committed step leaves exact bounds: a
+    /// crash between steps leaves a shorter trim, never a wrong `first` or `bytes`.
     fn trim_step(
         &self,
         log: &str,
-        before: u64,
+        cut: Cut,
         durability: Durability,
     ) -> Result<TrimStep, StoreError> {
         let _writer = self.lock_writer()?;
         let Some(m) = self.log_meta(log) else {
             return Ok(TrimStep::Unchanged);
         };
+        let meta_key = keys::meta_key(log).ok_or_else(|| too_long(log))?;
+        // Every record is below `u64::MAX`: append refuses it.
+        let before = match cut {
+            Cut::Below(before) => before,
+            Cut::Log => u64::MAX,
+        };
         if m.is_empty() || before <= m.first {
+            if let Cut::Log = cut {
+                // Nothing (left) to trim: the bounds entry is all that remains of the log.
+                let mut batch = self.batch(durability);
+                batch.remove(&self.logs, meta_key);
+                self.commit(batch)?;
+                self.write_meta().remove(log);
+                return Ok(TrimStep::Done);
+            }
             return Ok(TrimStep::Unchanged);
         }
         // `before > m.first >= 0`, and `m.last < u64::MAX` (append refuses u64::MAX).
         let upper = (before - 1).min(m.last);
-        let meta_key = keys::meta_key(log).ok_or_else(|| too_long(log))?;
         let (Some(lo), Some(hi)) = (keys::record_key(log, m.first), keys::record_key(log, upper))
         else {
             return Err(too_long(log));
@@ -387,38 +465,61 @@ impl FjallStore {
 
         // Seek from the watermark: every tombstone of earlier trims lies below it.
         let mut doomed = Vec::with_capacity(TRIM_BATCH.min(1024));
+        let mut removed_bytes = 0u64;
         let mut next_first = None;
         for guard in self.logs.range(lo..=hi) {
-            let key = guard.key().map_err(engine)?;
+            // The value is in the block the key came from (no key-value separation here), so
+            // reading it for its length costs no I/O beyond the key's.
+            let (key, value) = guard.into_inner().map_err(engine)?;
             if doomed.len() == TRIM_BATCH {
                 // One record more than a batch: it is the oldest one this step leaves.
                 next_first =
                     Some(keys::decode_record_seq(&key).ok_or_else(|| corrupt("record key", log))?);
                 break;
             }
+            removed_bytes = removed_bytes.saturating_add(value.len() as u64);
             doomed.push(key);
         }
-        let (first, done) = match next_first {
-            Some(seq) => (seq, false),
+        let done = next_first.is_none();
+        let first = match (next_first, cut) {
+            (Some(seq), _) => Some(seq),
             // Everything below `before` goes: the watermark is the first record at or above it.
-            None => (self.first_at_or_after(log, before, m.last)?, true),
+            (None, Cut::Below(before)) => Some(self.first_at_or_after(log, before, m.last)?),
+            // Every record goes, and the bounds entry with them.
+            (None, Cut::Log) => None,
         };
+        let step = first.map(|first| {
+            let mut step = LogMeta {
+                first,
+                last: m.last,
+                bytes: m.bytes.saturating_sub(removed_bytes),
+            };
+            if step.is_empty() {
+                // Exact already; this only keeps the invariant that `decode` checks.
+                step.bytes = 0;
+            }
+            step
+        });
 
-        let step = LogMeta {
-            first,
-            last: m.last,
-        };
-        let mut batch = self.db.batch().durability(persist_mode(if done {
+        let mut batch = self.batch(if done {
             durability
         } else {
             Durability::Buffered
-        }));
+        });
         for key in doomed {
             batch.remove(&self.logs, key);
         }
-        batch.insert(&self.logs, meta_key, step.encode());
+        match step {
+            Some(step) => batch.insert(&self.logs, meta_key, step.encode()),
+            None => batch.remove(&self.logs, meta_key),
+        }
         self.commit(batch)?;
-        self.set_meta([(log, step)]);
+        match step {
+            Some(step) => self.set_meta([(log, step)]),
+            None => {
+                self.write_meta().remove(log);
+            }
+        }
         Ok(if done { TrimStep::Done } else { TrimStep::More })
     }
 
@@ -481,8 +582,8 @@ impl FjallStore {
 }
 
 /// Reads every log's bounds (done once, on open).
-fn load_meta(logs: &Keyspace) -> Result<HashMap<String, LogMeta>, StoreError> {
-    let mut meta = HashMap::new();
+fn load_meta(logs: &Keyspace) -> Result<BTreeMap<String, LogMeta>, StoreError> {
+    let mut meta = BTreeMap::new();
     for guard in logs.prefix(keys::META_PREFIX) {
         let (key, value) = guard.into_inner().map_err(engine)?;
         let name = keys::decode_meta_key(&key)
@@ -491,6 +592,69 @@ fn load_meta(logs: &Keyspace) -> Result<HashMap<String, LogMeta>, StoreError> {
         meta.insert(name, m);
     }
     Ok(meta)
+}
+
+/// Upgrades a format-1 directory to [`keys::FORMAT_VERSION`] and returns every log's bounds
+/// (done once, on open).
+///
+/// Format 1 kept `(first, last)` per log but not `bytes`, so each log's retained records are
+/// read once, in order, to sum their lengths. The new bounds entries and the new format marker
+/// are then written in one synced batch: after a crash the directory is either still format 1
+/// (and upgraded again on the next open) or fully format 2.
+fn upgrade_v1(
+    db: &Database,
+    logs: &Keyspace,
+    dir: &Path,
+) -> Result<BTreeMap<String, LogMeta>, StoreError> {
+    let started = std::time::Instant::now();
+    let mut meta = BTreeMap::new();
+    let mut records = 0u64;
+    for guard in logs.prefix(keys::META_PREFIX) {
+        let (key, value) = guard.into_inner().map_err(engine)?;
+        let name = keys::decode_meta_key(&key)
+            .ok_or_else(|| corrupt("log bounds key", String::from_utf8_lossy(&key)))?;
+        let (first, last) = LogMeta::decode_v1(&value)
+            .ok_or_else(|| corrupt("log bounds (format 1)", name.as_str()))?;
+        let mut bytes = 0u64;
+        if first <= last {
+            let (Some(lo), Some(hi)) = (
+                keys::record_key(&name, first),
+                keys::record_key(&name, last),
+            ) else {
+                return Err(too_long(&name));
+            };
+            for guard in logs.range(lo..=hi) {
+                bytes = bytes.saturating_add(u64::from(guard.size().map_err(engine)?));
+                records += 1;
+            }
+        }
+        meta.insert(name, LogMeta { first, last, bytes });
+    }
+    let mut batch = db.batch().durability(Some(PersistMode::SyncAll));
+    for (name, m) in &meta {
+        let key = keys::meta_key(name).ok_or_else(|| too_long(name))?;
+        batch.insert(logs, key, m.encode());
+    }
+    batch.insert(logs, keys::FORMAT_KEY, keys::FORMAT_VERSION.to_be_bytes());
+    batch.commit().map_err(engine)?;
+    tracing::info!(
+        dir = %dir.display(),
+        logs = meta.len(),
+        records,
+        elapsed_ms = started.elapsed().as_millis(),
+        "upgraded the store from format {} to {}",
+        keys::FORMAT_VERSION_V1,
+        keys::FORMAT_VERSION,
+    );
+    Ok(meta)
+}
+
+fn to_bounds(m: LogMeta) -> LogBounds {
+    LogBounds {
+        first: m.first,
+        last: m.last,
+        bytes: m.bytes,
+    }
 }
 
 impl Store for FjallStore {
@@ -525,6 +689,7 @@ impl Store for FjallStore {
                     )));
                 }
                 let current = updates.get(r.log).or_else(|| meta.get(r.log)).copied();
+                let len = r.data.len() as u64;
                 let next = match current {
                     Some(m) if r.seq <= m.last => {
                         return Err(StoreError::Invalid(format!(
@@ -532,18 +697,16 @@ impl Store for FjallStore {
                             r.seq, m.last, r.log
                         )));
                     }
-                    // A new log, or one trimmed empty: this record is the oldest one.
-                    None => LogMeta {
-                        first: r.seq,
-                        last: r.seq,
-                    },
-                    Some(m) if m.is_empty() => LogMeta {
-                        first: r.seq,
-                        last: r.seq,
-                    },
-                    Some(m) => LogMeta {
+                    Some(m) if !m.is_empty() => LogMeta {
                         first: m.first,
                         last: r.seq,
+                        bytes: m.bytes.saturating_add(len),
+                    },
+                    // A new log, or one trimmed empty: this record is the oldest one.
+                    _ => LogMeta {
+                        first: r.seq,
+                        last: r.seq,
+                        bytes: len,
                     },
                 };
                 updates.insert(r.log, next);
@@ -590,28 +753,26 @@ impl Store for FjallStore {
     }
 
     fn bounds(&self, log: &str) -> Result<Option<LogBounds>, StoreError> {
-        Ok(self.log_meta(log).map(|m| LogBounds {
-            first: m.first,
-            last: m.last,
-        }))
+        Ok(self.log_meta(log).map(to_bounds))
     }
 
     fn trim(&self, log: &str, before: u64, durability: Durability) -> Result<(), StoreError> {
-        self.check_poisoned()?;
-        // A big trim runs as several batches, taking the writer lock for one batch at a time
-        // so appends are not held up for the whole trim.
-        let mut buffered_steps = false;
-        loop {
-            match self.trim_step(log, before, durability)? {
-                TrimStep::More => buffered_steps = true,
-                TrimStep::Done => return Ok(()),
-                // A concurrent trim finished the job; make our own earlier steps durable.
-                TrimStep::Unchanged if buffered_steps && durability == Durability::Sync => {
-                    return self.sync();
-                }
-                TrimStep::Unchanged => return Ok(()),
-            }
-        }
+        self.cut(log, Cut::Below(before), durability)
+    }
+
+    fn list_logs(&self, prefix: &str) -> Result<Vec<(String, LogBounds)>, StoreError> {
+        // From the in-memory mirror of the bounds entries: no disk access at all. Every name
+        // starting with `prefix` sorts at or after it, and they are contiguous.
+        Ok(self
+            .read_meta()
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(name, _)| name.starts_with(prefix))
+            .map(|(name, m)| (name.clone(), to_bounds(*m)))
+            .collect())
+    }
+
+    fn delete_log(&self, log: &str, durability: Durability) -> Result<(), StoreError> {
+        self.cut(log, Cut::Log, durability)
     }
 
     fn put_snapshot(
@@ -692,26 +853,19 @@ mod tests {
         store.append(&records, Durability::Buffered).unwrap();
         // More than one trim batch.
         store.trim("s", 40_001, Durability::Sync).unwrap();
-        assert_eq!(
-            store.log_meta("s"),
-            Some(LogMeta {
-                first: 40_001,
-                last: 50_000
-            })
-        );
+        let want = LogMeta {
+            first: 40_001,
+            last: 50_000,
+            bytes: 10_000 * 8,
+        };
+        assert_eq!(store.log_meta("s"), Some(want));
         // The on-disk bounds entry agrees.
         let on_disk = store
             .logs
             .get(keys::meta_key("s").unwrap())
             .unwrap()
             .unwrap();
-        assert_eq!(
-            LogMeta::decode(&on_disk),
-            Some(LogMeta {
-                first: 40_001,
-                last: 50_000
-            })
-        );
+        assert_eq!(LogMeta::decode(&on_disk), Some(want));
         // Records below the watermark are gone from the keyspace itself, not just hidden.
         let lo = keys::record_key("s", 0).unwrap();
         let hi = keys::record_key("s", 40_000).unwrap();
@@ -752,6 +906,7 @@ mod tests {
         let records = store.read("s", 0, usize::MAX).unwrap();
         assert_eq!(records.first().map(|r| r.0), Some(bounds.first));
         assert_eq!(records.len() as u64, bounds.last - bounds.first + 1);
+        assert_eq!(bounds.bytes, records.len() as u64 * 8);
         assert!(bounds.first > 60_000);
         let on_disk = store
             .logs
@@ -762,7 +917,8 @@ mod tests {
             LogMeta::decode(&on_disk),
             Some(LogMeta {
                 first: bounds.first,
-                last: bounds.last
+                last: bounds.last,
+                bytes: bounds.bytes
             })
         );
     }
@@ -783,7 +939,7 @@ mod tests {
             source.downcast_ref::<FormatError>(),
             Some(FormatError::UnsupportedVersion {
                 found: 99,
-                supported: 1
+                supported: 2
             })
         ));
     }
@@ -816,6 +972,11 @@ mod tests {
             Err(StoreError::Poisoned)
         ));
         assert!(matches!(
+            store.delete_log("l", Durability::Sync),
+            Err(StoreError::Poisoned)
+        ));
+        assert_eq!(store.list_logs("").unwrap().len(), 1);
+        assert!(matches!(
             store.put_snapshot("s", 1, b"", Durability::Sync),
             Err(StoreError::Poisoned)
         ));
@@ -844,5 +1005,196 @@ mod tests {
             .collect();
         assert_eq!(chunks, vec![0]);
         assert_eq!(store.snapshot("s").unwrap(), Some((2, b"tiny".to_vec())));
+    }
+
+    fn records_on_disk(store: &FjallStore, log: &str) -> usize {
+        let lo = keys::record_key(log, 0).unwrap();
+        let hi = keys::record_key(log, u64::MAX).unwrap();
+        store.logs.range(lo..=hi).count()
+    }
+
+    #[test]
+    fn big_delete_removes_every_record_and_the_bounds_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FjallStore::open(dir.path()).unwrap();
+        let data = [2u8; 4];
+        for log in ["s", "s\0", "t"] {
+            let records: Vec<Append<'_>> = (1..=40_000)
+                .map(|seq| Append {
+                    log,
+                    seq,
+                    data: &data,
+                })
+                .collect();
+            store.append(&records, Durability::Buffered).unwrap();
+        }
+        store.trim("s", 1_001, Durability::Buffered).unwrap();
+        // More than two delete batches.
+        store.delete_log("s", Durability::Sync).unwrap();
+        assert_eq!(store.bounds("s").unwrap(), None);
+        assert_eq!(records_on_disk(&store, "s"), 0);
+        assert_eq!(store.logs.get(keys::meta_key("s").unwrap()).unwrap(), None);
+        assert_eq!(records_on_disk(&store, "s\0"), 40_000);
+        let names: Vec<String> = store
+            .list_logs("")
+            .unwrap()
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(names, ["s\0", "t"]);
+        drop(store);
+        let store = FjallStore::open(dir.path()).unwrap();
+        assert_eq!(store.bounds("s").unwrap(), None);
+        assert_eq!(
+            store.bounds("t").unwrap(),
+            Some(LogBounds {
+                first: 1,
+                last: 40_000,
+                bytes: 160_000
+            })
+        );
+        store
+            .append(
+                &[Append {
+                    log: "s",
+                    seq: 1,
+                    data: b"again",
+                }],
+                Durability::Sync,
+            )
+            .unwrap();
+        assert_eq!(
+            store.read("s", 0, 10).unwrap(),
+            vec![(1, b"again".to_vec())]
+        );
+    }
+
+    #[test]
+    fn interrupted_delete_leaves_a_prefix_trimmed_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FjallStore::open(dir.path()).unwrap();
+        let data = [3u8; 2];
+        let records: Vec<Append<'_>> = (1..=3 * TRIM_BATCH as u64)
+            .map(|seq| Append {
+                log: "s",
+                seq,
+                data: &data,
+            })
+            .collect();
+        store.append(&records, Durability::Sync).unwrap();
+        // The first step of a delete, then the "crash": the process stops before the rest.
+        assert!(matches!(
+            store.trim_step("s", Cut::Log, Durability::Sync).unwrap(),
+            TrimStep::More
+        ));
+        store.sync().unwrap();
+        drop(store);
+        let store = FjallStore::open(dir.path()).unwrap();
+        let left = 2 * TRIM_BATCH as u64;
+        let bounds = LogBounds {
+            first: TRIM_BATCH as u64 + 1,
+            last: 3 * TRIM_BATCH as u64,
+            bytes: left * 2,
+        };
+        assert_eq!(
+            store.list_logs("s").unwrap(),
+            vec![("s".to_owned(), bounds)]
+        );
+        let read = store.read("s", 0, usize::MAX).unwrap();
+        assert_eq!(read.len() as u64, left);
+        assert_eq!(read.first().map(|r| r.0), Some(bounds.first));
+        store.delete_log("s", Durability::Sync).unwrap();
+        assert_eq!(store.bounds("s").unwrap(), None);
+    }
+
+    /// Rewrites every bounds entry and the marker as a format-1 build wrote them.
+    fn downgrade_to_v1(store: &FjallStore) {
+        let mut batch = store.db.batch();
+        for (name, m) in store.read_meta().iter() {
+            let mut v1 = [0u8; 16];
+            v1[..8].copy_from_slice(&m.first.to_be_bytes());
+            v1[8..].copy_from_slice(&m.last.to_be_bytes());
+            batch.insert(&store.logs, keys::meta_key(name).unwrap(), v1);
+        }
+        batch.insert(
+            &store.logs,
+            keys::FORMAT_KEY,
+            keys::FORMAT_VERSION_V1.to_be_bytes(),
+        );
+        batch.commit().unwrap();
+        store.sync().unwrap();
+    }
+
+    #[test]
+    fn format_1_directory_is_upgraded_on_open_without_losing_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FjallStore::open(dir.path()).unwrap();
+        let sizes = |seq: u64| vec![b'x'; (seq % 7) as usize];
+        let data: Vec<Vec<u8>> = (1..=30_000).map(sizes).collect();
+        let records: Vec<Append<'_>> = (1..)
+            .zip(&data)
+            .map(|(seq, data)| Append {
+                log: "docs",
+                seq,
+                data,
+            })
+            .collect();
+        store.append(&records, Durability::Buffered).unwrap();
+        store.trim("docs", 20_001, Durability::Buffered).unwrap();
+        for (log, seqs) in [("a", 1..=3), ("a\0", 5..=9), ("trimmed", 1..=4)] {
+            for seq in seqs {
+                store
+                    .append(
+                        &[Append {
+                            log,
+                            seq,
+                            data: b"abc",
+                        }],
+                        Durability::Buffered,
+                    )
+                    .unwrap();
+            }
+        }
+        store.trim("trimmed", 100, Durability::Buffered).unwrap();
+        let before = store.list_logs("").unwrap();
+        downgrade_to_v1(&store);
+        drop(store);
+
+        let store = FjallStore::open(dir.path()).unwrap();
+        assert_eq!(store.list_logs("").unwrap(), before);
+        let docs = store.bounds("docs").unwrap().unwrap();
+        assert_eq!(docs.bytes, (20_001..=30_000).map(|s| s % 7).sum::<u64>());
+        assert_eq!(
+            store.bounds("trimmed").unwrap(),
+            Some(LogBounds {
+                first: 5,
+                last: 4,
+                bytes: 0
+            })
+        );
+        // The directory is format 2 now, with format-2 bounds entries.
+        let marker = store.logs.get(keys::FORMAT_KEY).unwrap().unwrap();
+        assert_eq!(&*marker, keys::FORMAT_VERSION.to_be_bytes().as_slice());
+        let on_disk = store
+            .logs
+            .get(keys::meta_key("docs").unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(LogMeta::decode(&on_disk).map(to_bounds), Some(docs));
+        // And it keeps working, and reopens as format 2.
+        store
+            .append(
+                &[Append {
+                    log: "docs",
+                    seq: 30_001,
+                    data: b"1234",
+                }],
+                Durability::Sync,
+            )
+            .unwrap();
+        drop(store);
+        let store = FjallStore::open(dir.path()).unwrap();
+        assert_eq!(store.bounds("docs").unwrap().unwrap().bytes, docs.bytes + 4);
+        assert_eq!(store.read("docs", 0, usize::MAX).unwrap().len(), 10_001);
     }
 }

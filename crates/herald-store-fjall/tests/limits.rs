@@ -85,7 +85,8 @@ fn seq_u64_max_is_reserved() -> TestResult {
         store.bounds("l")?,
         Some(LogBounds {
             first: u64::MAX,
-            last: u64::MAX - 1
+            last: u64::MAX - 1,
+            bytes: 0
         })
     );
     Ok(())

@@ -1,5 +1,6 @@
 //! Model-based test: random operation sequences applied to `FjallStore` and to the reference
-//! `MemoryStore` must give the same answers, including across reopens.
+//! `MemoryStore` must give the same answers (records, bounds with `bytes`, listings, snapshots),
+//! including across reopens.
 
 use herald_store::{Append, Durability, MemoryStore, Store, StoreError};
 use herald_store_fjall::{FjallStore, SNAPSHOT_CHUNK_BYTES};
@@ -22,6 +23,11 @@ enum Op {
     Trim {
         log: usize,
         offset: i64,
+        sync: bool,
+    },
+    /// Delete the log; the next append to it starts again from a small seq.
+    Delete {
+        log: usize,
         sync: bool,
     },
     PutSnapshot {
@@ -85,6 +91,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(records, sync)| Op::Append { records, sync }),
         4 => (0..LOGS.len(), -2i64..12, any::<bool>())
             .prop_map(|(log, offset, sync)| Op::Trim { log, offset, sync }),
+        1 => (0..LOGS.len(), any::<bool>())
+            .prop_map(|(log, sync)| Op::Delete { log, sync }),
         2 => (0..SNAPSHOTS.len(), 0u64..1_000, blob, any::<bool>())
             .prop_map(|(name, seq, data, sync)| Op::PutSnapshot { name, seq, data, sync }),
         2 => Just(Op::Reopen),
@@ -141,6 +149,10 @@ fn apply(op: &Op, fjall: &mut Option<FjallStore>, model: &MemoryStore, dir: &Pat
             outcome(store.trim(LOGS[*log], before, durability(*sync))).expect("trim");
             outcome(model.trim(LOGS[*log], before, durability(*sync))).expect("model trim");
         }
+        Op::Delete { log, sync } => {
+            outcome(store.delete_log(LOGS[*log], durability(*sync))).expect("delete");
+            outcome(model.delete_log(LOGS[*log], durability(*sync))).expect("model delete");
+        }
         Op::PutSnapshot {
             name,
             seq,
@@ -182,6 +194,14 @@ fn compare(fjall: &FjallStore, model: &MemoryStore) {
                 "read({log:?}, {from}, 2)"
             );
         }
+    }
+    // Bounds (with `bytes`) of every listed log, under prefixes that are names of other logs.
+    for prefix in ["", "a", "a\0", "ab", "b"] {
+        assert_eq!(
+            fjall.list_logs(prefix).expect("list"),
+            model.list_logs(prefix).expect("model list"),
+            "list_logs({prefix:?})"
+        );
     }
     for name in SNAPSHOTS {
         assert_eq!(

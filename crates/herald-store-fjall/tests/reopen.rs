@@ -32,14 +32,16 @@ fn synced_records_bounds_and_snapshots_survive_reopen() -> TestResult {
         store.bounds("a")?,
         Some(LogBounds {
             first: 51,
-            last: 100
+            last: 100,
+            bytes: 50
         })
     );
     assert_eq!(
         store.bounds("b")?,
         Some(LogBounds {
             first: 10,
-            last: 19
+            last: 19,
+            bytes: 10
         })
     );
     let a = store.read("a", 0, usize::MAX)?;
@@ -81,7 +83,8 @@ fn full_trim_survives_reopen_and_numbering_continues() -> TestResult {
             store.bounds("log")?,
             Some(LogBounds {
                 first: 11,
-                last: 10
+                last: 10,
+                bytes: 0
             })
         );
         assert!(store.read("log", 0, 100)?.is_empty());
@@ -108,7 +111,8 @@ fn full_trim_survives_reopen_and_numbering_continues() -> TestResult {
         store.bounds("log")?,
         Some(LogBounds {
             first: 12,
-            last: 12
+            last: 12,
+            bytes: 1
         })
     );
     assert_eq!(store.read("log", 0, 100)?, vec![(12, b"y".to_vec())]);
@@ -134,7 +138,8 @@ fn buffered_writes_survive_a_clean_close() -> TestResult {
         store.bounds("log")?,
         Some(LogBounds {
             first: 0,
-            last: 1_009
+            last: 1_009,
+            bytes: 1_010 * 8
         })
     );
     assert_eq!(store.read("log", 0, usize::MAX)?.len(), 1_010);
@@ -165,7 +170,8 @@ fn watermark_is_used_after_a_big_trim_and_survives_reopen() -> TestResult {
             store.bounds("s")?,
             Some(LogBounds {
                 first: 50_001,
-                last: 60_000
+                last: 60_000,
+                bytes: 10_000 * 32
             })
         );
         assert_eq!(store.read("s", 0, 1)?, vec![(50_001, value.to_vec())]);
@@ -175,7 +181,8 @@ fn watermark_is_used_after_a_big_trim_and_survives_reopen() -> TestResult {
         store.bounds("s")?,
         Some(LogBounds {
             first: 50_001,
-            last: 60_000
+            last: 60_000,
+            bytes: 10_000 * 32
         })
     );
     assert_eq!(
@@ -202,7 +209,9 @@ fn reopen_under_many_cycles_keeps_everything() -> TestResult {
             store.bounds("log")?,
             Some(LogBounds {
                 first: cycle * 50,
-                last: cycle * 100 + 99
+                last: cycle * 100 + 99,
+                // One byte per record, and the retained records are contiguous.
+                bytes: cycle * 50 + 100
             })
         );
     }
@@ -211,10 +220,77 @@ fn reopen_under_many_cycles_keeps_everything() -> TestResult {
         store.bounds("log")?,
         Some(LogBounds {
             first: 200,
-            last: 499
+            last: 499,
+            bytes: 300
         })
     );
     assert_eq!(store.read("log", 0, usize::MAX)?.len(), 300);
+    Ok(())
+}
+
+#[test]
+fn listings_bytes_and_deletes_survive_reopen() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let listed = {
+        let store = FjallStore::open(dir.path())?;
+        store.append(&records("t:2:/b", 1..6, b"12345"), Durability::Sync)?;
+        store.append(&records("t:1:/a", 1..4, b"12"), Durability::Buffered)?;
+        store.append(&records("docs", 1..3, b"{}"), Durability::Sync)?;
+        store.append(&records("t:3:/gone", 1..100, b"x"), Durability::Sync)?;
+        store.append(&records("t:4:/trimmed", 7..9, b"x"), Durability::Sync)?;
+        store.trim("t:2:/b", 3, Durability::Sync)?;
+        store.trim("t:4:/trimmed", 100, Durability::Buffered)?;
+        store.delete_log("t:3:/gone", Durability::Sync)?;
+        let listed = store.list_logs("t:")?;
+        assert_eq!(
+            listed,
+            vec![
+                (
+                    "t:1:/a".to_owned(),
+                    LogBounds {
+                        first: 1,
+                        last: 3,
+                        bytes: 6
+                    }
+                ),
+                (
+                    "t:2:/b".to_owned(),
+                    LogBounds {
+                        first: 3,
+                        last: 5,
+                        bytes: 15
+                    }
+                ),
+                (
+                    "t:4:/trimmed".to_owned(),
+                    LogBounds {
+                        first: 9,
+                        last: 8,
+                        bytes: 0
+                    }
+                ),
+            ]
+        );
+        listed
+    };
+    let store = reopen(dir.path())?;
+    assert_eq!(store.list_logs("t:")?, listed);
+    assert_eq!(store.list_logs("")?.len(), 4);
+    assert_eq!(store.bounds("t:3:/gone")?, None);
+    assert!(store.read("t:3:/gone", 0, 10)?.is_empty());
+    // The deleted log starts over at 1.
+    store.append(&records("t:3:/gone", 1..3, b"new"), Durability::Sync)?;
+    drop(store);
+    let store = reopen(dir.path())?;
+    assert_eq!(
+        store.bounds("t:3:/gone")?,
+        Some(LogBounds {
+            first: 1,
+            last: 2,
+            bytes: 6
+        })
+    );
+    assert_eq!(store.read("t:3:/gone", 0, 10)?.len(), 2);
     Ok(())
 }
 

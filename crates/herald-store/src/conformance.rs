@@ -41,6 +41,12 @@ pub const CHECKS: &[(&str, Check)] = &[
         "trim_of_unknown_log_is_a_no_op",
         trim_of_unknown_log_is_a_no_op,
     ),
+    (
+        "bytes_follow_appends_trims_and_deletes",
+        bytes_follow_appends_trims_and_deletes,
+    ),
+    ("list_logs_filters_and_sorts", list_logs_filters_and_sorts),
+    ("delete_log_forgets_the_log", delete_log_forgets_the_log),
     ("snapshots_replace", snapshots_replace),
     ("large_snapshots_round_trip", large_snapshots_round_trip),
     ("logs_are_isolated", logs_are_isolated),
@@ -93,6 +99,19 @@ fn seqs(entries: &[(u64, Vec<u8>)]) -> Vec<u64> {
 
 fn payload(seq: u64) -> Vec<u8> {
     format!("record-{seq}").into_bytes()
+}
+
+/// The total length of [`payload`]s of `seqs`: the `bytes` of a log holding them.
+fn payload_bytes(seqs: impl IntoIterator<Item = u64>) -> u64 {
+    seqs.into_iter().map(|seq| payload(seq).len() as u64).sum()
+}
+
+fn list(store: &dyn Store, prefix: &str) -> Vec<(String, LogBounds)> {
+    ok(store.list_logs(prefix), &format!("list_logs {prefix:?}"))
+}
+
+fn log_names(listed: &[(String, LogBounds)]) -> Vec<&str> {
+    listed.iter().map(|(name, _)| name.as_str()).collect()
 }
 
 /// Records come back in ascending order with their bytes unchanged, across several batches.
@@ -317,18 +336,31 @@ pub fn rejected_batch_writes_nothing(store: &dyn Store) {
 pub fn bounds_follow_appends(store: &dyn Store) {
     assert_eq!(bounds(store, "log"), None);
     append(store, "log", 0, b"zero");
-    assert_eq!(bounds(store, "log"), Some(LogBounds { first: 0, last: 0 }));
+    assert_eq!(
+        bounds(store, "log"),
+        Some(LogBounds {
+            first: 0,
+            last: 0,
+            bytes: 4
+        })
+    );
     append(store, "log", 3, b"three");
-    assert_eq!(bounds(store, "log"), Some(LogBounds { first: 0, last: 3 }));
+    let log = Some(LogBounds {
+        first: 0,
+        last: 3,
+        bytes: 9,
+    });
+    assert_eq!(bounds(store, "log"), log);
     append(store, "other", 42, b"x");
     assert_eq!(
         bounds(store, "other"),
         Some(LogBounds {
             first: 42,
-            last: 42
+            last: 42,
+            bytes: 1
         })
     );
-    assert_eq!(bounds(store, "log"), Some(LogBounds { first: 0, last: 3 }));
+    assert_eq!(bounds(store, "log"), log);
 }
 
 /// `trim` removes records below `before`; reads and `bounds` start at the first retained one.
@@ -337,13 +369,12 @@ pub fn trim_removes_a_prefix(store: &dyn Store) {
         append(store, "log", seq, &payload(seq));
     }
     ok(store.trim("log", 41, Durability::Sync), "trim");
-    assert_eq!(
-        bounds(store, "log"),
-        Some(LogBounds {
-            first: 41,
-            last: 100
-        })
-    );
+    let trimmed = Some(LogBounds {
+        first: 41,
+        last: 100,
+        bytes: payload_bytes(41..=100),
+    });
+    assert_eq!(bounds(store, "log"), trimmed);
     assert_eq!(seqs(&ok(store.read("log", 0, 3), "read")), vec![41, 42, 43]);
     assert_eq!(
         ok(store.read("log", 41, 1), "read"),
@@ -352,13 +383,7 @@ pub fn trim_removes_a_prefix(store: &dyn Store) {
     // Trimming at or below the first retained record changes nothing.
     ok(store.trim("log", 41, Durability::Buffered), "trim again");
     ok(store.trim("log", 0, Durability::Buffered), "trim below");
-    assert_eq!(
-        bounds(store, "log"),
-        Some(LogBounds {
-            first: 41,
-            last: 100
-        })
-    );
+    assert_eq!(bounds(store, "log"), trimmed);
     assert_eq!(read_all(store, "log").len(), 60);
     // Appends after a trim go on from the last seq.
     append(store, "log", 101, &payload(101));
@@ -371,7 +396,8 @@ pub fn trim_removes_a_prefix(store: &dyn Store) {
         bounds(store, "log"),
         Some(LogBounds {
             first: 100,
-            last: 101
+            last: 101,
+            bytes: payload_bytes(100..=101)
         })
     );
 }
@@ -387,7 +413,8 @@ pub fn trim_with_gaps_reports_oldest_retained(store: &dyn Store) {
         bounds(store, "log"),
         Some(LogBounds {
             first: 20,
-            last: 40
+            last: 40,
+            bytes: payload_bytes([20, 30, 40])
         })
     );
     ok(store.trim("log", 31, Durability::Sync), "trim");
@@ -395,7 +422,8 @@ pub fn trim_with_gaps_reports_oldest_retained(store: &dyn Store) {
         bounds(store, "log"),
         Some(LogBounds {
             first: 40,
-            last: 40
+            last: 40,
+            bytes: payload_bytes([40])
         })
     );
     assert_eq!(read_all(store, "log"), vec![(40, payload(40))]);
@@ -411,7 +439,8 @@ pub fn full_trim_keeps_numbering(store: &dyn Store) {
         bounds(store, "log"),
         Some(LogBounds {
             first: 11,
-            last: 10
+            last: 10,
+            bytes: 0
         })
     );
     assert!(read_all(store, "log").is_empty());
@@ -421,7 +450,8 @@ pub fn full_trim_keeps_numbering(store: &dyn Store) {
         bounds(store, "log"),
         Some(LogBounds {
             first: 11,
-            last: 10
+            last: 10,
+            bytes: 0
         })
     );
     // The next append may leave a gap; first is then that record.
@@ -430,7 +460,8 @@ pub fn full_trim_keeps_numbering(store: &dyn Store) {
         bounds(store, "log"),
         Some(LogBounds {
             first: 15,
-            last: 15
+            last: 15,
+            bytes: 7
         })
     );
     assert_eq!(read_all(store, "log"), vec![(15, b"fifteen".to_vec())]);
@@ -439,7 +470,8 @@ pub fn full_trim_keeps_numbering(store: &dyn Store) {
         bounds(store, "log"),
         Some(LogBounds {
             first: 15,
-            last: 16
+            last: 16,
+            bytes: 14
         })
     );
 }
@@ -451,8 +483,255 @@ pub fn trim_of_unknown_log_is_a_no_op(store: &dyn Store) {
     append(store, "ghost", 1, b"one");
     assert_eq!(
         bounds(store, "ghost"),
-        Some(LogBounds { first: 1, last: 1 })
+        Some(LogBounds {
+            first: 1,
+            last: 1,
+            bytes: 3
+        })
     );
+}
+
+/// `bytes` is the sum of the retained records' lengths: appends add, trims and deletes take off
+/// exactly what they remove, empty records count nothing and a rejected batch changes nothing.
+pub fn bytes_follow_appends_trims_and_deletes(store: &dyn Store) {
+    let bytes = |log| bounds(store, log).map(|b| b.bytes);
+    append(store, "log", 1, b"");
+    assert_eq!(bytes("log"), Some(0));
+    append(store, "log", 2, b"12345");
+    let big = pattern(300_000, 4);
+    // One batch over two logs counts each record in its own log.
+    ok(
+        store.append(
+            &[
+                Append {
+                    log: "log",
+                    seq: 3,
+                    data: b"abc",
+                },
+                Append {
+                    log: "other",
+                    seq: 1,
+                    data: b"1234567",
+                },
+                Append {
+                    log: "log",
+                    seq: 5,
+                    data: &big,
+                },
+            ],
+            Durability::Buffered,
+        ),
+        "mixed batch",
+    );
+    assert_eq!(bytes("log"), Some(300_008));
+    assert_eq!(bytes("other"), Some(7));
+    assert_invalid(
+        store.append(
+            &[
+                Append {
+                    log: "log",
+                    seq: 6,
+                    data: b"xx",
+                },
+                Append {
+                    log: "other",
+                    seq: 1,
+                    data: b"dup",
+                },
+            ],
+            Durability::Sync,
+        ),
+        "batch repeating a seq",
+    );
+    assert_eq!(bytes("log"), Some(300_008));
+    assert_eq!(bytes("other"), Some(7));
+    // Trims take off the removed records only, also when `before` is in a gap or below `first`.
+    ok(store.trim("log", 3, Durability::Sync), "trim");
+    assert_eq!(bytes("log"), Some(300_003));
+    ok(store.trim("log", 1, Durability::Sync), "trim below first");
+    assert_eq!(bytes("log"), Some(300_003));
+    ok(
+        store.trim("log", 5, Durability::Buffered),
+        "trim into the gap",
+    );
+    assert_eq!(bytes("log"), Some(300_000));
+    ok(
+        store.trim("log", 1_000, Durability::Sync),
+        "trim everything",
+    );
+    assert_eq!(
+        bounds(store, "log"),
+        Some(LogBounds {
+            first: 6,
+            last: 5,
+            bytes: 0
+        })
+    );
+    append(store, "log", 10, b"again");
+    assert_eq!(bytes("log"), Some(5));
+    // Many records: the count stays exact through appends and trims of all sizes.
+    let data: Vec<Vec<u8>> = (11..2_011).map(payload).collect();
+    let batch: Vec<Append<'_>> = (11..)
+        .zip(&data)
+        .map(|(seq, data)| Append {
+            log: "log",
+            seq,
+            data,
+        })
+        .collect();
+    ok(store.append(&batch, Durability::Buffered), "append 2000");
+    assert_eq!(bytes("log"), Some(5 + payload_bytes(11..2_011)));
+    ok(store.trim("log", 1_500, Durability::Sync), "trim");
+    assert_eq!(bytes("log"), Some(payload_bytes(1_500..2_011)));
+    // A delete forgets the count; the next incarnation counts from zero.
+    ok(store.delete_log("other", Durability::Sync), "delete");
+    assert_eq!(bytes("other"), None);
+    append(store, "other", 1, b"x");
+    assert_eq!(bytes("other"), Some(1));
+    assert_eq!(bytes("log"), Some(payload_bytes(1_500..2_011)));
+}
+
+/// `list_logs` returns the logs whose names start with the prefix, sorted by name, with the same
+/// bounds as `bounds`; fully trimmed logs are listed, deleted logs and snapshots are not.
+pub fn list_logs_filters_and_sorts(store: &dyn Store) {
+    assert!(list(store, "").is_empty(), "a new store lists nothing");
+    let logs = ["t:b", "t:a/x", "t:a", "u", "t:", "t", "t:a\0", "", "é"];
+    for (i, log) in (1u64..).zip(logs) {
+        append(store, log, i, &payload(i));
+        append(store, log, i + 100, &payload(i + 100));
+    }
+    ok(
+        store.put_snapshot("t:snapshot", 1, b"s", Durability::Sync),
+        "put",
+    );
+    let all = list(store, "");
+    let mut sorted = logs.to_vec();
+    sorted.sort_unstable();
+    assert_eq!(log_names(&all), sorted);
+    for (name, listed) in &all {
+        assert_eq!(Some(*listed), bounds(store, name), "bounds of {name:?}");
+    }
+    // "\0" sorts before "/": byte order, not a path order.
+    assert_eq!(
+        log_names(&list(store, "t:")),
+        ["t:", "t:a", "t:a\0", "t:a/x", "t:b"]
+    );
+    assert_eq!(log_names(&list(store, "t:a")), ["t:a", "t:a\0", "t:a/x"]);
+    assert_eq!(log_names(&list(store, "t:a/")), ["t:a/x"]);
+    assert_eq!(log_names(&list(store, "t:a/x")), ["t:a/x"]);
+    assert_eq!(log_names(&list(store, "\u{e9}")), ["é"]);
+    for nothing in ["t:a/xy", "t:c", "v", "\0", "T"] {
+        assert!(list(store, nothing).is_empty(), "prefix {nothing:?}");
+    }
+    // A fully trimmed log stays listed, with its numbering.
+    ok(store.trim("t:b", 1_000, Durability::Sync), "trim all");
+    assert_eq!(
+        list(store, "t:b"),
+        vec![(
+            "t:b".to_owned(),
+            LogBounds {
+                first: 102,
+                last: 101,
+                bytes: 0
+            }
+        )]
+    );
+    // A deleted log is gone from every listing.
+    ok(store.delete_log("t:a", Durability::Sync), "delete");
+    assert_eq!(log_names(&list(store, "t:a")), ["t:a\0", "t:a/x"]);
+    sorted.retain(|name| *name != "t:a");
+    assert_eq!(log_names(&list(store, "")), sorted);
+    // Appending again lists it again.
+    append(store, "t:a", 1, b"back");
+    let listed = list(store, "t:a");
+    assert_eq!(log_names(&listed), ["t:a", "t:a\0", "t:a/x"]);
+    assert_eq!(
+        listed.first().map(|(_, b)| *b),
+        Some(LogBounds {
+            first: 1,
+            last: 1,
+            bytes: 4
+        })
+    );
+}
+
+/// `delete_log` removes a log's records and bounds, leaves other logs (including ones whose
+/// names extend it) and snapshots alone, and lets numbering start over.
+pub fn delete_log_forgets_the_log(store: &dyn Store) {
+    for seq in 1..=100 {
+        append(store, "log", seq, &payload(seq));
+    }
+    let neighbours = ["lo", "log2", "log\0", "logs"];
+    for log in neighbours {
+        for seq in 1..=10 {
+            append(store, log, seq, &payload(seq));
+        }
+    }
+    ok(
+        store.put_snapshot("log", 7, b"snap", Durability::Sync),
+        "put",
+    );
+    ok(store.trim("log", 51, Durability::Sync), "trim");
+    ok(store.delete_log("log", Durability::Sync), "delete");
+    assert_eq!(bounds(store, "log"), None);
+    assert!(read_all(store, "log").is_empty());
+    assert!(ok(store.read("log", 60, 10), "read").is_empty());
+    assert_eq!(log_names(&list(store, "log")), ["log\0", "log2", "logs"]);
+    let ten = Some(LogBounds {
+        first: 1,
+        last: 10,
+        bytes: payload_bytes(1..=10),
+    });
+    for log in neighbours {
+        assert_eq!(bounds(store, log), ten, "bounds of {log:?}");
+        assert_eq!(seqs(&read_all(store, log)), (1..=10).collect::<Vec<_>>());
+    }
+    assert_eq!(
+        ok(store.snapshot("log"), "snapshot"),
+        Some((7, b"snap".to_vec()))
+    );
+    // Deleting again, or deleting a log that never existed, does nothing.
+    ok(
+        store.delete_log("log", Durability::Buffered),
+        "delete again",
+    );
+    ok(
+        store.delete_log("ghost", Durability::Sync),
+        "delete unknown",
+    );
+    assert_eq!(bounds(store, "ghost"), None);
+    assert!(list(store, "ghost").is_empty());
+    // Numbering starts over, below the old `first` and `last`; no old record shows through.
+    append(store, "log", 1, b"new one");
+    assert_eq!(
+        bounds(store, "log"),
+        Some(LogBounds {
+            first: 1,
+            last: 1,
+            bytes: 7
+        })
+    );
+    append(store, "log", 60, b"sixty");
+    assert_eq!(
+        read_all(store, "log"),
+        vec![(1, b"new one".to_vec()), (60, b"sixty".to_vec())]
+    );
+    assert_eq!(
+        ok(store.read("log", 2, 10), "read"),
+        vec![(60, b"sixty".to_vec())]
+    );
+    // A fully trimmed log can be deleted too, and so can one deleted and recreated.
+    ok(store.trim("log2", 1_000, Durability::Sync), "trim all");
+    ok(store.delete_log("log2", Durability::Sync), "delete trimmed");
+    ok(
+        store.delete_log("log", Durability::Buffered),
+        "delete recreated",
+    );
+    assert_eq!(bounds(store, "log2"), None);
+    assert_eq!(bounds(store, "log"), None);
+    assert_eq!(log_names(&list(store, "log")), ["log\0", "logs"]);
+    append(store, "log2", 1, b"x");
+    assert_eq!(seqs(&read_all(store, "log2")), vec![1]);
 }
 
 /// One snapshot per name; `put_snapshot` replaces it, including with a smaller or empty blob.
@@ -539,8 +818,30 @@ pub fn logs_are_isolated(store: &dyn Store) {
     ok(store.trim("y", 20, Durability::Sync), "trim y");
     assert_eq!(seqs(&read_all(store, "x")).len(), 10);
     assert_eq!(seqs(&read_all(store, "y")), vec![22, 25, 28]);
-    assert_eq!(bounds(store, "x"), Some(LogBounds { first: 0, last: 27 }));
-    assert_eq!(bounds(store, "z"), Some(LogBounds { first: 2, last: 29 }));
+    assert_eq!(
+        bounds(store, "x"),
+        Some(LogBounds {
+            first: 0,
+            last: 27,
+            bytes: payload_bytes((0..30).step_by(3))
+        })
+    );
+    assert_eq!(
+        bounds(store, "y"),
+        Some(LogBounds {
+            first: 22,
+            last: 28,
+            bytes: payload_bytes([22, 25, 28])
+        })
+    );
+    assert_eq!(
+        bounds(store, "z"),
+        Some(LogBounds {
+            first: 2,
+            last: 29,
+            bytes: payload_bytes((2..30).step_by(3))
+        })
+    );
 }
 
 /// Names that are prefixes of each other, contain NUL or other odd bytes, or are empty, name
@@ -589,11 +890,13 @@ pub fn names_do_not_collide(store: &dyn Store) {
                 .map(|seq| (seq, format!("{name:?}/{seq}").into_bytes()))
                 .collect();
             assert_eq!(read_all(store, name), want, "log {name:?}");
+            let bytes = want.iter().map(|(_, d)| d.len() as u64).sum();
             assert_eq!(
                 bounds(store, name),
                 Some(LogBounds {
                     first: start,
-                    last: i * 10 + 2
+                    last: i * 10 + 2,
+                    bytes
                 }),
                 "bounds {name:?}"
             );
@@ -605,6 +908,16 @@ pub fn names_do_not_collide(store: &dyn Store) {
         }
     };
     check(None);
+    let mut sorted = names.to_vec();
+    sorted.sort_unstable();
+    assert_eq!(log_names(&list(store, "")), sorted);
+    let under_a: Vec<&str> = sorted
+        .iter()
+        .copied()
+        .filter(|n| n.starts_with('a'))
+        .collect();
+    assert_eq!(log_names(&list(store, "a")), under_a);
+    assert_eq!(log_names(&list(store, "a\0")), ["a\0", "a\0\0", "a\0b"]);
     // Trimming "a" must not touch "a\0", "ab", ...
     let a = names.iter().position(|n| *n == "a").unwrap_or_default();
     ok(

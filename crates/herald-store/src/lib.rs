@@ -29,6 +29,7 @@
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::sync::Mutex;
 
 pub mod conformance;
@@ -53,16 +54,20 @@ pub struct Append<'a> {
     pub data: &'a [u8],
 }
 
-/// The first and last sequence numbers of a log.
+/// The first and last sequence numbers of a log, and the size of what it retains.
 ///
-/// When every record has been trimmed, `first == last + 1`: the log is empty but remembers
-/// where its numbering stands.
+/// When every record has been trimmed, `first == last + 1` and `bytes == 0`: the log is empty
+/// but remembers where its numbering stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogBounds {
     /// The oldest retained sequence number (`last + 1` when nothing is retained).
     pub first: u64,
     /// The newest sequence number ever appended.
     pub last: u64,
+    /// The sum of the data lengths of the retained records (keys and engine overhead not
+    /// included). Kept up to date by [`Store::append`], [`Store::trim`] and
+    /// [`Store::delete_log`] atomically with the records they write or remove.
+    pub bytes: u64,
 }
 
 /// Errors from a storage backend.
@@ -96,6 +101,9 @@ pub enum StoreError {
 ///   `kill -9` and power loss.
 /// - [`Store::trim`] never makes a read walk the trimmed records: reads start at the first
 ///   retained record.
+/// - [`LogBounds`] (from [`Store::bounds`] and [`Store::list_logs`]) always describe exactly the
+///   records a read would return, `bytes` included: they change in the same atomic write as the
+///   records.
 pub trait Store: Send + Sync + 'static {
     /// Appends records (to one or several logs) as one atomic batch.
     ///
@@ -127,6 +135,27 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::Engine`] on I/O failure.
     fn trim(&self, log: &str, before: u64, durability: Durability) -> Result<(), StoreError>;
 
+    /// Returns every log whose name starts with `prefix` (`""` for all), with its bounds,
+    /// sorted by name (byte order). Fully trimmed logs are listed; deleted ones are not.
+    ///
+    /// Meant for startup over many large logs: it reads only the logs' bounds, never records.
+    ///
+    /// # Errors
+    /// [`StoreError::Engine`] on I/O failure.
+    fn list_logs(&self, prefix: &str) -> Result<Vec<(String, LogBounds)>, StoreError>;
+
+    /// Removes every record of `log` and then the log itself: afterwards [`Store::bounds`] is
+    /// `None`, [`Store::list_logs`] omits it, and a later append may start again at any `seq`.
+    /// Deleting a log that does not exist does nothing.
+    ///
+    /// Like [`Store::trim`], a large delete may be carried out in several steps; a crash in the
+    /// middle leaves the log trimmed by a prefix (still listed, numbering kept), never a hole.
+    /// `durability` applies to the completed delete.
+    ///
+    /// # Errors
+    /// [`StoreError::Engine`] on I/O failure.
+    fn delete_log(&self, log: &str, durability: Durability) -> Result<(), StoreError>;
+
     /// Stores `data` as the snapshot `name` covering everything up to `seq`, replacing the
     /// previous one.
     ///
@@ -157,6 +186,21 @@ pub trait Store: Send + Sync + 'static {
 struct MemLog {
     records: BTreeMap<u64, Vec<u8>>,
     last: Option<u64>,
+    /// The sum of the lengths in `records`, kept as a counter so `bounds` stays cheap for
+    /// tests that append a lot.
+    bytes: u64,
+}
+
+impl MemLog {
+    fn bounds(&self) -> Option<LogBounds> {
+        let last = self.last?;
+        let first = self.records.keys().next().copied().unwrap_or(last + 1);
+        Some(LogBounds {
+            first,
+            last,
+            bytes: self.bytes,
+        })
+    }
 }
 
 /// The in-memory reference [`Store`]: no durability, simple enough to be obviously right, and
@@ -169,7 +213,8 @@ pub struct MemoryStore {
 
 #[derive(Debug, Default)]
 struct MemInner {
-    logs: HashMap<String, MemLog>,
+    /// Ordered by name, for `list_logs`.
+    logs: BTreeMap<String, MemLog>,
     snapshots: HashMap<String, (u64, Vec<u8>)>,
 }
 
@@ -203,6 +248,7 @@ impl Store for MemoryStore {
             let log = inner.logs.entry(r.log.to_owned()).or_default();
             log.records.insert(r.seq, r.data.to_vec());
             log.last = Some(r.seq);
+            log.bytes += r.data.len() as u64;
         }
         Ok(())
     }
@@ -223,19 +269,32 @@ impl Store for MemoryStore {
     }
 
     fn bounds(&self, log: &str) -> Result<Option<LogBounds>, StoreError> {
-        let inner = self.lock();
-        Ok(inner.logs.get(log).and_then(|l| {
-            let last = l.last?;
-            let first = l.records.keys().next().copied().unwrap_or(last + 1);
-            Some(LogBounds { first, last })
-        }))
+        Ok(self.lock().logs.get(log).and_then(MemLog::bounds))
     }
 
     fn trim(&self, log: &str, before: u64, _durability: Durability) -> Result<(), StoreError> {
         let mut inner = self.lock();
         if let Some(l) = inner.logs.get_mut(log) {
-            l.records = l.records.split_off(&before);
+            let kept = l.records.split_off(&before);
+            let removed: u64 = l.records.values().map(|d| d.len() as u64).sum();
+            l.bytes -= removed;
+            l.records = kept;
         }
+        Ok(())
+    }
+
+    fn list_logs(&self, prefix: &str) -> Result<Vec<(String, LogBounds)>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .logs
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(name, _)| name.starts_with(prefix))
+            .filter_map(|(name, l)| Some((name.clone(), l.bounds()?)))
+            .collect())
+    }
+
+    fn delete_log(&self, log: &str, _durability: Durability) -> Result<(), StoreError> {
+        self.lock().logs.remove(log);
         Ok(())
     }
 
