@@ -196,7 +196,7 @@ impl Settings {
             data_dir: args
                 .data_dir
                 .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from("./herald-data")),
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             icepeak: args
                 .icepeak
                 .or(listen_from_file("icepeak", file.icepeak)?)
@@ -278,6 +278,15 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// The data directory when neither a flag, `HERALD_DATA_DIR` nor the config file names one.
+pub(crate) const DEFAULT_DATA_DIR: &str = "./herald-data";
+
+/// The `data-dir` key of a `serve` config file, for tools that work on the same data directory
+/// (`herald user`).
+pub(crate) fn data_dir_from_file(path: &Path) -> anyhow::Result<Option<PathBuf>> {
+    Ok(read_file(path)?.data_dir)
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {

@@ -3,7 +3,8 @@
 //! This binary is the only place for command-line parsing, configuration loading, signals,
 //! tracing setup and `anyhow`. Subcommands:
 //! - `serve`: run the server (see `herald serve --help`);
-//! - `token`: mint a JWT with an Icepeak-style path whitelist.
+//! - `token`: mint a JWT with an Icepeak-style path whitelist;
+//! - `user`: add users and change passwords in a data directory, offline.
 
 use clap::{Parser, Subcommand};
 
@@ -11,6 +12,7 @@ mod config;
 mod limit;
 mod serve;
 mod token;
+mod user;
 
 /// Herald: one real-time data hub for JSON documents, event streams and pub/sub.
 #[derive(Debug, Parser)]
@@ -30,6 +32,11 @@ enum Command {
     Serve(Box<config::ServeArgs>),
     /// Mint a JSON Web Token granting access to path prefixes (like icepeak-token-gen).
     Token(token::TokenArgs),
+    /// Manage the user accounts (IorioDB-style logins) of a data directory.
+    ///
+    /// Works offline, on the store directly: run it before `herald serve` starts or while it is
+    /// stopped (a running server keeps the store locked).
+    User(user::UserArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -37,6 +44,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(*args),
         Command::Token(args) => token::run(args),
+        Command::User(args) => user::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

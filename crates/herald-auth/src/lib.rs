@@ -1,5 +1,6 @@
 //! Icepeak-compatible JWT authorisation: verify a bearer token, turn its `icepeak` claim into
-//! Herald grants, and mint tokens like `icepeak-token-gen`.
+//! Herald grants, and mint tokens like `icepeak-token-gen`. Also IorioDB-style accounts: users,
+//! role grants and session tokens ([`users`], [`session`]).
 //!
 //! The contract is Icepeak's (seed contract 1.5 and the Icepeak README, "JWT Authorization"):
 //! the token comes from `Authorization: Bearer` or `?access_token=`; with a secret it must be
@@ -21,6 +22,11 @@
 //! - [`generator`]: [`mint`] and [`parse_path_modes`], the `icepeak-token-gen` equivalents.
 //! - [`error`]: [`AuthError`] (with Icepeak's 401 bodies), [`InvalidReason`], [`MintError`],
 //!   [`ParseError`].
+//! - [`users`]: IorioDB-style accounts, pure: the user [`Registry`] (argon2id password hashes,
+//!   admin flag), role grants of [`Permission`]s on [`Resource`]s, and the [`Access`](herald_core::Access)
+//!   each principal gets ([`Registry::access_for`]).
+//! - [`session`]: IorioDB session tokens (HS512 `{"u","exp"}` JWTs): [`session::mint`],
+//!   [`session::verify`].
 //!
 //! # Example
 //! ```
@@ -57,10 +63,14 @@
 pub mod claim;
 pub mod error;
 pub mod generator;
+pub mod session;
 pub mod token;
+pub mod users;
 
 pub use error::{AuthError, InvalidReason, MintError, ParseError};
 pub use generator::{mint, mint_now, parse_path_modes};
+pub use session::SessionError;
 pub use token::{
     Claims, JwtConfig, MAX_TOKEN_LEN, extract_token, verify, verify_now, verify_request,
 };
+pub use users::{Acl, PasswordCost, Permission, Registry, Resource, User, UsersError};

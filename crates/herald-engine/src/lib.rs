@@ -9,8 +9,10 @@
 //! store does).
 //!
 //! # Layout
+//! - [`accounts`]: durable IorioDB-style users, grants and sessions ([`Accounts`] handle).
 //! - [`docs`]: the document actor ([`Docs`] handle, [`Write`], [`Subscriber`]).
 //! - [`inbox`]: the per-connection coalescing mailbox ([`Inbox`]) updates are pushed into.
+//! - [`topics`]: append-only event logs ([`Topics`] handle, [`Listener`], [`Delivery`]).
 //!
 //! # Example
 //! ```
@@ -36,8 +38,14 @@
 //! # });
 //! ```
 
+pub mod accounts;
 pub mod docs;
 pub mod inbox;
+pub mod topics;
 
+pub use accounts::{Accounts, AccountsError, AccountsOptions};
 pub use docs::{Docs, DocsError, DocsOptions, Pending, Subscriber, Write};
 pub use inbox::{Inbox, Update};
+pub use topics::{
+    Appended, Delivery, Event, Listener, NewEvent, TopicInfo, Topics, TopicsError, TopicsOptions,
+};

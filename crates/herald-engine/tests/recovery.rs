@@ -159,7 +159,8 @@ async fn snapshots_trim_the_log_and_recovery_gives_the_same_tree(mut backend: Ba
         backend.bounds(),
         Some(LogBounds {
             first: 28,
-            last: 27
+            last: 27,
+            bytes: 0
         })
     );
 

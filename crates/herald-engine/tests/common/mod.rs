@@ -217,6 +217,12 @@ impl Store for FailingStore {
     fn trim(&self, log: &str, before: u64, durability: Durability) -> Result<(), StoreError> {
         self.inner.trim(log, before, durability)
     }
+    fn list_logs(&self, prefix: &str) -> Result<Vec<(String, LogBounds)>, StoreError> {
+        self.inner.list_logs(prefix)
+    }
+    fn delete_log(&self, log: &str, durability: Durability) -> Result<(), StoreError> {
+        self.inner.delete_log(log, durability)
+    }
     fn put_snapshot(
         &self,
         name: &str,
@@ -303,6 +309,12 @@ impl Store for GatedStore {
     }
     fn trim(&self, log: &str, before: u64, durability: Durability) -> Result<(), StoreError> {
         self.inner.trim(log, before, durability)
+    }
+    fn list_logs(&self, prefix: &str) -> Result<Vec<(String, LogBounds)>, StoreError> {
+        self.inner.list_logs(prefix)
+    }
+    fn delete_log(&self, log: &str, durability: Durability) -> Result<(), StoreError> {
+        self.inner.delete_log(log, durability)
     }
     fn put_snapshot(
         &self,

@@ -1,0 +1,719 @@
+//! Topics: append-only event logs with sequence numbers, retention and gap-free listeners.
+//!
+//! A topic is named by a [`Path`] (IorioDB's stream `bucket/stream` is `/bucket/stream`). Each
+//! accepted event gets the next sequence number of its topic, starting at 1, and the time it
+//! was accepted (ms since the epoch, never going backwards within a topic). `(epoch, seq)` is a
+//! resume token: the epoch changes only when the topic is deleted and created again.
+//!
+//! # How it works
+//! - **Appends** go through one actor ([`Topics`] is its cloneable handle). It takes every queued
+//!   request (up to `max_batch`), numbers the events, and commits all of them to the store in one
+//!   atomic batch with one fsync (group commit). Only then are they published and acknowledged,
+//!   so nothing is visible before it is durable.
+//! - **Published** means: the events enter the topic's in-memory window (the newest few hundred
+//!   events), and the topic's committed sequence number, a `tokio::sync::watch` value, moves.
+//!   That is the whole fan-out: the actor does O(1) work per topic per batch, however many
+//!   listeners there are.
+//! - **Reads and listeners** pull: a [`Listener`] wakes when a watched topic's number moves and
+//!   fetches what it has not delivered yet from the in-memory window, or from the store when it
+//!   is further behind. So a slow listener never slows a writer or holds memory; it just reads
+//!   from disk later, and a listener resuming from an old sequence number replays from disk and
+//!   then continues live with no gap and no duplicate.
+//! - **Retention** (max events, max bytes, max age; see [`Retention`]) is enforced by a
+//!   background job every `retention_interval`, never by the append path. Events older than what
+//!   is retained are reported to listeners as [`Delivery::Gap`], never skipped silently.
+//! - **Memory-only** topics never touch the store: their history is the in-memory window, and
+//!   they start again at epoch = process start after a restart.
+//!
+//! # Storage layout
+//! Each topic incarnation is one store log named `t:{epoch:016x}:{path}`, whose records are
+//! [`herald_core::topic::encode_record`]s. Per-topic retention overrides are the snapshot
+//! [`RETENTION_SNAPSHOT`].
+
+mod actor;
+mod listener;
+mod retention;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use herald_core::topic::{Retention, RetentionRules, decode_record};
+use herald_core::{Path, PathLimits};
+use herald_store::{Store, StoreError};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+pub use listener::{Delivery, Listener};
+
+use actor::{Actor, Command};
+
+/// The prefix of every topic log in the store.
+pub const LOG_PREFIX: &str = "t:";
+/// The snapshot holding per-topic retention overrides.
+pub const RETENTION_SNAPSHOT: &str = "topics-retention";
+
+/// Tuning of the topics engine.
+#[derive(Debug, Clone)]
+pub struct TopicsOptions {
+    /// How many requests may wait in the actor's queue.
+    pub queue_capacity: usize,
+    /// The largest number of requests handled (and committed) in one batch.
+    pub max_batch: usize,
+    /// Retention rules by path pattern (from the configuration file).
+    pub rules: RetentionRules,
+    /// Events kept in memory per topic for listeners that are nearly caught up.
+    pub window_events: usize,
+    /// Bytes (of event data) kept in memory per topic, at most.
+    pub window_bytes: usize,
+    /// How often retention is enforced.
+    pub retention_interval: Duration,
+    /// The most events one [`Listener::next`] returns.
+    pub listener_batch: usize,
+}
+
+impl Default for TopicsOptions {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 4096,
+            max_batch: 1024,
+            rules: RetentionRules::default(),
+            window_events: 256,
+            window_bytes: 256 * 1024,
+            retention_interval: Duration::from_secs(1),
+            listener_batch: 1000,
+        }
+    }
+}
+
+/// An event to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// Its media type, kept with the event (at most 255 bytes).
+    pub content_type: Arc<str>,
+    /// Its bytes, stored as given.
+    pub data: Bytes,
+}
+
+impl NewEvent {
+    /// A JSON event (`application/json`).
+    pub fn json(data: impl Into<Bytes>) -> Self {
+        Self {
+            content_type: json_content_type(),
+            data: data.into(),
+        }
+    }
+}
+
+/// A stored event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Its sequence number in the topic's current epoch.
+    pub seq: u64,
+    /// When it was accepted, in ms since the Unix epoch.
+    pub t_ms: u64,
+    /// Its media type.
+    pub content_type: Arc<str>,
+    /// Its bytes.
+    pub data: Bytes,
+}
+
+/// The outcome of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The topic's epoch.
+    pub epoch: u64,
+    /// The sequence number of the first appended event.
+    pub first: u64,
+    /// The sequence number of the last appended event.
+    pub last: u64,
+    /// The time given to the events, in ms since the Unix epoch.
+    pub t_ms: u64,
+}
+
+/// What is known about a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    /// The topic.
+    pub path: Path,
+    /// Its current epoch.
+    pub epoch: u64,
+    /// The oldest retained sequence number (`last + 1` when nothing is retained).
+    pub first: u64,
+    /// The newest sequence number.
+    pub last: u64,
+    /// Bytes retained on disk (records as stored; 0 for memory-only topics).
+    pub bytes: u64,
+    /// The retention in force.
+    pub retention: Retention,
+    /// Whether the retention comes from a per-topic override rather than the rules.
+    pub overridden: bool,
+}
+
+/// Errors of the topics engine.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum TopicsError {
+    /// The request queue is full; try again later.
+    #[error("the append queue is full")]
+    QueueFull,
+    /// The engine has stopped (shutdown or a fatal storage error).
+    #[error("the topics engine has stopped")]
+    Closed,
+    /// A conditional append found another last sequence number.
+    #[error("conflict: expected last seqnum {expected}, found {got}")]
+    Conflict {
+        /// What the caller expected.
+        expected: u64,
+        /// What the topic holds.
+        got: u64,
+    },
+    /// The request is malformed (no events, a content type too long, ...).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// Storage failed; the engine refuses further appends until restarted.
+    #[error("storage failed: {0}")]
+    Store(#[source] Arc<StoreError>),
+    /// A stored record could not be decoded.
+    #[error("stored topic data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<StoreError> for TopicsError {
+    fn from(e: StoreError) -> Self {
+        TopicsError::Store(Arc::new(e))
+    }
+}
+
+/// One incarnation (epoch) of a topic.
+#[derive(Debug)]
+pub(crate) struct Topic {
+    pub(crate) path: Path,
+    pub(crate) epoch: u64,
+    /// The store log of this incarnation.
+    pub(crate) log: String,
+    pub(crate) memory_only: bool,
+    /// The last committed sequence number (0 before the first event). Written by the actor
+    /// only after the commit; listeners wait on it.
+    pub(crate) last: watch::Sender<u64>,
+    /// The time given to the newest event; the actor keeps times from going backwards.
+    pub(crate) last_t: AtomicU64,
+    /// Set when the topic is deleted (the watch is poked after setting it).
+    pub(crate) deleted: AtomicBool,
+    pub(crate) state: Mutex<TopicState>,
+}
+
+/// The mutable part of a topic, locked briefly by the actor, the retention job and readers.
+#[derive(Debug)]
+pub(crate) struct TopicState {
+    /// The oldest retained sequence number.
+    pub(crate) first: u64,
+    /// The newest committed events, contiguous, oldest first.
+    pub(crate) window: VecDeque<Event>,
+    pub(crate) window_bytes: usize,
+}
+
+impl Topic {
+    pub(crate) fn new(path: Path, epoch: u64, memory_only: bool, first: u64, last: u64) -> Self {
+        let log = log_name(epoch, &path);
+        Self {
+            path,
+            epoch,
+            log,
+            memory_only,
+            last: watch::channel(last).0,
+            last_t: AtomicU64::new(0),
+            deleted: AtomicBool::new(false),
+            state: Mutex::new(TopicState {
+                first,
+                window: VecDeque::new(),
+                window_bytes: 0,
+            }),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, TopicState> {
+        // The state is plain data; a panic elsewhere cannot leave it half-updated in a way
+        // that matters more than losing the topic would.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn committed_last(&self) -> u64 {
+        *self.last.borrow()
+    }
+
+    pub(crate) fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+}
+
+/// The store log name of a topic incarnation.
+pub(crate) fn log_name(epoch: u64, path: &Path) -> String {
+    format!("{LOG_PREFIX}{epoch:016x}:{path}")
+}
+
+/// Reads back a log name written by [`log_name`].
+pub(crate) fn parse_log_name(name: &str) -> Option<(u64, Path)> {
+    let rest = name.strip_prefix(LOG_PREFIX)?;
+    let (epoch, path) = rest.split_once(':')?;
+    let epoch = u64::from_str_radix(epoch, 16).ok()?;
+    let limits = PathLimits {
+        max_segments: usize::MAX,
+        max_segment_bytes: usize::MAX,
+    };
+    Some((epoch, Path::parse_url(path, &limits).ok()?))
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub(crate) fn json_content_type() -> Arc<str> {
+    static JSON: OnceLock<Arc<str>> = OnceLock::new();
+    JSON.get_or_init(|| Arc::from("application/json")).clone()
+}
+
+/// Shares the `Arc<str>` of the common content type instead of allocating one per event.
+fn intern_content_type(ct: &str) -> Arc<str> {
+    let json = json_content_type();
+    if *json == *ct { json } else { Arc::from(ct) }
+}
+
+/// Decodes a stored record into an [`Event`] without copying its data.
+pub(crate) fn decode_event(seq: u64, raw: Vec<u8>) -> Result<Event, TopicsError> {
+    let raw = Bytes::from(raw);
+    let (t_ms, content_type, offset) = {
+        let rec =
+            decode_record(&raw).map_err(|e| TopicsError::Corrupt(format!("record {seq}: {e}")))?;
+        let offset = raw.len() - rec.data.len();
+        (rec.t_ms, intern_content_type(rec.content_type), offset)
+    };
+    Ok(Event {
+        seq,
+        t_ms,
+        content_type,
+        data: raw.slice(offset..),
+    })
+}
+
+/// State shared by the handle, the actor, listeners and the retention job.
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) topics: RwLock<HashMap<Path, Arc<Topic>>>,
+    /// Bumped whenever a topic is created or deleted, so listeners waiting for a topic that
+    /// does not exist (yet, or again) can look again.
+    pub(crate) generation: watch::Sender<u64>,
+    pub(crate) rules: RetentionRules,
+    pub(crate) overrides: RwLock<HashMap<Path, Retention>>,
+    /// Set after a storage failure; appends are refused from then on.
+    pub(crate) failed: OnceLock<Arc<StoreError>>,
+    pub(crate) options: TopicsOptions,
+    pub(crate) metrics: Metrics,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    pub(crate) fn topic(&self, path: &Path) -> Option<Arc<Topic>> {
+        self.topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(path)
+            .cloned()
+    }
+
+    /// The retention in force for `path`, and whether it is a per-topic override.
+    pub(crate) fn retention(&self, path: &Path) -> (Retention, bool) {
+        if let Some(r) = self
+            .overrides
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(path)
+        {
+            return (*r, true);
+        }
+        (self.rules.resolve(path), false)
+    }
+
+    /// Reads committed events of `topic` with `from <= seq <= to`, at most `limit`, from the
+    /// in-memory window when it reaches back far enough, else from the store. The result may
+    /// start later than `from` when older events are no longer retained.
+    pub(crate) async fn fetch(
+        &self,
+        topic: &Arc<Topic>,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>, TopicsError> {
+        if from > to || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let want = usize::try_from(to - from + 1)
+            .unwrap_or(usize::MAX)
+            .min(limit);
+        {
+            let state = topic.lock();
+            let from = from.max(state.first);
+            if from > to {
+                return Ok(Vec::new());
+            }
+            let window_first = state.window.front().map(|e| e.seq);
+            if let Some(wf) = window_first
+                && wf <= from
+            {
+                let skip = usize::try_from(from - wf).unwrap_or(usize::MAX);
+                return Ok(state
+                    .window
+                    .iter()
+                    .skip(skip)
+                    .take_while(|e| e.seq <= to)
+                    .take(want)
+                    .cloned()
+                    .collect());
+            }
+            if topic.memory_only {
+                // Nothing older than the window exists anywhere.
+                return Ok(state
+                    .window
+                    .iter()
+                    .take_while(|e| e.seq <= to)
+                    .take(want)
+                    .cloned()
+                    .collect());
+            }
+        }
+        let store = self.store.clone();
+        let log = topic.log.clone();
+        let records = tokio::task::spawn_blocking(move || store.read(&log, from, want))
+            .await
+            .map_err(|e| TopicsError::Store(Arc::new(StoreError::Engine(Box::new(e)))))??;
+        let mut events = Vec::with_capacity(records.len());
+        for (seq, raw) in records {
+            if seq > to {
+                break;
+            }
+            events.push(decode_event(seq, raw)?);
+        }
+        Ok(events)
+    }
+}
+
+/// Metrics of the topics engine.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    pub(crate) events: metrics::Counter,
+    pub(crate) event_bytes: metrics::Counter,
+    pub(crate) commit_seconds: metrics::Histogram,
+    pub(crate) batch_size: metrics::Histogram,
+    pub(crate) topics: metrics::Gauge,
+    pub(crate) trimmed: metrics::Counter,
+    pub(crate) listeners: metrics::Gauge,
+    pub(crate) delivered: metrics::Counter,
+    pub(crate) gaps: metrics::Counter,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        Self {
+            events: metrics::counter!("herald_topic_events_appended_total"),
+            event_bytes: metrics::counter!("herald_topic_event_bytes_appended_total"),
+            commit_seconds: metrics::histogram!("herald_topic_commit_seconds"),
+            batch_size: metrics::histogram!("herald_topic_commit_batch_events"),
+            topics: metrics::gauge!("herald_topics"),
+            trimmed: metrics::counter!("herald_topic_events_trimmed_total"),
+            listeners: metrics::gauge!("herald_topic_listeners"),
+            delivered: metrics::counter!("herald_topic_events_delivered_total"),
+            gaps: metrics::counter!("herald_topic_gaps_reported_total"),
+        }
+    }
+}
+
+/// The cloneable handle to the topics engine.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    tx: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+}
+
+type Reply<T> = oneshot::Sender<T>;
+
+impl Topics {
+    /// Loads the topics found in `store` (their bounds only: this is fast however much they
+    /// hold) and starts the actor on the current tokio runtime.
+    ///
+    /// # Errors
+    /// [`TopicsError::Store`] or [`TopicsError::Corrupt`] when loading fails.
+    pub async fn open(
+        store: Arc<dyn Store>,
+        options: TopicsOptions,
+    ) -> Result<(Topics, JoinHandle<()>), TopicsError> {
+        let started = std::time::Instant::now();
+        let loader = store.clone();
+        let loaded = tokio::task::spawn_blocking(move || actor::load(&*loader))
+            .await
+            .map_err(|e| TopicsError::Corrupt(format!("loading task failed: {e}")))??;
+        let shared = Arc::new(Shared {
+            store,
+            topics: RwLock::new(HashMap::new()),
+            generation: watch::channel(0).0,
+            rules: options.rules.clone(),
+            overrides: RwLock::new(loaded.overrides),
+            failed: OnceLock::new(),
+            options: options.clone(),
+            metrics: Metrics::new(),
+        });
+        let mut topics = HashMap::new();
+        for (path, l) in loaded.topics {
+            let memory_only = false;
+            let t = Topic::new(path.clone(), l.epoch, memory_only, l.first, l.last);
+            topics.insert(path, Arc::new(t));
+        }
+        tracing::info!(
+            topics = topics.len(),
+            stale_logs = loaded.stale.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "topics loaded"
+        );
+        shared.metrics.topics.set(topics.len() as f64);
+        *shared.topics.write().unwrap_or_else(|e| e.into_inner()) = topics;
+        let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
+        let actor = Actor::new(shared.clone(), loaded.stale);
+        let handle = tokio::spawn(actor.run(rx));
+        Ok((Topics { tx, shared }, handle))
+    }
+
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(Reply<Result<T, TopicsError>>) -> Command,
+    ) -> Result<T, TopicsError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| TopicsError::Closed)?;
+        rx.await.unwrap_or(Err(TopicsError::Closed))
+    }
+
+    /// Appends `events` to `topic` (creating it if needed) and waits until they are durable.
+    /// With `expect_last`, the append happens only if the topic's last sequence number is
+    /// that (0 for an empty or missing topic); otherwise [`TopicsError::Conflict`].
+    ///
+    /// # Errors
+    /// [`TopicsError::Conflict`], [`TopicsError::Invalid`] for an empty batch or a content
+    /// type over 255 bytes, [`TopicsError::Store`] when storage fails,
+    /// [`TopicsError::Closed`] when stopped.
+    pub async fn append(
+        &self,
+        topic: Path,
+        events: Vec<NewEvent>,
+        expect_last: Option<u64>,
+    ) -> Result<Appended, TopicsError> {
+        validate(&topic, &events)?;
+        self.request(|reply| Command::Append {
+            topic,
+            events,
+            expect_last,
+            reply,
+        })
+        .await
+    }
+
+    /// Like [`Topics::append`], but fails with [`TopicsError::QueueFull`] instead of waiting
+    /// for queue space.
+    ///
+    /// # Errors
+    /// As [`Topics::append`], plus [`TopicsError::QueueFull`].
+    pub async fn try_append(
+        &self,
+        topic: Path,
+        events: Vec<NewEvent>,
+        expect_last: Option<u64>,
+    ) -> Result<Appended, TopicsError> {
+        validate(&topic, &events)?;
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .try_send(Command::Append {
+                topic,
+                events,
+                expect_last,
+                reply,
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => TopicsError::QueueFull,
+                mpsc::error::TrySendError::Closed(_) => TopicsError::Closed,
+            })?;
+        rx.await.unwrap_or(Err(TopicsError::Closed))
+    }
+
+    /// Reads up to `limit` retained events with `seq >= from`, oldest first.
+    ///
+    /// # Errors
+    /// [`TopicsError::Store`] or [`TopicsError::Corrupt`] when the store fails.
+    pub async fn read(
+        &self,
+        topic: &Path,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>, TopicsError> {
+        let Some(t) = self.shared.topic(topic) else {
+            return Ok(Vec::new());
+        };
+        let last = t.committed_last();
+        self.shared.fetch(&t, from.max(1), last, limit).await
+    }
+
+    /// Reads the newest `limit` events, oldest first.
+    ///
+    /// # Errors
+    /// As [`Topics::read`].
+    pub async fn read_last(&self, topic: &Path, limit: usize) -> Result<Vec<Event>, TopicsError> {
+        self.read_before(topic, u64::MAX, limit).await
+    }
+
+    /// Reads the newest `limit` events with `seq < before`, oldest first: pages backwards
+    /// through a topic.
+    ///
+    /// # Errors
+    /// As [`Topics::read`].
+    pub async fn read_before(
+        &self,
+        topic: &Path,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>, TopicsError> {
+        let Some(t) = self.shared.topic(topic) else {
+            return Ok(Vec::new());
+        };
+        let last = t.committed_last().min(before.saturating_sub(1));
+        if last == 0 || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let first = t.lock().first;
+        let from = last
+            .saturating_sub(limit as u64)
+            .saturating_add(1)
+            .max(first);
+        self.shared.fetch(&t, from, last, limit).await
+    }
+
+    /// What is known about `topic`, or `None` when it does not exist.
+    ///
+    /// # Errors
+    /// [`TopicsError::Store`] when the store cannot give the size.
+    pub async fn info(&self, topic: &Path) -> Result<Option<TopicInfo>, TopicsError> {
+        let Some(t) = self.shared.topic(topic) else {
+            return Ok(None);
+        };
+        let bytes = if t.memory_only {
+            0
+        } else {
+            let store = self.shared.store.clone();
+            let log = t.log.clone();
+            tokio::task::spawn_blocking(move || store.bounds(&log))
+                .await
+                .map_err(|e| TopicsError::Store(Arc::new(StoreError::Engine(Box::new(e)))))??
+                .map_or(0, |b| b.bytes)
+        };
+        let (retention, overridden) = self.shared.retention(topic);
+        let first = t.lock().first;
+        Ok(Some(TopicInfo {
+            path: t.path.clone(),
+            epoch: t.epoch,
+            first,
+            last: t.committed_last(),
+            bytes,
+            retention,
+            overridden,
+        }))
+    }
+
+    /// The existing topics at or under `prefix`, sorted.
+    pub fn list(&self, prefix: &Path) -> Vec<Path> {
+        let mut out: Vec<Path> = self
+            .shared
+            .topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .filter(|p| p.starts_with(prefix))
+            .cloned()
+            .collect();
+        out.sort_unstable_by(|a, b| a.segments().cmp(b.segments()));
+        out
+    }
+
+    /// Deletes `topic` and its history; returns whether it existed. Listeners are told with
+    /// [`Delivery::Reset`] once the topic is created again, with a new epoch.
+    ///
+    /// # Errors
+    /// [`TopicsError::Store`] when storage fails, [`TopicsError::Closed`] when stopped.
+    pub async fn delete(&self, topic: &Path) -> Result<bool, TopicsError> {
+        let topic = topic.clone();
+        self.request(|reply| Command::Delete { topic, reply }).await
+    }
+
+    /// Sets (or with `None`, removes) the retention override of `topic`. Durable before it
+    /// returns; enforced within one retention interval.
+    ///
+    /// # Errors
+    /// [`TopicsError::Store`] when storage fails, [`TopicsError::Closed`] when stopped.
+    pub async fn set_retention(
+        &self,
+        topic: &Path,
+        retention: Option<Retention>,
+    ) -> Result<(), TopicsError> {
+        let topic = topic.clone();
+        self.request(|reply| Command::SetRetention {
+            topic,
+            retention,
+            reply,
+        })
+        .await
+    }
+
+    /// The retention in force for `topic` (whether or not it exists), and whether it is a
+    /// per-topic override.
+    pub fn retention(&self, topic: &Path) -> (Retention, bool) {
+        self.shared.retention(topic)
+    }
+
+    /// A new listener with no subscriptions.
+    pub fn listener(&self) -> Listener {
+        Listener::new(self.shared.clone())
+    }
+
+    /// Stops the actor after the queued requests and syncs the store.
+    ///
+    /// # Errors
+    /// [`TopicsError::Closed`] when it had already stopped.
+    pub async fn shutdown(&self) -> Result<(), TopicsError> {
+        self.request(|reply| Command::Shutdown { reply }).await
+    }
+}
+
+fn validate(topic: &Path, events: &[NewEvent]) -> Result<(), TopicsError> {
+    if topic.is_root() {
+        return Err(TopicsError::Invalid("the root path is not a topic".into()));
+    }
+    if events.is_empty() {
+        return Err(TopicsError::Invalid("no events to append".into()));
+    }
+    if events
+        .iter()
+        .any(|e| e.content_type.len() > herald_core::topic::MAX_CONTENT_TYPE_LEN)
+    {
+        return Err(TopicsError::Invalid(format!(
+            "content type longer than {} bytes",
+            herald_core::topic::MAX_CONTENT_TYPE_LEN
+        )));
+    }
+    Ok(())
+}

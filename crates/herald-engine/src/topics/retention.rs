@@ -1,0 +1,118 @@
+//! The retention pass: trims topics to their retention, off the append path.
+//!
+//! It runs on a blocking thread every `retention_interval` (one pass at a time). For each
+//! durable topic with a bounded retention it finds the first sequence number to keep, by
+//! count from the bounds alone, and by bytes and age by walking the oldest records, then trims
+//! the store and moves the topic's `first`. Appends go on meanwhile: they only touch the tail.
+
+use std::sync::Arc;
+
+use herald_core::topic::{Retention, decode_record};
+use herald_store::{Durability, Store, StoreError};
+
+use super::{Shared, Topic, now_ms};
+
+/// How many records the byte and age walk reads at a time.
+const WALK_CHUNK: usize = 512;
+
+pub(super) fn pass(shared: &Shared, stale: Vec<String>) {
+    for log in stale {
+        match shared.store.delete_log(&log, Durability::Buffered) {
+            Ok(()) => tracing::info!(%log, "finished deleting an old topic incarnation"),
+            Err(e) => tracing::warn!(%log, error = %e, "could not delete an old topic log"),
+        }
+    }
+    let topics: Vec<(Arc<Topic>, Retention)> = shared
+        .topics
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .filter(|t| !t.memory_only)
+        .filter_map(|t| {
+            let (r, _) = shared.retention(&t.path);
+            let bounded = r.max_events.is_some() || r.max_bytes.is_some() || r.max_age_ms.is_some();
+            bounded.then(|| (t.clone(), r))
+        })
+        .collect();
+    let now = now_ms();
+    for (topic, retention) in topics {
+        if topic.is_deleted() {
+            continue;
+        }
+        match trim_topic(&*shared.store, &topic, &retention, now) {
+            Ok(0) => {}
+            Ok(n) => {
+                shared.metrics.trimmed.increment(n);
+                tracing::debug!(topic = %topic.path, trimmed = n, "retention trimmed a topic");
+            }
+            Err(e) => tracing::warn!(topic = %topic.path, error = %e, "retention pass failed"),
+        }
+    }
+}
+
+/// Trims one topic; returns how many events were removed.
+fn trim_topic(
+    store: &dyn Store,
+    topic: &Topic,
+    retention: &Retention,
+    now: u64,
+) -> Result<u64, StoreError> {
+    let Some(bounds) = store.bounds(&topic.log)? else {
+        return Ok(0);
+    };
+    let retained = (bounds.last + 1).saturating_sub(bounds.first);
+    let mut cut = bounds.first;
+    if let Some(max) = retention.max_events
+        && retained > max
+    {
+        cut = bounds.last + 1 - max;
+    }
+    if cut > bounds.first {
+        store.trim(&topic.log, cut, Durability::Buffered)?;
+    }
+    let trimmed_to = cut;
+    // Bytes and age: walk from the oldest record kept so far.
+    let cutoff = retention.max_age_ms.map(|age| now.saturating_sub(age));
+    if retention.max_bytes.is_some() || cutoff.is_some() {
+        let mut bytes = store.bounds(&topic.log)?.map_or(0, |b| b.bytes);
+        let over_bytes = |bytes: u64| retention.max_bytes.is_some_and(|max| bytes > max);
+        let mut from = cut;
+        'walk: while from <= bounds.last {
+            let records = store.read(&topic.log, from, WALK_CHUNK)?;
+            if records.is_empty() {
+                break;
+            }
+            for (seq, raw) in &records {
+                if *seq > bounds.last {
+                    break 'walk;
+                }
+                let too_old = match (cutoff, decode_record(raw)) {
+                    (Some(c), Ok(rec)) => rec.t_ms < c,
+                    _ => false,
+                };
+                if !too_old && !over_bytes(bytes) {
+                    break 'walk;
+                }
+                bytes = bytes.saturating_sub(raw.len() as u64);
+                cut = seq + 1;
+            }
+            from = cut;
+        }
+        if cut > trimmed_to {
+            store.trim(&topic.log, cut, Durability::Buffered)?;
+        }
+    }
+    if cut <= bounds.first {
+        return Ok(0);
+    }
+    let mut state = topic.lock();
+    if cut > state.first {
+        state.first = cut;
+        while state.window.front().is_some_and(|e| e.seq < cut) {
+            if let Some(old) = state.window.pop_front() {
+                state.window_bytes -= old.data.len();
+            }
+        }
+    }
+    Ok(cut - bounds.first)
+}

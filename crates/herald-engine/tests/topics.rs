@@ -1,0 +1,594 @@
+//! Behaviour of the topics engine: numbering, reads, conditional appends, deletes, retention,
+//! memory-only topics, storage failure, and listeners (replay, live, gaps, resets, resume).
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use herald_core::topic::{Retention, RetentionRules};
+use herald_core::{Path, PathLimits, PathPattern};
+use herald_engine::{Delivery, Listener, NewEvent, Topics, TopicsError, TopicsOptions};
+use herald_store::{MemoryStore, Store};
+
+fn p(s: &str) -> Path {
+    Path::parse_url(s, &PathLimits::default()).unwrap()
+}
+
+fn ev(s: &str) -> NewEvent {
+    NewEvent::json(s.as_bytes().to_vec())
+}
+
+fn evs(range: std::ops::RangeInclusive<u64>) -> Vec<NewEvent> {
+    range.map(|i| ev(&i.to_string())).collect()
+}
+
+async fn open(store: Arc<dyn Store>, options: TopicsOptions) -> Topics {
+    Topics::open(store, options).await.unwrap().0
+}
+
+fn data(events: &[herald_engine::Event]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| String::from_utf8(e.data.to_vec()).unwrap())
+        .collect()
+}
+
+fn seqs(events: &[herald_engine::Event]) -> Vec<u64> {
+    events.iter().map(|e| e.seq).collect()
+}
+
+/// Collects deliveries until `n` events arrived (gaps and resets are kept too).
+async fn collect(listener: &mut Listener, n: usize) -> Vec<Delivery> {
+    let mut out = Vec::new();
+    let mut events = 0;
+    tokio::time::timeout(WAIT, async {
+        while events < n {
+            let batch = listener.next().await.unwrap();
+            events += batch
+                .iter()
+                .filter(|d| matches!(d, Delivery::Event { .. }))
+                .count();
+            out.extend(batch);
+        }
+    })
+    .await
+    .expect("listener did not deliver in time");
+    out
+}
+
+fn event_seqs(ds: &[Delivery], topic: &Path) -> Vec<u64> {
+    ds.iter()
+        .filter_map(|d| match d {
+            Delivery::Event {
+                topic: t, event, ..
+            } if t == topic => Some(event.seq),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn appends_are_numbered_from_one_and_read_back() {
+    let topics = open(Arc::new(MemoryStore::default()), TopicsOptions::default()).await;
+    let a = p("/b/s");
+    let first = topics.append(a.clone(), evs(1..=3), None).await.unwrap();
+    assert_eq!((first.first, first.last), (1, 3));
+    let second = topics.append(a.clone(), evs(4..=4), None).await.unwrap();
+    assert_eq!((second.first, second.last), (4, 4));
+    assert_eq!(first.epoch, second.epoch);
+    assert!(second.t_ms >= first.t_ms);
+
+    assert_eq!(
+        data(&topics.read(&a, 1, 10).await.unwrap()),
+        ["1", "2", "3", "4"]
+    );
+    assert_eq!(seqs(&topics.read(&a, 3, 10).await.unwrap()), [3, 4]);
+    assert_eq!(seqs(&topics.read(&a, 2, 2).await.unwrap()), [2, 3]);
+    assert_eq!(seqs(&topics.read_last(&a, 2).await.unwrap()), [3, 4]);
+    assert_eq!(
+        seqs(&topics.read_last(&a, 100).await.unwrap()),
+        [1, 2, 3, 4]
+    );
+    assert_eq!(seqs(&topics.read_before(&a, 3, 10).await.unwrap()), [1, 2]);
+    assert!(topics.read(&p("/b/none"), 1, 10).await.unwrap().is_empty());
+    assert!(topics.read_last(&a, 0).await.unwrap().is_empty());
+
+    let info = topics.info(&a).await.unwrap().unwrap();
+    assert_eq!((info.first, info.last), (1, 4));
+    assert!(info.bytes > 4);
+    assert_eq!(topics.list(&p("/b")), vec![a.clone()]);
+    assert_eq!(topics.list(&Path::root()), vec![a.clone()]);
+    assert!(topics.list(&p("/c")).is_empty());
+}
+
+#[tokio::test]
+async fn content_type_is_kept_and_validated() {
+    let topics = open(Arc::new(MemoryStore::default()), TopicsOptions::default()).await;
+    let e = NewEvent {
+        content_type: Arc::from("text/plain"),
+        data: bytes::Bytes::from_static(b"\xff\x00raw"),
+    };
+    topics
+        .append(p("/x/y"), vec![e.clone()], None)
+        .await
+        .unwrap();
+    let got = topics.read(&p("/x/y"), 1, 1).await.unwrap();
+    assert_eq!(&*got[0].content_type, "text/plain");
+    assert_eq!(got[0].data, e.data);
+
+    let long = NewEvent {
+        content_type: Arc::from("x".repeat(256)),
+        data: bytes::Bytes::new(),
+    };
+    assert!(matches!(
+        topics.append(p("/x/y"), vec![long], None).await,
+        Err(TopicsError::Invalid(_))
+    ));
+    assert!(matches!(
+        topics.append(p("/x/y"), vec![], None).await,
+        Err(TopicsError::Invalid(_))
+    ));
+    assert!(matches!(
+        topics.append(Path::root(), vec![ev("1")], None).await,
+        Err(TopicsError::Invalid(_))
+    ));
+}
+
+#[tokio::test]
+async fn conditional_append_detects_conflicts() {
+    let topics = open(Arc::new(MemoryStore::default()), TopicsOptions::default()).await;
+    let a = p("/b/s");
+    topics.append(a.clone(), evs(1..=1), Some(0)).await.unwrap();
+    let err = topics
+        .append(a.clone(), evs(2..=2), Some(0))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        TopicsError::Conflict {
+            expected: 0,
+            got: 1
+        }
+    ));
+    topics.append(a.clone(), evs(2..=2), Some(1)).await.unwrap();
+
+    // Many racing conditional appends on the same expected seq: exactly one wins.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let (topics, a) = (topics.clone(), a.clone());
+        tasks.push(tokio::spawn(async move {
+            topics.append(a, evs(i..=i), Some(2)).await.is_ok()
+        }));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        wins += usize::from(t.await.unwrap());
+    }
+    assert_eq!(wins, 1);
+    assert_eq!(topics.info(&a).await.unwrap().unwrap().last, 3);
+}
+
+#[tokio::test]
+async fn history_and_numbering_survive_restart() {
+    let mut backend = Backend::fjall();
+    let a = p("/b/s");
+    let epoch = {
+        let (topics, task) = Topics::open(backend.store(), TopicsOptions::default())
+            .await
+            .unwrap();
+        let e = topics
+            .append(a.clone(), evs(1..=5), None)
+            .await
+            .unwrap()
+            .epoch;
+        topics.shutdown().await.unwrap();
+        task.await.unwrap();
+        e
+    };
+    backend.restart().await;
+    let topics = open(backend.store(), TopicsOptions::default()).await;
+    let info = topics.info(&a).await.unwrap().unwrap();
+    assert_eq!((info.epoch, info.first, info.last), (epoch, 1, 5));
+    assert_eq!(
+        data(&topics.read(&a, 1, 10).await.unwrap()),
+        ["1", "2", "3", "4", "5"]
+    );
+    let next = topics.append(a.clone(), evs(6..=6), None).await.unwrap();
+    assert_eq!((next.epoch, next.first), (epoch, 6));
+}
+
+#[tokio::test]
+async fn delete_starts_a_new_epoch_from_one() {
+    let mut backend = Backend::fjall();
+    let a = p("/b/s");
+    let (topics, task) = Topics::open(backend.store(), TopicsOptions::default())
+        .await
+        .unwrap();
+    let old = topics.append(a.clone(), evs(1..=3), None).await.unwrap();
+    assert!(topics.delete(&a).await.unwrap());
+    assert!(!topics.delete(&a).await.unwrap());
+    assert!(topics.info(&a).await.unwrap().is_none());
+    assert!(topics.read(&a, 1, 10).await.unwrap().is_empty());
+    assert!(topics.list(&Path::root()).is_empty());
+    let new = topics.append(a.clone(), evs(7..=7), None).await.unwrap();
+    assert_eq!(new.first, 1);
+    assert!(new.epoch > old.epoch);
+    topics.shutdown().await.unwrap();
+    task.await.unwrap();
+    drop(topics);
+
+    backend.restart().await;
+    let topics = open(backend.store(), TopicsOptions::default()).await;
+    let info = topics.info(&a).await.unwrap().unwrap();
+    assert_eq!((info.epoch, info.first, info.last), (new.epoch, 1, 1));
+    assert_eq!(data(&topics.read(&a, 1, 10).await.unwrap()), ["7"]);
+}
+
+fn fast_retention(rules: Vec<(&str, Retention)>) -> TopicsOptions {
+    TopicsOptions {
+        rules: RetentionRules::new(
+            rules
+                .into_iter()
+                .map(|(pat, r)| (PathPattern::parse(pat, &PathLimits::default()).unwrap(), r))
+                .collect(),
+        ),
+        retention_interval: Duration::from_millis(20),
+        window_events: 4,
+        ..TopicsOptions::default()
+    }
+}
+
+async fn wait_first(topics: &Topics, topic: &Path, first: u64) {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if topics.info(topic).await.unwrap().unwrap().first >= first {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{topic} not trimmed to {first}"));
+}
+
+#[tokio::test]
+async fn retention_by_count_bytes_and_age() {
+    let options = fast_retention(vec![
+        (
+            "/count/#",
+            Retention {
+                max_events: Some(3),
+                ..Retention::default()
+            },
+        ),
+        (
+            "/bytes/#",
+            Retention {
+                // Each record is 10 bytes of header, 16 of content type, 3 of data.
+                max_bytes: Some(29 * 2),
+                ..Retention::default()
+            },
+        ),
+        (
+            "/age/#",
+            Retention {
+                max_age_ms: Some(200),
+                ..Retention::default()
+            },
+        ),
+    ]);
+    let topics = open(Arc::new(MemoryStore::default()), options).await;
+    let (c, b, a) = (p("/count/s"), p("/bytes/s"), p("/age/s"));
+    topics
+        .append(c.clone(), evs(100..=109), None)
+        .await
+        .unwrap();
+    topics
+        .append(b.clone(), evs(100..=109), None)
+        .await
+        .unwrap();
+    topics
+        .append(a.clone(), evs(100..=104), None)
+        .await
+        .unwrap();
+
+    wait_first(&topics, &c, 8).await;
+    assert_eq!(seqs(&topics.read(&c, 1, 100).await.unwrap()), [8, 9, 10]);
+    wait_first(&topics, &b, 9).await;
+    assert_eq!(seqs(&topics.read(&b, 1, 100).await.unwrap()), [9, 10]);
+    let info = topics.info(&b).await.unwrap().unwrap();
+    assert!(info.bytes <= 58, "bytes {}", info.bytes);
+
+    // Age: nothing expires at first, everything after the max age.
+    assert_eq!(topics.info(&a).await.unwrap().unwrap().first, 1);
+    wait_first(&topics, &a, 6).await;
+    let info = topics.info(&a).await.unwrap().unwrap();
+    assert_eq!((info.first, info.last), (6, 5));
+    // Numbering goes on after a topic was trimmed empty.
+    assert_eq!(
+        topics
+            .append(a.clone(), evs(1..=1), None)
+            .await
+            .unwrap()
+            .first,
+        6
+    );
+}
+
+#[tokio::test]
+async fn retention_override_is_durable_and_applied() {
+    let mut backend = Backend::fjall();
+    let a = p("/b/s");
+    {
+        let (topics, task) = Topics::open(backend.store(), fast_retention(vec![]))
+            .await
+            .unwrap();
+        topics.append(a.clone(), evs(1..=10), None).await.unwrap();
+        let r = Retention {
+            max_events: Some(2),
+            ..Retention::default()
+        };
+        topics.set_retention(&a, Some(r)).await.unwrap();
+        assert_eq!(topics.retention(&a), (r, true));
+        wait_first(&topics, &a, 9).await;
+        topics.shutdown().await.unwrap();
+        task.await.unwrap();
+    }
+    backend.restart().await;
+    let topics = open(backend.store(), fast_retention(vec![])).await;
+    assert_eq!(topics.retention(&a).0.max_events, Some(2));
+    topics.append(a.clone(), evs(11..=14), None).await.unwrap();
+    wait_first(&topics, &a, 13).await;
+    topics.set_retention(&a, None).await.unwrap();
+    assert_eq!(topics.retention(&a), (Retention::default(), false));
+}
+
+#[tokio::test]
+async fn memory_only_topics_never_touch_the_store() {
+    let store = Arc::new(MemoryStore::default());
+    let options = fast_retention(vec![(
+        "/mem/#",
+        Retention {
+            memory_only: true,
+            ..Retention::default()
+        },
+    )]);
+    let topics = open(store.clone(), options).await;
+    let m = p("/mem/x");
+    let mut listener = topics.listener();
+    listener.subscribe(m.clone(), None);
+    topics.append(m.clone(), evs(1..=10), None).await.unwrap();
+    assert!(store.list_logs("").unwrap().is_empty());
+    // Only the in-memory window (4 events here) is readable.
+    assert_eq!(seqs(&topics.read(&m, 1, 100).await.unwrap()), [7, 8, 9, 10]);
+    // The listener subscribed before the append saw the window only, after a gap marker.
+    let got = collect(&mut listener, 4).await;
+    assert_eq!(
+        got.first(),
+        Some(&Delivery::Gap {
+            topic: m.clone(),
+            from: 1,
+            to: 6
+        })
+    );
+    assert_eq!(event_seqs(&got, &m), [7, 8, 9, 10]);
+}
+
+#[tokio::test]
+async fn a_failed_commit_stops_appends_and_nothing_is_visible() {
+    let store = Arc::new(FailingStore::default());
+    let topics = open(store.clone(), TopicsOptions::default()).await;
+    let a = p("/b/s");
+    topics.append(a.clone(), evs(1..=1), None).await.unwrap();
+    store.fail.store(true, Ordering::SeqCst);
+    assert!(matches!(
+        topics.append(a.clone(), evs(2..=2), None).await,
+        Err(TopicsError::Store(_))
+    ));
+    store.fail.store(false, Ordering::SeqCst);
+    assert!(matches!(
+        topics.append(a.clone(), evs(3..=3), None).await,
+        Err(TopicsError::Store(_))
+    ));
+    assert_eq!(seqs(&topics.read(&a, 1, 10).await.unwrap()), [1]);
+    assert_eq!(topics.info(&a).await.unwrap().unwrap().last, 1);
+}
+
+#[tokio::test]
+async fn listener_replays_from_disk_then_goes_live_without_gap_or_duplicate() {
+    let options = TopicsOptions {
+        window_events: 8,
+        listener_batch: 50,
+        ..TopicsOptions::default()
+    };
+    let topics = open(Arc::new(MemoryStore::default()), options).await;
+    let a = p("/b/s");
+    topics.append(a.clone(), evs(1..=500), None).await.unwrap();
+
+    let mut listener = topics.listener();
+    assert!(listener.subscribe(a.clone(), Some(3)));
+    assert!(!listener.subscribe(a.clone(), Some(1)));
+    let writer = {
+        let (topics, a) = (topics.clone(), a.clone());
+        tokio::spawn(async move {
+            for i in 501..=700 {
+                topics.append(a.clone(), evs(i..=i), None).await.unwrap();
+            }
+        })
+    };
+    let got = collect(&mut listener, 698).await;
+    writer.await.unwrap();
+    assert_eq!(event_seqs(&got, &a), (3..=700).collect::<Vec<_>>());
+    assert!(got.iter().all(|d| matches!(d, Delivery::Event { .. })));
+    assert_eq!(listener.position(&a).unwrap().next, 701);
+}
+
+#[tokio::test]
+async fn subscribe_without_from_gets_only_new_events_and_waits_for_new_topics() {
+    let topics = open(Arc::new(MemoryStore::default()), TopicsOptions::default()).await;
+    let (a, later) = (p("/b/a"), p("/b/later"));
+    topics.append(a.clone(), evs(1..=3), None).await.unwrap();
+    let mut listener = topics.listener();
+    listener.subscribe(a.clone(), None);
+    // Beyond the end means "from the next one".
+    listener.subscribe(later.clone(), Some(100));
+    topics
+        .append(later.clone(), evs(1..=2), None)
+        .await
+        .unwrap();
+    topics.append(a.clone(), evs(4..=4), None).await.unwrap();
+    let got = collect(&mut listener, 3).await;
+    assert_eq!(event_seqs(&got, &a), [4]);
+    assert_eq!(event_seqs(&got, &later), [1, 2]);
+}
+
+#[tokio::test]
+async fn listener_reports_trimmed_history_as_a_gap() {
+    let options = fast_retention(vec![(
+        "/r/#",
+        Retention {
+            max_events: Some(5),
+            ..Retention::default()
+        },
+    )]);
+    let topics = open(Arc::new(MemoryStore::default()), options).await;
+    let a = p("/r/s");
+    topics.append(a.clone(), evs(1..=20), None).await.unwrap();
+    wait_first(&topics, &a, 16).await;
+    let mut listener = topics.listener();
+    listener.subscribe(a.clone(), Some(2));
+    let got = collect(&mut listener, 5).await;
+    assert_eq!(
+        got.first(),
+        Some(&Delivery::Gap {
+            topic: a.clone(),
+            from: 2,
+            to: 15
+        })
+    );
+    assert_eq!(event_seqs(&got, &a), [16, 17, 18, 19, 20]);
+}
+
+#[tokio::test]
+async fn listener_sees_a_reset_when_the_topic_is_recreated() {
+    let topics = open(Arc::new(MemoryStore::default()), TopicsOptions::default()).await;
+    let a = p("/b/s");
+    let old = topics.append(a.clone(), evs(1..=2), None).await.unwrap();
+    let mut listener = topics.listener();
+    listener.subscribe(a.clone(), Some(1));
+    assert_eq!(event_seqs(&collect(&mut listener, 2).await, &a), [1, 2]);
+    topics.delete(&a).await.unwrap();
+    let new = topics.append(a.clone(), evs(9..=10), None).await.unwrap();
+    let got = collect(&mut listener, 2).await;
+    assert_eq!(
+        got.first(),
+        Some(&Delivery::Reset {
+            topic: a.clone(),
+            epoch: new.epoch
+        })
+    );
+    assert_eq!(event_seqs(&got, &a), [1, 2]);
+    assert_ne!(old.epoch, new.epoch);
+
+    // Resuming with the old epoch also says so.
+    let mut resumed = topics.listener();
+    resumed.resume(a.clone(), old.epoch, 3);
+    let got = collect(&mut resumed, 2).await;
+    assert!(matches!(got.first(), Some(Delivery::Reset { .. })));
+    assert_eq!(event_seqs(&got, &a), [1, 2]);
+}
+
+#[tokio::test]
+async fn reconnecting_listeners_miss_nothing_and_repeat_nothing() {
+    let options = TopicsOptions {
+        window_events: 16,
+        listener_batch: 7,
+        ..TopicsOptions::default()
+    };
+    let topics = open(Arc::new(MemoryStore::default()), options).await;
+    let a = p("/b/s");
+    let total = 2000u64;
+    let writer = {
+        let (topics, a) = (topics.clone(), a.clone());
+        tokio::spawn(async move {
+            for i in 1..=total / 4 {
+                topics
+                    .append(a.clone(), evs(i * 4 - 3..=i * 4), None)
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let mut seen = Vec::new();
+    let (mut epoch, mut next) = (None, 1u64);
+    tokio::time::timeout(WAIT, async {
+        while (seen.len() as u64) < total {
+            // A new "connection" each round, resuming where the last one stopped.
+            let mut listener = topics.listener();
+            match epoch {
+                Some(e) => listener.resume(a.clone(), e, next),
+                None => listener.subscribe(a.clone(), Some(next)),
+            };
+            for _ in 0..3 {
+                if seen.len() as u64 == total {
+                    break;
+                }
+                for d in listener.next().await.unwrap() {
+                    if let Delivery::Event {
+                        epoch: e, event, ..
+                    } = d
+                    {
+                        epoch = Some(e);
+                        next = event.seq + 1;
+                        seen.push(event.seq);
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .expect("listeners did not catch up");
+    writer.await.unwrap();
+    assert_eq!(seen, (1..=total).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn cancelling_next_loses_nothing() {
+    let topics = open(Arc::new(MemoryStore::default()), TopicsOptions::default()).await;
+    let a = p("/b/s");
+    let mut listener = topics.listener();
+    listener.subscribe(a.clone(), None);
+    let mut seen = Vec::new();
+    for i in 1..=50u64 {
+        topics.append(a.clone(), evs(i..=i), None).await.unwrap();
+        // A zero timeout cancels `next` at its first await point, sometimes mid-read.
+        if let Ok(Ok(batch)) = tokio::time::timeout(Duration::ZERO, listener.next()).await {
+            seen.extend(event_seqs(&batch, &a));
+        }
+    }
+    seen.extend(event_seqs(
+        &collect(&mut listener, 50 - seen.len()).await,
+        &a,
+    ));
+    assert_eq!(seen, (1..=50).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn unsubscribe_stops_delivery() {
+    let topics = open(Arc::new(MemoryStore::default()), TopicsOptions::default()).await;
+    let (a, b) = (p("/b/a"), p("/b/b"));
+    let mut listener = topics.listener();
+    listener.subscribe(a.clone(), None);
+    listener.subscribe(b.clone(), None);
+    assert!(listener.unsubscribe(&a));
+    assert!(!listener.unsubscribe(&a));
+    assert!(!listener.is_subscribed(&a));
+    topics.append(a.clone(), evs(1..=1), None).await.unwrap();
+    topics.append(b.clone(), evs(1..=1), None).await.unwrap();
+    let got = collect(&mut listener, 1).await;
+    assert_eq!(event_seqs(&got, &a), Vec::<u64>::new());
+    assert_eq!(event_seqs(&got, &b), [1]);
+}
