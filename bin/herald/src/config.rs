@@ -8,6 +8,8 @@ use std::str::FromStr;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use herald_core::topic::{Retention, RetentionRules};
+use herald_core::{PathLimits, PathPattern};
 use serde::Deserialize;
 
 /// Where a listener binds, or `off`.
@@ -128,10 +130,52 @@ pub(crate) struct ServeArgs {
     )]
     first_subscription_deadline_timeout: Option<u64>,
 
+    /// Secret that signs IorioDB-style session tokens (`POST /sessions`, HS512). Without one, a
+    /// random secret is generated on first start and kept in the data directory, so sessions
+    /// survive restarts.
+    #[arg(
+        long,
+        env = "HERALD_SESSION_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    session_secret: Option<String>,
+
+    /// Seconds a session token stays valid. [default: 86400]
+    #[arg(long, env = "HERALD_SESSION_TTL", value_name = "SECONDS")]
+    session_ttl: Option<u64>,
+
+    /// Login attempts (`/sessions`) allowed per minute per client IP; 0 disables the limit.
+    /// [default: 10]
+    #[arg(long, env = "HERALD_SESSION_ATTEMPTS_PER_MINUTE", value_name = "N")]
+    session_attempts_per_minute: Option<u32>,
+
+    /// Largest event accepted on a stream, in bytes; larger ones get 413. [default: 1048576]
+    #[arg(long, env = "HERALD_MAX_EVENT_BYTES", value_name = "BYTES")]
+    max_event_bytes: Option<usize>,
+
+    /// Seconds a long-poll `/listen` request is held without events before it gets 204.
+    /// [default: 60]
+    #[arg(long, env = "HERALD_LONG_POLL_TIMEOUT", value_name = "SECONDS")]
+    long_poll_timeout: Option<u64>,
+
     /// Once every listener is bound, write their addresses as JSON to this file (useful with
     /// port 0, e.g. in tests).
     #[arg(long, env = "HERALD_READY_FILE", value_name = "FILE")]
     ready_file: Option<PathBuf>,
+}
+
+/// One `[[retention]]` table of the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RetentionRule {
+    /// Topic pattern (`/logs/#`, `/sensors/+/raw`).
+    pattern: String,
+    max_events: Option<u64>,
+    max_bytes: Option<u64>,
+    max_age_secs: Option<u64>,
+    #[serde(default)]
+    memory_only: bool,
 }
 
 /// The TOML file: the same names as the flags.
@@ -152,7 +196,14 @@ struct FileConfig {
     websocket_ping_interval: Option<u64>,
     websocket_pong_timeout: Option<u64>,
     first_subscription_deadline_timeout: Option<u64>,
+    session_secret: Option<String>,
+    session_ttl: Option<u64>,
+    session_attempts_per_minute: Option<u32>,
+    max_event_bytes: Option<usize>,
+    long_poll_timeout: Option<u64>,
     ready_file: Option<PathBuf>,
+    #[serde(default)]
+    retention: Vec<RetentionRule>,
 }
 
 /// The merged settings `serve` runs with.
@@ -172,6 +223,12 @@ pub(crate) struct Settings {
     pub(crate) websocket_ping_interval: u64,
     pub(crate) websocket_pong_timeout: u64,
     pub(crate) first_subscription_deadline_timeout: u64,
+    pub(crate) session_secret: Option<String>,
+    pub(crate) session_ttl: u64,
+    pub(crate) session_attempts_per_minute: u32,
+    pub(crate) max_event_bytes: usize,
+    pub(crate) long_poll_timeout: u64,
+    pub(crate) retention: RetentionRules,
     pub(crate) ready_file: Option<PathBuf>,
 }
 
@@ -237,6 +294,21 @@ impl Settings {
                 .first_subscription_deadline_timeout
                 .or(file.first_subscription_deadline_timeout)
                 .unwrap_or(1_000_000),
+            session_secret: args.session_secret.or(file.session_secret),
+            session_ttl: args.session_ttl.or(file.session_ttl).unwrap_or(86_400),
+            session_attempts_per_minute: args
+                .session_attempts_per_minute
+                .or(file.session_attempts_per_minute)
+                .unwrap_or(10),
+            max_event_bytes: args
+                .max_event_bytes
+                .or(file.max_event_bytes)
+                .unwrap_or(1024 * 1024),
+            long_poll_timeout: args
+                .long_poll_timeout
+                .or(file.long_poll_timeout)
+                .unwrap_or(60),
+            retention: retention_rules(&file.retention)?,
             ready_file: args.ready_file.or(file.ready_file),
         };
         settings.validate()?;
@@ -255,6 +327,18 @@ impl Settings {
         }
         if self.max_body_bytes == 0 {
             bail!("--max-body-bytes must be at least 1");
+        }
+        if self.max_event_bytes == 0 {
+            bail!("--max-event-bytes must be at least 1");
+        }
+        if self.session_ttl == 0 {
+            bail!("--session-ttl must be at least 1 second");
+        }
+        if self.long_poll_timeout == 0 {
+            bail!("--long-poll-timeout must be at least 1 second");
+        }
+        if self.session_secret.as_deref() == Some("") {
+            bail!("--session-secret must not be empty");
         }
         if self.icepeak == Listen::Off && self.http == Listen::Off {
             bail!("both --icepeak and --http are off: there would be nothing to serve");
@@ -278,6 +362,26 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// Turns the file's `[[retention]]` tables into rules, checking each pattern.
+fn retention_rules(rules: &[RetentionRule]) -> anyhow::Result<RetentionRules> {
+    let limits = PathLimits::default();
+    rules
+        .iter()
+        .map(|r| {
+            let pattern = PathPattern::parse(&r.pattern, &limits)
+                .with_context(|| format!("[[retention]] pattern {:?}", r.pattern))?;
+            let retention = Retention {
+                max_events: r.max_events,
+                max_bytes: r.max_bytes,
+                max_age_ms: r.max_age_secs.map(|s| s.saturating_mul(1000)),
+                memory_only: r.memory_only,
+            };
+            Ok((pattern, retention))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()
+        .map(RetentionRules::new)
 }
 
 /// The data directory when neither a flag, `HERALD_DATA_DIR` nor the config file names one.
@@ -355,6 +459,28 @@ mod tests {
         assert_eq!(s.http, Listen::Off);
         assert_eq!(s.queue_capacity, 7);
         assert_eq!(s.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn retention_rules_come_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("herald.toml");
+        std::fs::write(
+            &file,
+            "[[retention]]\npattern = \"/logs/#\"\nmax-events = 5\nmax-age-secs = 2\n\n\
+             [[retention]]\npattern = \"/chat/+\"\nmemory-only = true\n",
+        )
+        .unwrap();
+        let s = load(&["--config", file.to_str().unwrap()]).unwrap();
+        let p = |s: &str| herald_core::Path::parse_url(s, &PathLimits::default()).unwrap();
+        let logs = s.retention.resolve(&p("/logs/a"));
+        assert_eq!((logs.max_events, logs.max_age_ms), (Some(5), Some(2000)));
+        assert!(s.retention.resolve(&p("/chat/room")).memory_only);
+        assert_eq!(s.retention.resolve(&p("/other")), Retention::default());
+
+        std::fs::write(&file, "[[retention]]\npattern = \"/a/#/b\"\n").unwrap();
+        let err = load(&["--config", file.to_str().unwrap()]).unwrap_err();
+        assert!(format!("{err:#}").contains("/a/#/b"), "{err:#}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::serve::ListenerExt;
 use herald_auth::JwtConfig;
-use herald_engine::{Docs, DocsOptions};
+use herald_engine::{Accounts, AccountsOptions, Docs, DocsOptions, Topics, TopicsOptions};
 use herald_store::Store;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Listen, ServeArgs, Settings};
-use crate::limit::ConnectionLimit;
+use crate::limit::{ConnectionLimit, PeerAddr, peer_as_socket_addr};
 
 /// How long listeners get to finish in-flight requests after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -79,6 +79,17 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     .await
     .context("cannot load the document tree")?;
 
+    let (topics, topics_task) = Topics::open(
+        store.clone(),
+        TopicsOptions {
+            rules: settings.retention.clone(),
+            ..TopicsOptions::default()
+        },
+    )
+    .await
+    .context("cannot load the topics")?;
+    let accounts = open_accounts(&settings, store.clone()).await?;
+
     let jwt = settings.enable_jwt_auth.then(|| JwtConfig {
         secret: settings.jwt_secret.clone().map(String::into_bytes),
     });
@@ -120,11 +131,18 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             max_body_bytes: settings.max_body_bytes,
             ..Default::default()
         };
-        let app = with_http_metrics(
-            herald_transport_http::router(docs.clone(), config),
-            "http",
-            metrics.is_some(),
+        let iorio = herald_transport_iorio::IorioConfig {
+            max_event_bytes: settings.max_event_bytes,
+            long_poll_timeout: Duration::from_secs(settings.long_poll_timeout),
+            session_attempts_per_minute: settings.session_attempts_per_minute,
+            ping_interval: (settings.websocket_ping_interval > 0)
+                .then(|| Duration::from_secs(settings.websocket_ping_interval)),
+            ..Default::default()
+        };
+        let app = herald_transport_http::router(docs.clone(), config).merge(
+            herald_transport_iorio::router(topics.clone(), accounts.clone(), iorio),
         );
+        let app = with_http_metrics(app, "http", metrics.is_some());
         let local = start(&mut servers, "http", addr, app, &shutdown, Some(&limit)).await?;
         bound.insert("http", local);
     }
@@ -163,9 +181,52 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     let _ = docs_task.await;
     drop(docs);
+    if let Err(e) = topics.shutdown().await {
+        tracing::warn!(error = %e, "topics engine was already stopped");
+    }
+    let _ = topics_task.await;
+    drop(topics);
+    drop(accounts);
     store.sync().context("final sync of the store failed")?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Opens the user registry and, when `HERALD_ADMIN_PASSWORD` is set and there is no user
+/// `admin` yet, creates it. There is no built-in default password.
+async fn open_accounts(settings: &Settings, store: Arc<dyn Store>) -> anyhow::Result<Accounts> {
+    let accounts = Accounts::open(
+        store,
+        AccountsOptions {
+            session_secret: settings.session_secret.clone().map(String::into_bytes),
+            session_ttl: Duration::from_secs(settings.session_ttl),
+            ..AccountsOptions::default()
+        },
+    )
+    .await
+    .context("cannot load the user registry")?;
+    match std::env::var("HERALD_ADMIN_PASSWORD") {
+        Ok(password) if !password.is_empty() => {
+            if accounts
+                .ensure_admin(&password)
+                .await
+                .context("cannot create the admin user from HERALD_ADMIN_PASSWORD")?
+            {
+                tracing::info!("created user 'admin' from HERALD_ADMIN_PASSWORD");
+            } else {
+                tracing::info!(
+                    "user 'admin' already exists; HERALD_ADMIN_PASSWORD is ignored (change it \
+                     with `herald user passwd admin`)"
+                );
+            }
+        }
+        _ if accounts.user_names().is_empty() => tracing::warn!(
+            "there are no users yet: set HERALD_ADMIN_PASSWORD on first start, or run \
+             `herald user add NAME --password-stdin --admin --data-dir DIR` before starting"
+        ),
+        _ => {}
+    }
+    Ok(accounts)
 }
 
 /// Binds `addr` and serves `app` until `shutdown` is cancelled.
@@ -195,6 +256,10 @@ async fn start(
         let stop = async move { token.cancelled().await };
         let result = match limit {
             Some(limit) => {
+                // Handlers get the peer address (the login rate limit is per client IP).
+                let app = app
+                    .layer(middleware::map_request(peer_as_socket_addr))
+                    .into_make_service_with_connect_info::<PeerAddr>();
                 axum::serve(limit.wrap(listener), app)
                     .with_graceful_shutdown(stop)
                     .await

@@ -117,14 +117,15 @@ impl Drop for ConnectionGauge {
 
 /// Middleware: adds `Connection: close` to answers that may have left the request body unread.
 ///
-/// Only a successful PUT or PATCH has surely read its whole body. Any other answer to a request
+/// Only a successful PUT, PATCH or POST has surely read its whole body (every handler that
+/// answers one of them with a 2xx has read it). Any other answer to a request
 /// that carries one (an early 401, 404, 413, ...) may leave it unread, and hyper then closes the
 /// connection after the answer without saying so, which breaks keep-alive clients (Python
 /// `requests` fails its next request with `RemoteDisconnected`). Saying `Connection: close` lets
 /// them reconnect.
 pub async fn close_if_body_unread(req: Request, next: Next) -> Response {
     let has_body = declares_body(req.headers());
-    let reads_body = matches!(*req.method(), Method::PUT | Method::PATCH);
+    let reads_body = matches!(*req.method(), Method::PUT | Method::PATCH | Method::POST);
     let mut resp = next.run(req).await;
     if has_body && !(reads_body && resp.status().is_success()) {
         resp.headers_mut()

@@ -1,0 +1,262 @@
+//! How stored events are written as JSON.
+//!
+//! Data stored as JSON (`application/json`, or a `+json` type) is embedded as is; anything else
+//! becomes a JSON string: UTF-8 text unchanged, other bytes in base64 (RFC 4648 with padding)
+//! flagged by `"enc":"base64"`. Entries carry the content type in `ct` unless it is plain
+//! `application/json`.
+
+use std::fmt::Write as _;
+
+use herald_core::Path;
+use herald_engine::Event;
+
+/// Whether `content_type` declares JSON: `application/json` or any `+json` type, parameters
+/// ignored.
+pub(crate) fn is_json_type(content_type: &str) -> bool {
+    let essence = essence(content_type);
+    essence.eq_ignore_ascii_case("application/json")
+        || essence
+            .rsplit_once('+')
+            .is_some_and(|(_, suffix)| suffix.eq_ignore_ascii_case("json"))
+}
+
+/// Whether `content_type` is plain `application/json` (parameters ignored).
+pub(crate) fn is_plain_json(content_type: &str) -> bool {
+    essence(content_type).eq_ignore_ascii_case("application/json")
+}
+
+fn essence(content_type: &str) -> &str {
+    content_type.split(';').next().unwrap_or("").trim()
+}
+
+/// Whether `data` is one valid JSON value (within serde_json's nesting limit).
+pub(crate) fn is_valid_json(data: &[u8]) -> bool {
+    serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok()
+}
+
+/// Event data rendered as a JSON value.
+pub(crate) struct Data {
+    /// The JSON text of the value.
+    pub(crate) json: String,
+    /// Whether the value is a base64 string.
+    pub(crate) base64: bool,
+}
+
+/// Renders event data as JSON as the module docs describe.
+pub(crate) fn data(content_type: &str, bytes: &[u8]) -> Data {
+    if is_json_type(content_type)
+        && is_valid_json(bytes)
+        && let Ok(text) = std::str::from_utf8(bytes)
+    {
+        return Data {
+            json: text.trim().to_owned(),
+            base64: false,
+        };
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Data {
+            json: json_string(text),
+            base64: false,
+        },
+        Err(_) => Data {
+            json: json_string(&base64(bytes)),
+            base64: true,
+        },
+    }
+}
+
+/// `s` as a JSON string literal.
+pub(crate) fn json_string(s: &str) -> String {
+    serde_json::Value::String(s.to_owned()).to_string()
+}
+
+/// The bucket and stream names of a topic: its first segment and the rest joined by `/`
+/// (IorioDB topics have exactly two segments).
+pub(crate) fn bucket_stream(topic: &Path) -> (String, String) {
+    match topic.segments().split_first() {
+        Some((bucket, rest)) => (bucket.clone(), rest.join("/")),
+        None => (String::new(), String::new()),
+    }
+}
+
+/// Appends the shared `meta` fields of data: `"ct"` unless plain JSON, `"enc"` for base64.
+fn push_data_meta(out: &mut String, event: &Event, data: &Data) {
+    if !is_plain_json(&event.content_type) {
+        out.push_str(",\"ct\":");
+        out.push_str(&json_string(&event.content_type));
+    }
+    if data.base64 {
+        out.push_str(",\"enc\":\"base64\"");
+    }
+}
+
+/// IorioDB's query entry `{"meta":{"id","t"},"data":..}`.
+pub(crate) fn query_entry(event: &Event) -> String {
+    let data = data(&event.content_type, &event.data);
+    let mut out = String::with_capacity(data.json.len() + 48);
+    let _ = write!(
+        out,
+        "{{\"meta\":{{\"id\":{},\"t\":{}",
+        event.seq, event.t_ms
+    );
+    push_data_meta(&mut out, event, &data);
+    out.push_str("},\"data\":");
+    out.push_str(&data.json);
+    out.push('}');
+    out
+}
+
+/// IorioDB's listen entry `{"meta":{"id","t","bucket","stream"},"data":..}`; `names` is the
+/// pre-rendered `,"bucket":..,"stream":..` part.
+pub(crate) fn listen_entry(event: &Event, names: &str) -> String {
+    let data = data(&event.content_type, &event.data);
+    let mut out = String::with_capacity(data.json.len() + names.len() + 48);
+    let _ = write!(
+        out,
+        "{{\"meta\":{{\"id\":{},\"t\":{}{names}",
+        event.seq, event.t_ms
+    );
+    push_data_meta(&mut out, event, &data);
+    out.push_str("},\"data\":");
+    out.push_str(&data.json);
+    out.push('}');
+    out
+}
+
+/// The `,"bucket":..,"stream":..` part of a listen entry.
+pub(crate) fn names_fragment(bucket: &str, stream: &str) -> String {
+    format!(
+        ",\"bucket\":{},\"stream\":{}",
+        json_string(bucket),
+        json_string(stream)
+    )
+}
+
+/// The gap marker: events `from..=to` are no longer retained.
+pub(crate) fn gap_entry(names: &str, from: u64, to: u64) -> String {
+    format!(
+        "{{\"meta\":{{\"id\":{to},\"t\":0{names},\"gap\":{{\"from\":{from},\"to\":{to}}}}},\"data\":null}}"
+    )
+}
+
+/// The reset marker: the stream was deleted and created again with epoch `epoch`.
+pub(crate) fn reset_entry(names: &str, epoch: u64) -> String {
+    format!("{{\"meta\":{{\"id\":0{names},\"reset\":{{\"epoch\":{epoch}}}}},\"data\":null}}")
+}
+
+/// The native API's event object `{"seq","t","ct","data"[,"enc"]}`.
+pub(crate) fn native_event(event: &Event) -> String {
+    let data = data(&event.content_type, &event.data);
+    let mut out = String::with_capacity(data.json.len() + event.content_type.len() + 48);
+    let _ = write!(
+        out,
+        "{{\"seq\":{},\"t\":{},\"ct\":{}",
+        event.seq,
+        event.t_ms,
+        json_string(&event.content_type)
+    );
+    if data.base64 {
+        out.push_str(",\"enc\":\"base64\"");
+    }
+    out.push_str(",\"data\":");
+    out.push_str(&data.json);
+    out.push('}');
+    out
+}
+
+/// Standard base64 (RFC 4648 §4) with padding.
+pub(crate) fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let sym = |i: u32| char::from(ALPHABET.get((i & 63) as usize).copied().unwrap_or(b'A'));
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
+        let n = (b(0) << 16) | (b(1) << 8) | b(2);
+        out.push(sym(n >> 18));
+        out.push(sym(n >> 12));
+        out.push(if chunk.len() > 1 { sym(n >> 6) } else { '=' });
+        out.push(if chunk.len() > 2 { sym(n) } else { '=' });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn ev(ct: &str, data: &'static [u8]) -> Event {
+        Event {
+            seq: 3,
+            t_ms: 7,
+            content_type: Arc::from(ct),
+            data: Bytes::from_static(data),
+        }
+    }
+
+    #[test]
+    fn json_is_embedded() {
+        assert_eq!(
+            query_entry(&ev("application/json", br#"{"a":1}"#)),
+            r#"{"meta":{"id":3,"t":7},"data":{"a":1}}"#
+        );
+        assert_eq!(
+            listen_entry(&ev("application/json", b"[1]"), &names_fragment("b", "s")),
+            r#"{"meta":{"id":3,"t":7,"bucket":"b","stream":"s"},"data":[1]}"#
+        );
+    }
+
+    #[test]
+    fn other_types_are_strings() {
+        assert_eq!(
+            query_entry(&ev("text/plain", b"hi \"x\"")),
+            r#"{"meta":{"id":3,"t":7,"ct":"text/plain"},"data":"hi \"x\""}"#
+        );
+        assert_eq!(
+            query_entry(&ev("application/octet-stream", &[0xff, 0, 1])),
+            r#"{"meta":{"id":3,"t":7,"ct":"application/octet-stream","enc":"base64"},"data":"/wAB"}"#
+        );
+        // Invalid JSON stored under a JSON type is not embedded raw.
+        assert_eq!(
+            query_entry(&ev("application/json", b"{nope")),
+            r#"{"meta":{"id":3,"t":7},"data":"{nope"}"#
+        );
+        assert_eq!(
+            native_event(&ev("application/vnd.x+json", b"1")),
+            r#"{"seq":3,"t":7,"ct":"application/vnd.x+json","data":1}"#
+        );
+    }
+
+    #[test]
+    fn markers() {
+        let n = names_fragment("b", "s");
+        let gap: serde_json::Value = serde_json::from_str(&gap_entry(&n, 2, 5)).unwrap();
+        assert_eq!(
+            gap,
+            serde_json::json!({"meta":{"id":5,"t":0,"bucket":"b","stream":"s","gap":{"from":2,"to":5}},"data":null})
+        );
+        let reset: serde_json::Value = serde_json::from_str(&reset_entry(&n, 9)).unwrap();
+        assert_eq!(
+            reset,
+            serde_json::json!({"meta":{"id":0,"bucket":"b","stream":"s","reset":{"epoch":9}},"data":null})
+        );
+    }
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        for (input, expected) in [
+            (&b""[..], ""),
+            (b"f", "Zg=="),
+            (b"fo", "Zm8="),
+            (b"foo", "Zm9v"),
+            (b"foob", "Zm9vYg=="),
+            (b"fooba", "Zm9vYmE="),
+            (b"foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(input), expected);
+        }
+    }
+}
