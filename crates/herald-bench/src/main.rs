@@ -6,7 +6,7 @@ use std::fmt::Display;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use herald_bench::scenario::{docs_fanout, docs_put, ws_idle};
+use herald_bench::scenario::{docs_fanout, docs_put, streams_append, ws_idle};
 use serde::Serialize;
 
 /// Load generator for Herald's benchmarks. Loopback targets only make sense: the scenarios
@@ -35,6 +35,8 @@ enum Scenario {
     DocsFanout(docs_fanout::Options),
     /// Server RSS per idle WebSocket subscriber.
     WsIdle(ws_idle::Options),
+    /// Durable event appends to IorioDB-compatible streams: events/s and latency.
+    StreamsAppend(streams_append::Options),
 }
 
 fn main() -> std::process::ExitCode {
@@ -60,6 +62,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Scenario::DocsPut(o) => emit(&docs_put::run(o).await?, &cli),
             Scenario::DocsFanout(o) => emit(&docs_fanout::run(o).await?, &cli),
             Scenario::WsIdle(o) => emit(&ws_idle::run(o).await?, &cli),
+            Scenario::StreamsAppend(o) => emit(&streams_append::run(o).await?, &cli),
         }
     })
 }

@@ -131,9 +131,8 @@
 //! - The `/sessions` rate limit is per client IP, taken from axum's `ConnectInfo<SocketAddr>`:
 //!   serve the router with `into_make_service_with_connect_info::<SocketAddr>()`. Without it
 //!   every client shares one budget (a warning is logged once).
-//! - The router carries its own `Connection: close` middleware (a variant of
-//!   `herald_httpkit::close_if_body_unread` that keeps successful POSTs on keep-alive); do not
-//!   wrap it in httpkit's, which would close the connection after every append.
+//! - The router carries `herald_httpkit::close_if_body_unread` (a successful POST keeps the
+//!   connection alive: every handler reads the whole body before it can succeed).
 //! - `/listen` WebSocket and SSE connections last until the client leaves; a graceful shutdown
 //!   has to time them out.
 //!
@@ -274,6 +273,8 @@ pub fn router(topics: Topics, accounts: Accounts, config: IorioConfig) -> Router
         .route("/retention", any(native::retention))
         .route("/retention/", any(native::retention))
         .route("/retention/{*path}", any(native::retention))
-        .route_layer(axum::middleware::from_fn(reply::close_if_body_unread))
+        .route_layer(axum::middleware::from_fn(
+            herald_httpkit::close_if_body_unread,
+        ))
         .with_state(state)
 }

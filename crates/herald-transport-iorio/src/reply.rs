@@ -3,9 +3,7 @@
 
 use std::borrow::Cow;
 
-use axum::extract::Request;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use herald_engine::TopicsError;
 use herald_httpkit::json_response;
@@ -202,21 +200,6 @@ const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
 /// `name` escaped for use as one URL path segment.
 pub(crate) fn encode_segment(name: &str) -> String {
     percent_encoding::utf8_percent_encode(name, SEGMENT).to_string()
-}
-
-/// Middleware: adds `Connection: close` to answers that may have left the request body unread
-/// (see `herald_httpkit::close_if_body_unread`). Unlike that one, a successful POST counts as
-/// having read its body: every POST, PUT and PATCH handler of this crate reads the whole body
-/// before it can succeed, and IorioDB clients append with POST over keep-alive connections.
-pub(crate) async fn close_if_body_unread(req: Request, next: Next) -> Response {
-    let has_body = herald_httpkit::declares_body(req.headers());
-    let reads_body = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
-    let mut resp = next.run(req).await;
-    if has_body && !(reads_body && resp.status().is_success()) {
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    resp
 }
 
 /// Sets a header from a string, skipping it if the value is not a valid header value.
