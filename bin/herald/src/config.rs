@@ -63,8 +63,9 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "HERALD_ICEPEAK", value_name = "HOST:PORT|off")]
     icepeak: Option<Listen>,
 
-    /// Main HTTP API: documents under /docs/{path} (GET, PUT, DELETE, PATCH) and GET /health.
-    /// [default: 127.0.0.1:8080]
+    /// Main HTTP API: documents under /docs/{path} (GET, PUT, DELETE, PATCH), GET /health, and
+    /// IorioDB-compatible event streams (/streams, /sessions, /users/, /access, /listen) with
+    /// Herald's native /topics, /events and /retention. [default: 127.0.0.1:8080]
     #[arg(long, env = "HERALD_HTTP", value_name = "HOST:PORT|off")]
     http: Option<Listen>,
 
