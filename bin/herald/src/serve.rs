@@ -137,6 +137,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             session_attempts_per_minute: settings.session_attempts_per_minute,
             ping_interval: (settings.websocket_ping_interval > 0)
                 .then(|| Duration::from_secs(settings.websocket_ping_interval)),
+            shutdown: shutdown.clone(),
             ..Default::default()
         };
         let app = herald_transport_http::router(docs.clone(), config).merge(

@@ -133,8 +133,8 @@
 //!   every client shares one budget (a warning is logged once).
 //! - The router carries `herald_httpkit::close_if_body_unread` (a successful POST keeps the
 //!   connection alive: every handler reads the whole body before it can succeed).
-//! - `/listen` WebSocket and SSE connections last until the client leaves; a graceful shutdown
-//!   has to time them out.
+//! - `/listen` WebSocket and SSE connections last until the client leaves or
+//!   [`IorioConfig::shutdown`] is cancelled; cancel it when the server shuts down.
 //!
 //! # Example
 //! ```no_run
@@ -154,6 +154,7 @@ use axum::Router;
 use axum::routing::{any, get};
 use herald_core::PathLimits;
 use herald_engine::{Accounts, Topics};
+use tokio_util::sync::CancellationToken;
 
 mod admin;
 mod auth;
@@ -198,6 +199,9 @@ pub struct IorioConfig {
     /// Commands per second a WebSocket listener may send (as a burst of this size refilled
     /// continuously); beyond it commands are answered `rate-limited`.
     pub ws_commands_per_second: u32,
+    /// Cancelled when the server shuts down: open `/listen` connections then end (WebSocket
+    /// close 1001, SSE stream end, long-poll 204) instead of holding the shutdown up.
+    pub shutdown: CancellationToken,
 }
 
 impl Default for IorioConfig {
@@ -216,6 +220,7 @@ impl Default for IorioConfig {
             ping_interval: Some(Duration::from_secs(30)),
             max_ws_message_bytes: 64 * 1024,
             ws_commands_per_second: 50,
+            shutdown: CancellationToken::new(),
         }
     }
 }

@@ -374,8 +374,13 @@ async fn long_poll(state: Shared, subs: Vec<Sub>) -> Response {
         feed.subscribe(sub, None);
     }
     let deadline = Instant::now() + state.config.long_poll_timeout;
+    let shutdown = state.config.shutdown.clone();
     loop {
-        match tokio::time::timeout_at(deadline, feed.listener.next()).await {
+        let next = tokio::select! {
+            next = tokio::time::timeout_at(deadline, feed.listener.next()) => next,
+            () = shutdown.cancelled() => return reply::empty(StatusCode::NO_CONTENT),
+        };
+        match next {
             Err(_) => return reply::empty(StatusCode::NO_CONTENT),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "listen: reading events failed");
@@ -427,7 +432,11 @@ fn event_stream(
                 if let Some(event) = pending.pop_front() {
                     return Some((Ok::<_, Infallible>(event), (feed, pending, state, conn)));
                 }
-                match feed.listener.next().await {
+                let next = tokio::select! {
+                    next = feed.listener.next() => next,
+                    () = state.config.shutdown.cancelled() => return None,
+                };
+                match next {
                     Ok(deliveries) => {
                         for batch in feed.batches(deliveries, &state.config, true) {
                             let mut event = SseEvent::default();
@@ -652,6 +661,14 @@ async fn websocket(state: Shared, caller: Caller, subs: Vec<Sub>, mut socket: We
                 if !send(&mut socket, Message::Text(reply.into()), config.send_timeout).await {
                     return;
                 }
+            }
+            () = config.shutdown.cancelled() => {
+                let close = Message::Close(Some(axum::extract::ws::CloseFrame {
+                    code: 1001,
+                    reason: "server shutting down".into(),
+                }));
+                let _ = send(&mut socket, close, config.send_timeout).await;
+                return;
             }
             () = tick(&mut ticker) => {
                 let limit = interval.unwrap_or_default() * 2;

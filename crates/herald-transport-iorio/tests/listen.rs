@@ -686,3 +686,52 @@ async fn post_listen_runs_one_command() {
         json!({"ok": false, "id": 1, "reason": "no-perm"})
     );
 }
+
+#[tokio::test]
+async fn shutdown_ends_every_kind_of_listener() {
+    let mut cfg = config();
+    let shutdown = cfg.shutdown.clone();
+    cfg.long_poll_timeout = WAIT * 10;
+    let s = TestServer::start(cfg).await;
+    let admin = s.admin_token().await;
+    append(&s, "/b/s", 1).await;
+
+    let mut ws = ws_connect(&s, &format!("jwt={admin}&s=b:s")).await;
+    let sse = s
+        .http
+        .get(s.url(&format!("/listen?jwt={admin}&s=b:s")))
+        .header("Accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    let poll = {
+        let (http, url) = (s.http.clone(), s.url(&format!("/listen?jwt={admin}&s=b:s")));
+        tokio::spawn(async move { http.get(url).send().await.unwrap().status() })
+    };
+    // Let the long-poll request reach its handler before shutting down.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    shutdown.cancel();
+
+    let status = tokio::time::timeout(WAIT, poll)
+        .await
+        .expect("long-poll ended")
+        .unwrap();
+    assert_eq!(status, 204);
+    let body = tokio::time::timeout(WAIT, sse.text())
+        .await
+        .expect("event stream ended")
+        .unwrap();
+    assert!(body.starts_with("id: "), "{body:?}");
+    let close = loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("close in time")
+        {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(close.map(|f| u16::from(f.code)), Some(1001));
+}
