@@ -97,7 +97,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         tracing::warn!("JWT auth is on without a secret: tokens are decoded but NOT verified");
     }
     if !settings.enable_jwt_auth {
-        tracing::info!("authentication is off: every client has full access");
+        tracing::info!(
+            "JWT auth is off: every client of the Icepeak and /docs APIs has full access \
+             (event streams always use sessions and grants)"
+        );
     }
 
     let shutdown = CancellationToken::new();

@@ -433,8 +433,7 @@ async fn subscribe_without_from_gets_only_new_events_and_waits_for_new_topics() 
     topics.append(a.clone(), evs(1..=3), None).await.unwrap();
     let mut listener = topics.listener();
     listener.subscribe(a.clone(), None);
-    // Beyond the end means "from the next one".
-    listener.subscribe(later.clone(), Some(100));
+    listener.subscribe(later.clone(), None);
     topics
         .append(later.clone(), evs(1..=2), None)
         .await
@@ -443,6 +442,51 @@ async fn subscribe_without_from_gets_only_new_events_and_waits_for_new_topics() 
     let got = collect(&mut listener, 3).await;
     assert_eq!(event_seqs(&got, &a), [4]);
     assert_eq!(event_seqs(&got, &later), [1, 2]);
+    assert!(got.iter().all(|d| matches!(d, Delivery::Event { .. })));
+}
+
+#[tokio::test]
+async fn a_from_beyond_the_end_is_a_recreated_topic_and_gets_a_reset() {
+    let topics = open(Arc::new(MemoryStore::default()), TopicsOptions::default()).await;
+    let (a, gone) = (p("/b/a"), p("/b/gone"));
+    let epoch = topics
+        .append(a.clone(), evs(1..=2), None)
+        .await
+        .unwrap()
+        .epoch;
+    let mut listener = topics.listener();
+    // A client that saw seq 4 of an earlier incarnation (this one has only 2 events).
+    listener.subscribe(a.clone(), Some(5));
+    // A client that saw events of a topic deleted since, not yet recreated.
+    listener.subscribe(gone.clone(), Some(3));
+    // The next event is not "beyond": no reset.
+    let mut exact = topics.listener();
+    exact.subscribe(a.clone(), Some(3));
+
+    let got = collect(&mut listener, 2).await;
+    assert_eq!(
+        got.first(),
+        Some(&Delivery::Reset {
+            topic: a.clone(),
+            epoch
+        })
+    );
+    assert_eq!(event_seqs(&got, &a), [1, 2]);
+    let new = topics.append(gone.clone(), evs(1..=1), None).await.unwrap();
+    let got = collect(&mut listener, 1).await;
+    assert_eq!(
+        got.first(),
+        Some(&Delivery::Reset {
+            topic: gone.clone(),
+            epoch: new.epoch
+        })
+    );
+    assert_eq!(event_seqs(&got, &gone), [1]);
+
+    topics.append(a.clone(), evs(3..=3), None).await.unwrap();
+    let got = collect(&mut exact, 1).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(event_seqs(&got, &a), [3]);
 }
 
 #[tokio::test]

@@ -91,9 +91,14 @@ impl Listener {
     }
 
     /// Subscribes to `topic`. With `from`, every retained event with `seq >= from` is
-    /// replayed first (a `from` beyond the end means "from the next event", as in IorioDB);
-    /// without, only events appended after this call are delivered. A topic that does not
-    /// exist yet is followed from its first event once created.
+    /// replayed first; without, only events appended after this call are delivered. A topic
+    /// that does not exist yet is followed from its first event once created.
+    ///
+    /// A `from` beyond the next sequence number means the caller saw events this incarnation of
+    /// the topic does not have: the topic was deleted and created again since (nothing is ever
+    /// visible before it is durable, so it cannot be lost data). Delivery then starts with a
+    /// [`Delivery::Reset`] and the current epoch's first event, rather than silently skipping
+    /// them. The same holds for a `from` above 1 on a topic that does not exist yet.
     ///
     /// Returns false (and changes nothing) when already subscribed to `topic`.
     pub fn subscribe(&mut self, topic: Path, from: Option<u64>) -> bool {
@@ -108,13 +113,30 @@ impl Listener {
                 next: 1,
             },
         };
-        if let Some(t) = self.shared.topic(&sub.path) {
-            let last = t.committed_last();
-            sub.position = Position {
-                epoch: Some(t.epoch),
-                next: from.map_or(last + 1, |f| f.clamp(1, last + 1)),
-            };
-            sub.attached = Some((t.clone(), t.last.subscribe()));
+        match self.shared.topic(&sub.path) {
+            Some(t) => {
+                let last = t.committed_last();
+                let next = match from {
+                    None => last + 1,
+                    Some(f) if f > last + 1 => {
+                        self.ready.push(Delivery::Reset {
+                            topic: sub.path.clone(),
+                            epoch: t.epoch,
+                        });
+                        1
+                    }
+                    Some(f) => f.max(1),
+                };
+                sub.position = Position {
+                    epoch: Some(t.epoch),
+                    next,
+                };
+                sub.attached = Some((t.clone(), t.last.subscribe()));
+            }
+            // No real epoch is 0, so the incarnation that appears later is announced by a
+            // reset, then delivered from 1.
+            None if from.is_some_and(|f| f > 1) => sub.position.epoch = Some(0),
+            None => {}
         }
         self.subs.push(sub);
         true
