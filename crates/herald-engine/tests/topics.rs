@@ -636,3 +636,97 @@ async fn unsubscribe_stops_delivery() {
     assert_eq!(event_seqs(&got, &a), Vec::<u64>::new());
     assert_eq!(event_seqs(&got, &b), [1]);
 }
+
+fn pattern(s: &str) -> PathPattern {
+    PathPattern::parse(s, &PathLimits::default()).unwrap()
+}
+
+#[tokio::test]
+async fn wildcard_subscriptions_follow_existing_and_new_topics() {
+    let topics = open(Arc::new(MemoryStore::default()), TopicsOptions::default()).await;
+    let (old, new, deep, other) = (p("/s/old/t"), p("/s/new/t"), p("/s/new/t/x"), p("/x/a/t"));
+    topics.append(old.clone(), evs(1..=2), None).await.unwrap();
+    topics
+        .append(other.clone(), evs(1..=1), None)
+        .await
+        .unwrap();
+
+    let mut listener = topics.listener();
+    assert!(listener.subscribe_pattern(pattern("/s/+/t"), Some(1)));
+    assert!(!listener.subscribe_pattern(pattern("/s/+/t"), None));
+    // Existing matches replay from `from`; topics created later from their first event.
+    topics.append(new.clone(), evs(1..=3), None).await.unwrap();
+    topics.append(deep.clone(), evs(1..=1), None).await.unwrap();
+    topics
+        .append(other.clone(), evs(2..=2), None)
+        .await
+        .unwrap();
+    let got = collect(&mut listener, 5).await;
+    assert_eq!(event_seqs(&got, &old), [1, 2]);
+    assert_eq!(event_seqs(&got, &new), [1, 2, 3]);
+    assert!(event_seqs(&got, &deep).is_empty());
+    assert!(event_seqs(&got, &other).is_empty());
+    assert!(listener.is_subscribed(&new));
+
+    // `#` matches the prefix itself and everything below.
+    let mut all = topics.listener();
+    all.subscribe_pattern(pattern("/s/new/#"), None);
+    topics.append(new.clone(), evs(4..=4), None).await.unwrap();
+    topics.append(deep.clone(), evs(2..=2), None).await.unwrap();
+    let got = collect(&mut all, 2).await;
+    assert_eq!(event_seqs(&got, &new), [4]);
+    assert_eq!(event_seqs(&got, &deep), [2]);
+
+    // Ending the wildcard ends the topics it brought in, and stops new ones.
+    assert!(listener.unsubscribe_pattern(&pattern("/s/+/t")));
+    assert!(!listener.unsubscribe_pattern(&pattern("/s/+/t")));
+    assert!(!listener.is_subscribed(&new) && !listener.is_subscribed(&old));
+    listener.subscribe(other.clone(), None);
+    topics
+        .append(p("/s/later/t"), evs(1..=1), None)
+        .await
+        .unwrap();
+    topics
+        .append(other.clone(), evs(3..=3), None)
+        .await
+        .unwrap();
+    let got = collect(&mut listener, 1).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(event_seqs(&got, &other), [3]);
+}
+
+#[tokio::test]
+async fn a_wildcard_racing_topic_creation_misses_nothing() {
+    let topics = open(Arc::new(MemoryStore::default()), TopicsOptions::default()).await;
+    let n = 200u64;
+    let writer = {
+        let topics = topics.clone();
+        tokio::spawn(async move {
+            for i in 0..n {
+                topics
+                    .append(p(&format!("/race/{i}")), evs(1..=1), None)
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    tokio::task::yield_now().await;
+    let mut listener = topics.listener();
+    listener.subscribe_pattern(pattern("/race/+"), Some(1));
+    let got = collect(&mut listener, n as usize).await;
+    writer.await.unwrap();
+    let mut seen: Vec<String> = got
+        .iter()
+        .filter_map(|d| match d {
+            Delivery::Event { topic, event, .. } => {
+                assert_eq!(event.seq, 1);
+                Some(topic.to_string())
+            }
+            _ => None,
+        })
+        .collect();
+    seen.sort();
+    let mut want: Vec<String> = (0..n).map(|i| format!("/race/{i}")).collect();
+    want.sort();
+    assert_eq!(seen, want);
+}

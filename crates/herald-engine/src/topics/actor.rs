@@ -322,6 +322,9 @@ impl Actor {
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(s.topic.path.clone(), s.topic.clone());
+                self.shared.patterns().matches(&s.topic.path, |sub| {
+                    sub.found().push(s.topic.path.clone());
+                });
                 new_topics = true;
             }
             let (Some(first), Some(last)) = (s.events.first(), s.events.last()) else {

@@ -1,12 +1,13 @@
 //! Listeners: gap-free, duplicate-free delivery of a set of topics.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::future::select_all;
-use herald_core::Path;
+use herald_core::{Path, PathPattern};
 use tokio::sync::watch;
 
-use super::{Event, Shared, Topic, TopicsError};
+use super::{Event, PatternSub, Shared, Topic, TopicsError};
 
 /// What a [`Listener`] delivers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +53,8 @@ pub struct Position {
 #[derive(Debug)]
 struct Sub {
     path: Path,
+    /// The wildcard subscription that brought this topic in, if any.
+    pattern: Option<u64>,
     /// The incarnation being followed and the receiver of its committed seq.
     attached: Option<(Arc<Topic>, watch::Receiver<u64>)>,
     position: Position,
@@ -75,7 +78,11 @@ pub struct Listener {
     ready: Vec<Delivery>,
     /// Where the next poll round starts, so that a busy topic cannot starve the others.
     cursor: usize,
+    /// Wildcard subscriptions, registered in the shared pattern index.
+    patterns: Vec<(PathPattern, Arc<PatternSub>)>,
 }
+
+static NEXT_PATTERN_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Listener {
     pub(super) fn new(shared: Arc<Shared>) -> Self {
@@ -87,6 +94,7 @@ impl Listener {
             generation,
             ready: Vec::new(),
             cursor: 0,
+            patterns: Vec::new(),
         }
     }
 
@@ -102,11 +110,16 @@ impl Listener {
     ///
     /// Returns false (and changes nothing) when already subscribed to `topic`.
     pub fn subscribe(&mut self, topic: Path, from: Option<u64>) -> bool {
+        self.subscribe_via(topic, from, None)
+    }
+
+    fn subscribe_via(&mut self, topic: Path, from: Option<u64>, pattern: Option<u64>) -> bool {
         if self.is_subscribed(&topic) {
             return false;
         }
         let mut sub = Sub {
             path: topic,
+            pattern,
             attached: None,
             position: Position {
                 epoch: None,
@@ -153,6 +166,7 @@ impl Listener {
         }
         let mut sub = Sub {
             path: topic,
+            pattern: None,
             attached: None,
             position: Position {
                 epoch: Some(epoch),
@@ -177,6 +191,77 @@ impl Listener {
         }
         self.subs.push(sub);
         true
+    }
+
+    /// Subscribes to every topic matching `pattern` (`+` one segment, a final `#` any number),
+    /// existing ones and those created later: each existing one as [`Listener::subscribe`]
+    /// with `from`, each new one from its first event. Topics already subscribed stay as they
+    /// are. Returns false (and changes nothing) when `pattern` is already subscribed.
+    ///
+    /// New topics are found through the shared pattern index as they are created, so this
+    /// costs nothing per topic that does not match. Each matching topic then counts as one
+    /// subscription of this listener.
+    pub fn subscribe_pattern(&mut self, pattern: PathPattern, from: Option<u64>) -> bool {
+        if self.patterns.iter().any(|(p, _)| *p == pattern) {
+            return false;
+        }
+        let sub = Arc::new(PatternSub {
+            id: NEXT_PATTERN_ID.fetch_add(1, Ordering::Relaxed),
+            found: Default::default(),
+        });
+        // Register first, then look at the existing topics: a topic created in between is seen
+        // twice (and subscribed once), never missed.
+        self.shared.patterns().insert(&pattern, sub.clone());
+        let existing: Vec<Path> = self
+            .shared
+            .topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .filter(|p| pattern.matches(p))
+            .cloned()
+            .collect();
+        for path in existing {
+            self.subscribe_via(path, from, Some(sub.id));
+        }
+        self.patterns.push((pattern, sub));
+        true
+    }
+
+    /// Ends a wildcard subscription and the subscriptions to the topics it brought in;
+    /// returns whether there was one.
+    pub fn unsubscribe_pattern(&mut self, pattern: &PathPattern) -> bool {
+        let Some(i) = self.patterns.iter().position(|(p, _)| p == pattern) else {
+            return false;
+        };
+        let (pattern, sub) = self.patterns.swap_remove(i);
+        self.shared.patterns().remove(&pattern, |s| s.id == sub.id);
+        let topics: Vec<Path> = self
+            .subs
+            .iter()
+            .filter(|s| s.pattern == Some(sub.id))
+            .map(|s| s.path.clone())
+            .collect();
+        for topic in &topics {
+            self.unsubscribe(topic);
+        }
+        true
+    }
+
+    /// Subscribes to the topics created since the last look that match a wildcard
+    /// subscription.
+    fn adopt_new_topics(&mut self) {
+        let found: Vec<(u64, Vec<Path>)> = self
+            .patterns
+            .iter()
+            .map(|(_, sub)| (sub.id, std::mem::take(&mut *sub.found())))
+            .filter(|(_, paths)| !paths.is_empty())
+            .collect();
+        for (id, paths) in found {
+            for path in paths {
+                self.subscribe_via(path, Some(1), Some(id));
+            }
+        }
     }
 
     /// Ends the subscription to `topic`; returns whether there was one.
@@ -223,6 +308,7 @@ impl Listener {
     pub async fn next(&mut self) -> Result<Vec<Delivery>, TopicsError> {
         loop {
             self.generation.borrow_and_update();
+            self.adopt_new_topics();
             let n = self.subs.len();
             for k in 0..n {
                 if self.ready.len() >= self.shared.options.listener_batch {
@@ -333,6 +419,12 @@ impl Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
+        if !self.patterns.is_empty() {
+            let mut index = self.shared.patterns();
+            for (pattern, sub) in &self.patterns {
+                index.remove(pattern, |s| s.id == sub.id);
+            }
+        }
         self.shared.metrics.listeners.decrement(1.0);
     }
 }

@@ -41,12 +41,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use herald_core::topic::{Retention, RetentionRules, decode_record};
-use herald_core::{Path, PathLimits};
+use herald_core::{Path, PathLimits, PatternIndex};
 use herald_store::{Store, StoreError};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-pub use listener::{Delivery, Listener};
+pub use listener::{Delivery, Listener, Position};
 
 use actor::{Actor, Command};
 
@@ -313,6 +313,21 @@ pub(crate) struct Shared {
     pub(crate) failed: OnceLock<Arc<StoreError>>,
     pub(crate) options: TopicsOptions,
     pub(crate) metrics: Metrics,
+    /// Wildcard subscriptions, told about every topic created that matches them.
+    pub(crate) patterns: Mutex<PatternIndex<Arc<PatternSub>>>,
+}
+
+/// One wildcard subscription of a listener: the topics created since it last looked.
+#[derive(Debug)]
+pub(crate) struct PatternSub {
+    pub(crate) id: u64,
+    pub(crate) found: Mutex<Vec<Path>>,
+}
+
+impl PatternSub {
+    pub(crate) fn found(&self) -> std::sync::MutexGuard<'_, Vec<Path>> {
+        self.found.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl std::fmt::Debug for Shared {
@@ -322,6 +337,10 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
+    pub(crate) fn patterns(&self) -> std::sync::MutexGuard<'_, PatternIndex<Arc<PatternSub>>> {
+        self.patterns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub(crate) fn topic(&self, path: &Path) -> Option<Arc<Topic>> {
         self.topics
             .read()
@@ -469,6 +488,7 @@ impl Topics {
             failed: OnceLock::new(),
             options: options.clone(),
             metrics: Metrics::new(),
+            patterns: Mutex::new(PatternIndex::new()),
         });
         let mut topics = HashMap::new();
         for (path, l) in loaded.topics {
