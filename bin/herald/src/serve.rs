@@ -334,6 +334,11 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         )?
         .set_buckets_for_metric(Matcher::Full("herald_store_commit_seconds".into()), &fine)?
         .set_buckets_for_metric(Matcher::Full("herald_doc_commit_batch_size".into()), &sizes)?
+        .set_buckets_for_metric(Matcher::Full("herald_topic_commit_seconds".into()), &fine)?
+        .set_buckets_for_metric(
+            Matcher::Full("herald_topic_commit_batch_events".into()),
+            &sizes,
+        )?
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     let upkeep = handle.clone();
