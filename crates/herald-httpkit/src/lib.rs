@@ -144,3 +144,16 @@ pub fn declares_body(headers: &HeaderMap) -> bool {
         .get(header::CONTENT_LENGTH)
         .is_some_and(|v| v.to_str().map_or(true, |v| v.trim() != "0"))
 }
+
+/// Whether the request asks for a WebSocket upgrade (`Upgrade: websocket` and `Connection:
+/// upgrade`, matched as comma-separated, case-insensitive tokens), so one route can serve
+/// plain HTTP and WebSocket clients.
+pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    has_token(header::UPGRADE, "websocket") && has_token(header::CONNECTION, "upgrade")
+}

@@ -92,7 +92,7 @@ pub fn router(docs: Docs, config: IcepeakConfig) -> Router {
 /// Icepeak's dispatch order: WebSocket upgrades first whatever the method or path, then the
 /// method check, then the JWT check, then the route.
 async fn dispatch(State(state): State<Shared>, req: Request) -> Response {
-    if is_websocket_upgrade(req.headers()) {
+    if herald_httpkit::is_websocket_upgrade(req.headers()) {
         let (mut parts, _body) = req.into_parts();
         let upgrade =
             match axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
@@ -105,16 +105,6 @@ async fn dispatch(State(state): State<Shared>, req: Request) -> Response {
         return json_response(StatusCode::BAD_REQUEST, "{}");
     }
     http::handle(state, req).await
-}
-
-fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
-    let has_token = |name: header::HeaderName, token: &str| {
-        headers.get_all(name).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
-    };
-    has_token(header::UPGRADE, "websocket") && has_token(header::CONNECTION, "upgrade")
 }
 
 fn is_standard_method(m: &Method) -> bool {

@@ -92,18 +92,7 @@ fn push_data_meta(out: &mut String, event: &Event, data: &Data) {
 
 /// IorioDB's query entry `{"meta":{"id","t"},"data":..}`.
 pub(crate) fn query_entry(event: &Event) -> String {
-    let data = data(&event.content_type, &event.data);
-    let mut out = String::with_capacity(data.json.len() + 48);
-    let _ = write!(
-        out,
-        "{{\"meta\":{{\"id\":{},\"t\":{}",
-        event.seq, event.t_ms
-    );
-    push_data_meta(&mut out, event, &data);
-    out.push_str("},\"data\":");
-    out.push_str(&data.json);
-    out.push('}');
-    out
+    listen_entry(event, "")
 }
 
 /// IorioDB's listen entry `{"meta":{"id","t","bucket","stream"},"data":..}`; `names` is the

@@ -122,7 +122,7 @@ pub(crate) async fn listen(State(state): State<Shared>, req: Request) -> Respons
         Err(resp) => return *resp,
     };
     let subs = requested(&state, &caller, &pairs);
-    if is_websocket_upgrade(&parts.headers) {
+    if herald_httpkit::is_websocket_upgrade(&parts.headers) {
         let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
             Ok(u) => u,
             Err(rejection) => return rejection.into_response(),
@@ -143,16 +143,6 @@ pub(crate) async fn listen(State(state): State<Shared>, req: Request) -> Respons
         return event_stream(state, caller, subs, last_event_id.as_deref());
     }
     long_poll(state, subs).await
-}
-
-fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
-    let has_token = |name: header::HeaderName, token: &str| {
-        headers.get_all(name).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
-    };
-    has_token(header::UPGRADE, "websocket") && has_token(header::CONNECTION, "upgrade")
 }
 
 fn wants_event_stream(headers: &HeaderMap) -> bool {
