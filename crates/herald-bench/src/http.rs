@@ -117,7 +117,8 @@ impl Connection {
     }
 }
 
-async fn open(target: &Target) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+/// Opens one HTTP/1.1 connection (TCP_NODELAY) to `target`.
+pub(crate) async fn open(target: &Target) -> anyhow::Result<SendRequest<Full<Bytes>>> {
     let stream = TcpStream::connect(target.addr())
         .await
         .with_context(|| format!("cannot connect to {target}"))?;

@@ -30,9 +30,7 @@ use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Method, Request, Uri};
-use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::args::{Target, parse_duration};
@@ -159,7 +157,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
 
     let mut conns = Vec::with_capacity(opts.clients);
     for _ in 0..opts.clients {
-        conns.push(open(&opts.target).await?);
+        conns.push(crate::http::open(&opts.target).await?);
     }
 
     // Everyone starts together, a moment from now, once every task is spawned.
@@ -342,20 +340,6 @@ impl RequestTemplate {
     }
 }
 
-/// One HTTP/1.1 connection, as [`crate::http`] opens them.
-async fn open(target: &Target) -> anyhow::Result<SendRequest<Full<Bytes>>> {
-    let stream = TcpStream::connect(target.addr())
-        .await
-        .with_context(|| format!("cannot connect to {target}"))?;
-    stream.set_nodelay(true)?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    // The connection task ends when the sender is dropped or the server closes the socket.
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
-}
-
 /// Sends one append and reads the whole answer: its status, and the body when it is a 201.
 async fn append(
     slot: &mut Option<SendRequest<Full<Bytes>>>,
@@ -363,7 +347,7 @@ async fn append(
 ) -> anyhow::Result<(u16, Option<Bytes>)> {
     let sender = match slot {
         Some(s) if !s.is_closed() => s,
-        _ => slot.insert(open(&req.target).await?),
+        _ => slot.insert(crate::http::open(&req.target).await?),
     };
     sender.ready().await?;
     let resp = sender.send_request(req.build()?).await?;
