@@ -15,8 +15,10 @@
 //!
 //! # Passwords and sessions
 //! Passwords are hashed with argon2id ([`AccountsOptions::password_cost`]) on the blocking
-//! pool. [`Accounts::login`] spends the same time for an unknown user as for a known one (it
-//! verifies against a dummy hash of the same cost), so timing does not tell which users exist.
+//! pool, at most [`AccountsOptions::max_concurrent_hashes`] at a time (each takes the cost's
+//! memory, so concurrent logins must not multiply it without bound). [`Accounts::login`]
+//! spends the same time for an unknown user as for a known one (it verifies against a dummy
+//! hash of the same cost), so timing does not tell which users exist.
 //! Sessions are HS512 tokens (`herald_auth::session`) signed with
 //! [`AccountsOptions::session_secret`], or else with a random secret generated on first open
 //! and kept in the snapshot, so sessions survive restarts.
@@ -50,6 +52,7 @@
 //! ```
 
 use std::fmt;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -58,6 +61,7 @@ use herald_auth::users::{self, PasswordCost};
 use herald_auth::{Acl, Permission, Registry, Resource, UsersError};
 use herald_core::Access;
 use herald_store::{Durability, Store, StoreError};
+use tokio::sync::Semaphore;
 
 /// The name of the store snapshot holding the registry.
 pub const SNAPSHOT: &str = "accounts";
@@ -76,6 +80,10 @@ pub struct AccountsOptions {
     /// The argon2id cost of new password hashes. Default [`PasswordCost::DEFAULT`]; tests may
     /// use [`PasswordCost::MINIMUM`].
     pub password_cost: PasswordCost,
+    /// How many password hashes and verifications (logins, new users, password changes) run
+    /// at once; the others wait their turn. Each holds `password_cost.memory_kib` of memory
+    /// while it runs. Default: the number of CPUs. 0 counts as 1.
+    pub max_concurrent_hashes: usize,
 }
 
 impl Default for AccountsOptions {
@@ -84,6 +92,8 @@ impl Default for AccountsOptions {
             session_secret: None,
             session_ttl: Duration::from_secs(24 * 60 * 60),
             password_cost: PasswordCost::DEFAULT,
+            max_concurrent_hashes: std::thread::available_parallelism()
+                .map_or(1, NonZeroUsize::get),
         }
     }
 }
@@ -98,6 +108,7 @@ impl fmt::Debug for AccountsOptions {
             )
             .field("session_ttl", &self.session_ttl)
             .field("password_cost", &self.password_cost)
+            .field("max_concurrent_hashes", &self.max_concurrent_hashes)
             .finish()
     }
 }
@@ -142,6 +153,9 @@ struct Inner {
     secret: Vec<u8>,
     session_ttl: Duration,
     cost: PasswordCost,
+    /// Bounds the password hashes running at once; a permit is held until the hash is done,
+    /// even if the caller went away meanwhile.
+    hashing: Arc<Semaphore>,
     /// What unknown users' logins are verified against.
     dummy_hash: String,
 }
@@ -201,6 +215,11 @@ impl Accounts {
                 secret,
                 session_ttl: options.session_ttl,
                 cost: options.password_cost,
+                hashing: Arc::new(Semaphore::new(
+                    options
+                        .max_concurrent_hashes
+                        .clamp(1, Semaphore::MAX_PERMITS),
+                )),
                 dummy_hash: users::dummy_hash(options.password_cost),
             }),
         })
@@ -230,7 +249,9 @@ impl Accounts {
             None => (false, self.inner.dummy_hash.clone()),
         };
         let password = password.to_owned();
-        let matches = blocking(move || users::verify_password(&password, &hash)).await?;
+        let matches = self
+            .hashing(move || users::verify_password(&password, &hash))
+            .await?;
         if !(known && matches) {
             return Ok(None);
         }
@@ -374,7 +395,30 @@ impl Accounts {
 
     async fn hash(&self, password: &str) -> Result<String, AccountsError> {
         let (password, cost) = (password.to_owned(), self.inner.cost);
-        Ok(blocking(move || users::hash_password(&password, cost)).await??)
+        Ok(self
+            .hashing(move || users::hash_password(&password, cost))
+            .await??)
+    }
+
+    /// Runs password hashing work `f` on the blocking pool once a hashing permit is free. The
+    /// permit moves into the job, so a caller that goes away does not free it early.
+    async fn hashing<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, AccountsError> {
+        let permit = self
+            .inner
+            .hashing
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| AccountsError::Task(e.to_string()))?;
+        blocking(move || {
+            let out = f();
+            drop(permit);
+            out
+        })
+        .await
     }
 
     /// Applies `f` to a copy of the registry, persists the copy if it differs, then makes it
@@ -435,4 +479,83 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use herald_store::MemoryStore;
+
+    use super::*;
+
+    /// A cost that makes one hash take a noticeable time (tens of milliseconds).
+    const SLOW: PasswordCost = PasswordCost {
+        memory_kib: 8192,
+        iterations: 8,
+        parallelism: 1,
+    };
+
+    async fn accounts(max_concurrent_hashes: usize) -> Accounts {
+        let options = AccountsOptions {
+            password_cost: SLOW,
+            max_concurrent_hashes,
+            ..AccountsOptions::default()
+        };
+        Accounts::open(Arc::new(MemoryStore::default()), options)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hashes_wait_for_a_permit() {
+        let accounts = accounts(1).await;
+        let held = accounts
+            .inner
+            .hashing
+            .clone()
+            .acquire_owned()
+            .await
+            .unwrap();
+        let login = tokio::spawn({
+            let accounts = accounts.clone();
+            async move { accounts.login("bob", "pw").await }
+        });
+        let change = tokio::spawn({
+            let accounts = accounts.clone();
+            async move { accounts.add_user("bob", "pw", false).await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!login.is_finished() && !change.is_finished());
+        drop(held);
+        change.await.unwrap().unwrap();
+        assert_eq!(login.await.unwrap().unwrap(), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_abandoned_login_keeps_its_permit_until_its_hash_is_done() {
+        let accounts = accounts(1).await;
+        let hashing = accounts.inner.hashing.clone();
+        let login = tokio::spawn({
+            let accounts = accounts.clone();
+            async move { accounts.login("bob", "pw").await }
+        });
+        while hashing.available_permits() == 1 {
+            tokio::task::yield_now().await;
+        }
+        // The client goes away while its hash runs: the hash goes on, and so does its permit.
+        login.abort();
+        assert!(login.await.unwrap_err().is_cancelled());
+        assert_eq!(hashing.available_permits(), 0);
+        let _permit = tokio::time::timeout(Duration::from_secs(10), hashing.acquire())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[test]
+    fn the_limit_defaults_to_the_cpus_and_is_at_least_one() {
+        assert!(AccountsOptions::default().max_concurrent_hashes >= 1);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let accounts = rt.block_on(accounts(0));
+        assert_eq!(accounts.inner.hashing.available_permits(), 1);
+    }
 }

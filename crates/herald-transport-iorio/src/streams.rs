@@ -22,6 +22,12 @@ use crate::{AppState, Shared};
 /// the cap bounds the work of checking a patch's size as it applies (see [`apply_bounded`]).
 const MAX_PATCH_OPS: usize = 256;
 
+/// The deepest nesting a patched document may reach (serde_json, and so every reader, refuses
+/// deeper JSON). Checked before each operation: copying a document into its own deepest leaf
+/// doubles its depth, so a few operations could otherwise build a document deep enough to
+/// overflow the stack while it is cloned, measured or dropped.
+const MAX_PATCH_DEPTH: usize = 128;
+
 /// The suffix of the stream that receives every raw patch applied to a stream.
 const PATCH_STREAM_SUFFIX: &str = "-$patch";
 
@@ -292,24 +298,66 @@ enum PatchFailure {
     TooLarge,
 }
 
-/// Applies `ops` to `doc` one at a time, refusing results larger than `limit` bytes of JSON.
+/// Applies `ops` to `doc` one at a time, refusing results larger than `limit` bytes of JSON or
+/// nested deeper than [`MAX_PATCH_DEPTH`].
 ///
 /// Only `copy` can make a document grow beyond its size plus the patch's size (each copy can
 /// double it: a 1 MiB patch of copies would otherwise build a document of 2^30000 bytes). So
 /// the document is measured after every `copy`, stopping at `limit`, which bounds the work to
 /// `MAX_PATCH_OPS` measurements of at most `limit` bytes.
+///
+/// `doc` must be nested at most [`MAX_PATCH_DEPTH`] deep (as any document serde_json parsed);
+/// every operation is checked to keep it so before it runs.
 fn apply_bounded(
     doc: &mut Value,
     ops: &[PatchOperation],
     limit: usize,
 ) -> Result<(), PatchFailure> {
     for op in ops {
+        if landing_depth(doc, op) > MAX_PATCH_DEPTH {
+            return Err(PatchFailure::Invalid);
+        }
         json_patch::patch(doc, std::slice::from_ref(op)).map_err(|_| PatchFailure::Invalid)?;
         if matches!(op, PatchOperation::Copy(_)) && json_len_exceeds(doc, limit) {
             return Err(PatchFailure::TooLarge);
         }
     }
     Ok(())
+}
+
+/// How deep the value `op` puts into `doc` ends up nested: the containers above its target plus
+/// its own depth (0 for operations that insert nothing). A `copy` or `move` to a target no
+/// deeper than its source cannot nest deeper than `doc` already is, and is not measured.
+fn landing_depth(doc: &Value, op: &PatchOperation) -> usize {
+    let (path, value) = match op {
+        PatchOperation::Add(o) => (&o.path, Some(&o.value)),
+        PatchOperation::Replace(o) => (&o.path, Some(&o.value)),
+        PatchOperation::Copy(o) if o.path.count() > o.from.count() => {
+            (&o.path, doc.pointer(o.from.as_str()))
+        }
+        PatchOperation::Move(o) if o.path.count() > o.from.count() => {
+            (&o.path, doc.pointer(o.from.as_str()))
+        }
+        _ => return 0,
+    };
+    // A missing source fails the operation anyway.
+    path.count().saturating_add(value.map_or(0, nesting))
+}
+
+/// How many arrays and objects deep `value` is (0 for a scalar), without recursion.
+fn nesting(value: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(value, 0usize)];
+    while let Some((v, above)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(fields) => Box::new(fields.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(above + 1);
+        stack.extend(children.map(|c| (c, above + 1)));
+    }
+    deepest
 }
 
 /// Whether `value` serializes to more than `limit` bytes (stops counting past the limit).
@@ -444,6 +492,48 @@ mod tests {
             apply_bounded(&mut doc, &bad, 1000).unwrap_err(),
             PatchFailure::Invalid
         );
+    }
+
+    #[test]
+    fn patches_cannot_nest_without_bound() {
+        // Copying the document into its own deepest array doubles its depth.
+        let mut doc = json!([]);
+        for _ in 0..99 {
+            doc = Value::Array(vec![doc]);
+        }
+        let into_innermost = |depth: usize| format!("{}/-", "/0".repeat(depth - 1));
+        let ok = ops(json!([{"op": "copy", "from": "", "path": into_innermost(20)}]));
+        let mut shallow = json!([]);
+        for _ in 0..19 {
+            shallow = Value::Array(vec![shallow]);
+        }
+        apply_bounded(&mut shallow, &ok, 1 << 20).unwrap();
+        assert_eq!(nesting(&shallow), 40);
+        let bomb = ops(json!([{"op": "copy", "from": "", "path": into_innermost(100)}]));
+        assert_eq!(
+            apply_bounded(&mut doc, &bomb, 1 << 20).unwrap_err(),
+            PatchFailure::Invalid
+        );
+        let deep_value = (0..40).fold(json!(1), |v, _| json!([v]));
+        let add = ops(json!([{"op": "add", "path": into_innermost(100), "value": deep_value}]));
+        assert_eq!(
+            apply_bounded(&mut doc, &add, 1 << 20).unwrap_err(),
+            PatchFailure::Invalid
+        );
+        // Moving a subtree deeper is measured too; moving it up is not refused.
+        let mut moved =
+            json!({"a": doc.clone(), "b": (0..40).fold(json!({}), |v, _| json!({"x": v}))});
+        let down =
+            ops(json!([{"op": "move", "from": "/b", "path": format!("/a{}", "/0".repeat(99))}]));
+        assert_eq!(
+            apply_bounded(&mut moved, &down, 1 << 20).unwrap_err(),
+            PatchFailure::Invalid
+        );
+        let up =
+            ops(json!([{"op": "move", "from": format!("/a{}", "/0".repeat(50)), "path": "/c"}]));
+        apply_bounded(&mut moved, &up, 1 << 20).unwrap();
+        assert_eq!(nesting(&json!(1)), 0);
+        assert_eq!(nesting(&json!({"a": [1, {}]})), 3);
     }
 
     #[test]

@@ -346,6 +346,27 @@ async fn retention_overrides() {
         .unwrap();
     assert_herald_error(resp, 400).await;
     assert_herald_error(get(&s, Some(&bob), "/retention/r/t").await, 403).await;
+    // Not even on topics bob may grant on (his own bucket): overrides replace the operator's
+    // rules, so a user could lift its own size limits.
+    let resp = s
+        .http
+        .put(s.url("/retention/_user_bob/t"))
+        .header("x-session", &bob)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_herald_error(resp, 403).await;
+    let resp = get(&s, Some(&admin), "/retention/_user_bob/t").await;
+    assert_eq!(json_body(resp).await["override"], false);
+    let resp = s
+        .http
+        .delete(s.url("/retention/_user_bob/t"))
+        .header("x-session", &bob)
+        .send()
+        .await
+        .unwrap();
+    assert_herald_error(resp, 403).await;
 
     let resp = s
         .http

@@ -389,6 +389,42 @@ async fn patch_copy_bomb_is_refused() {
     assert_error(resp, 413, "too-large").await;
 }
 
+/// Copying a document into its own deepest array doubles its depth: twelve such copies (an
+/// 800 KB patch) used to build a document 400,000 levels deep and overflow the stack.
+#[tokio::test]
+async fn patch_depth_bomb_is_refused() {
+    let s = TestServer::start(config()).await;
+    let admin = s.admin_token().await;
+    let nested = (0..99).fold(json!([]), |v, _| json!([v]));
+    s.append(&admin, "b", "deep", &nested).await;
+    let mut depth = 100;
+    let mut ops = Vec::new();
+    for _ in 0..12 {
+        let path = format!("{}/-", "/0".repeat(depth - 1));
+        ops.push(json!({"op": "copy", "from": "", "path": path}));
+        depth *= 2;
+    }
+    let resp = s
+        .http
+        .patch(s.url("/streams/b/deep"))
+        .header("x-session", &admin)
+        .header("content-type", "application/json-patch+json")
+        .body(Value::Array(ops).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, 400, "invalid-body").await;
+    // Nothing was stored, and the server still answers.
+    let resp = s
+        .http
+        .get(s.url("/streams/b/deep?limit=10"))
+        .header("x-session", &admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_body(resp).await.as_array().unwrap().len(), 1);
+}
+
 #[tokio::test]
 async fn delete_then_recreate() {
     let s = TestServer::start(config()).await;
