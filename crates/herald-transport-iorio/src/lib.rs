@@ -283,3 +283,38 @@ pub fn router(topics: Topics, accounts: Accounts, config: IorioConfig) -> Router
         ))
         .with_state(state)
 }
+
+/// Entry points for the fuzz targets in `fuzz/` (`listen_params`): thin wrappers over the
+/// crate's parsers of untrusted `/listen` input. This module exists only for fuzzing; it is
+/// not part of the crate's API and may change at any time.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::collections::HashMap;
+
+    use herald_core::{Path, PathLimits};
+
+    /// The decoded `key=value` pairs of a query string, as every handler reads them.
+    pub fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
+        crate::reply::query_pairs(raw)
+    }
+
+    /// One `/listen` `s=bucket:stream[:from]` entry: topic, bucket, stream and `from`.
+    pub fn parse_listen_entry(
+        value: &str,
+        limits: &PathLimits,
+    ) -> Option<(Path, String, String, Option<u64>)> {
+        crate::listen::parse_listen_entry(value, limits).map(|(topic, bucket, stream, from)| {
+            (topic, bucket.to_owned(), stream.to_owned(), from)
+        })
+    }
+
+    /// An SSE `Last-Event-ID` parsed into positions by topic hash: `(epoch if known, next)`.
+    pub fn parse_resume_id(id: &str) -> HashMap<u64, (Option<u64>, u64)> {
+        crate::listen::parse_resume_id(id)
+    }
+
+    /// The SSE resume id of positions `(topic hash, epoch or 0, next seqnum)`.
+    pub fn format_resume_id(positions: Vec<(u64, u64, u64)>) -> String {
+        crate::listen::format_resume_id(positions)
+    }
+}

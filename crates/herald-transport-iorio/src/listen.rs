@@ -17,7 +17,7 @@ use axum::extract::{FromRequestParts, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use herald_core::{Modes, Path};
+use herald_core::{Modes, Path, PathLimits};
 use herald_engine::{Delivery, Listener};
 use serde_json::{Value, json};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -82,18 +82,9 @@ fn requested(state: &AppState, caller: &Caller, pairs: &[(String, String)]) -> V
             );
             break;
         }
-        let mut parts = value.splitn(3, ':');
-        let (Some(bucket), Some(stream)) = (parts.next(), parts.next()) else {
-            continue;
-        };
-        let from = match parts.next().map(str::trim) {
-            None | Some("") => None,
-            Some(f) => match f.parse::<u64>() {
-                Ok(f) => Some(f),
-                Err(_) => continue,
-            },
-        };
-        let Ok(topic) = Path::from_segments([bucket, stream], &state.config.path_limits) else {
+        let Some((topic, bucket, stream, from)) =
+            parse_listen_entry(value, &state.config.path_limits)
+        else {
             continue;
         };
         if !access.allows(&topic, Modes::READ) {
@@ -111,6 +102,25 @@ fn requested(state: &AppState, caller: &Caller, pairs: &[(String, String)]) -> V
         });
     }
     subs
+}
+
+/// One `s=` entry, `bucket:stream` or `bucket:stream:from`: the topic, bucket, stream and
+/// `from` (an empty `from` is none). `None` when malformed (no `:`, a `from` that is not a
+/// number, a name that is not a valid segment).
+pub(crate) fn parse_listen_entry<'a>(
+    value: &'a str,
+    limits: &PathLimits,
+) -> Option<(Path, &'a str, &'a str, Option<u64>)> {
+    let mut parts = value.splitn(3, ':');
+    let (Some(bucket), Some(stream)) = (parts.next(), parts.next()) else {
+        return None;
+    };
+    let from = match parts.next().map(str::trim) {
+        None | Some("") => None,
+        Some(f) => Some(f.parse::<u64>().ok()?),
+    };
+    let topic = Path::from_segments([bucket, stream], limits).ok()?;
+    Some((topic, bucket, stream, from))
 }
 
 /// `GET /listen`: picks the transport as IorioDB's bullet does.
@@ -291,23 +301,28 @@ impl Feed {
 
     /// The SSE resume id of the current positions (see the crate docs).
     fn resume_id(&self) -> String {
-        let mut positions: Vec<(u64, u64, u64)> = self
-            .streams
-            .values()
-            .map(|t| (t.hash, t.epoch.unwrap_or(0), t.next))
-            .collect();
-        positions.sort_unstable();
-        let mut id = String::from(RESUME_ID_VERSION);
-        for (hash, epoch, next) in positions {
-            let _ = write!(id, ".{}-{}-{}", base36(hash), base36(epoch), base36(next));
-        }
-        id
+        format_resume_id(
+            self.streams
+                .values()
+                .map(|t| (t.hash, t.epoch.unwrap_or(0), t.next))
+                .collect(),
+        )
     }
+}
+
+/// The SSE resume id of positions `(topic hash, epoch or 0, next seqnum)`.
+pub(crate) fn format_resume_id(mut positions: Vec<(u64, u64, u64)>) -> String {
+    positions.sort_unstable();
+    let mut id = String::from(RESUME_ID_VERSION);
+    for (hash, epoch, next) in positions {
+        let _ = write!(id, ".{}-{}-{}", base36(hash), base36(epoch), base36(next));
+    }
+    id
 }
 
 /// Parses an SSE resume id into positions by topic hash: `(epoch if known, next)`. Anything
 /// malformed gives no positions (the request's own `s=` entries apply).
-fn parse_resume_id(id: &str) -> HashMap<u64, (Option<u64>, u64)> {
+pub(crate) fn parse_resume_id(id: &str) -> HashMap<u64, (Option<u64>, u64)> {
     let mut out = HashMap::new();
     if id.len() > MAX_RESUME_ID_BYTES {
         return out;
