@@ -14,6 +14,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::serve::ListenerExt;
 use herald_auth::JwtConfig;
+use herald_core::tree::PatchLimits;
 use herald_engine::{Accounts, AccountsOptions, Docs, DocsOptions, Topics, TopicsOptions};
 use herald_store::Store;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -73,6 +74,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         DocsOptions {
             queue_capacity: settings.queue_capacity,
             snapshot_every: settings.snapshot_every,
+            // A patched value may be as large as a PUT could write.
+            patch_limits: PatchLimits {
+                max_bytes: settings.max_body_bytes,
+                ..PatchLimits::default()
+            },
             ..DocsOptions::default()
         },
     )

@@ -175,6 +175,38 @@ async fn merge_patch_and_json_patch() {
 }
 
 #[tokio::test]
+async fn json_patch_bombs_are_refused() {
+    let s = start(&[]).await;
+    put_doc(&s, "/bomb", &json!(["0123456789"])).await;
+    // Each copy doubles the array: 40 of them would need 2^40 elements.
+    let doubling = vec![json!({"op": "copy", "from": "", "path": "/-"}); 40];
+    patch(
+        &s,
+        "/bomb",
+        "application/json-patch+json",
+        &Value::Array(doubling).to_string(),
+    )
+    .await
+    .assert_json_error(413);
+    // Copying a value into its own innermost array doubles its depth.
+    let deep = (1..60).fold(json!([]), |v, _| json!([v]));
+    put_doc(&s, "/deep", &deep).await;
+    let innermost = format!("{}/-", "/0".repeat(59));
+    let deeper = vec![json!({"op": "copy", "from": "", "path": innermost}); 12];
+    patch(
+        &s,
+        "/deep",
+        "application/json-patch+json",
+        &Value::Array(deeper).to_string(),
+    )
+    .await
+    .assert_json_error(400);
+    assert_eq!(get_doc(&s, "/bomb").await, Some(json!(["0123456789"])));
+    assert_eq!(get_doc(&s, "/deep").await, Some(deep));
+    stop(s).await;
+}
+
+#[tokio::test]
 async fn the_tree_is_shared_with_the_icepeak_listener() {
     let s = start(&[]).await;
     // Icepeak subscribers see main-API writes.

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use herald_core::tree::{self, PatchError};
+use herald_core::tree::{self, PatchError, PatchLimits};
 use herald_core::{DocOp, Path, PathIndex};
 use herald_store::{Append, Durability, Store, StoreError};
 use serde_json::Value;
@@ -55,6 +55,8 @@ pub struct DocsOptions {
     /// The deepest document allowed: path segments plus nesting of the stored value. Kept well
     /// below serde_json's parser limit (128) so that a snapshot can always be read back.
     pub max_depth: usize,
+    /// Bounds on JSON Patch writes (operations, result size and depth).
+    pub patch_limits: PatchLimits,
 }
 
 impl Default for DocsOptions {
@@ -64,6 +66,7 @@ impl Default for DocsOptions {
             max_batch: 1024,
             snapshot_every: 10_000,
             max_depth: 100,
+            patch_limits: PatchLimits::default(),
         }
     }
 }
@@ -636,7 +639,9 @@ impl Actor {
             Write::Put { path, value } => DocOp::Put { path, value },
             Write::Delete { path } => DocOp::Delete { path },
             Write::MergePatch { path, patch } => tree::merge_patch(&self.tree, &path, &patch),
-            Write::JsonPatch { path, patch } => tree::json_patch(&self.tree, &path, patch)?,
+            Write::JsonPatch { path, patch } => {
+                tree::json_patch(&self.tree, &path, patch, &self.options.patch_limits)?
+            }
         };
         if let DocOp::Put { path, value } = &op {
             check_depth(path, value, self.options.max_depth)?;

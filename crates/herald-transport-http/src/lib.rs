@@ -33,6 +33,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use herald_auth::JwtConfig;
+use herald_core::tree::PatchError;
 use herald_core::{Access, Modes, Path, PathLimits};
 use herald_engine::{Docs, DocsError, Write};
 use herald_httpkit::{error_response, json_response, read_json};
@@ -198,7 +199,10 @@ fn docs_error(e: DocsError) -> Response {
             StatusCode::SERVICE_UNAVAILABLE
         }
         DocsError::TooDeep { .. } => StatusCode::BAD_REQUEST,
-        DocsError::Patch(herald_core::tree::PatchError::Invalid(_)) => StatusCode::BAD_REQUEST,
+        DocsError::Patch(PatchError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+        DocsError::Patch(
+            PatchError::Invalid(_) | PatchError::TooDeep { .. } | PatchError::TooManyOps { .. },
+        ) => StatusCode::BAD_REQUEST,
         DocsError::Patch(_) => StatusCode::CONFLICT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };

@@ -8,9 +8,9 @@ use axum::extract::{Path as UrlPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
+use herald_core::tree::{PatchError, PatchLimits, apply_patch};
 use herald_core::{Modes, Path};
 use herald_engine::{NewEvent, TopicsError};
-use json_patch::PatchOperation;
 use serde_json::{Value, json};
 
 use crate::auth::{self, Caller, TokenSources};
@@ -21,12 +21,6 @@ use crate::{AppState, Shared};
 /// The most operations one JSON Patch may have. Patches from IorioDB's clients have a few;
 /// the cap bounds the work of checking a patch's size as it applies (see [`apply_bounded`]).
 const MAX_PATCH_OPS: usize = 256;
-
-/// The deepest nesting a patched document may reach (serde_json, and so every reader, refuses
-/// deeper JSON). Checked before each operation: copying a document into its own deepest leaf
-/// doubles its depth, so a few operations could otherwise build a document deep enough to
-/// overflow the stack while it is cloned, measured or dropped.
-const MAX_PATCH_DEPTH: usize = 128;
 
 /// The suffix of the stream that receives every raw patch applied to a stream.
 const PATCH_STREAM_SUFFIX: &str = "-$patch";
@@ -215,7 +209,12 @@ async fn patch(
     let Ok(ops) = serde_json::from_slice::<json_patch::Patch>(&body) else {
         return reply::invalid_body();
     };
-    if ops.0.len() > MAX_PATCH_OPS {
+    let limits = PatchLimits {
+        max_ops: MAX_PATCH_OPS,
+        max_bytes: limit,
+        max_depth: PatchLimits::default().max_depth,
+    };
+    if ops.0.len() > limits.max_ops {
         return reply::error(
             StatusCode::BAD_REQUEST,
             "invalid-body",
@@ -234,7 +233,10 @@ async fn patch(
     // milliseconds: keep it off the async workers.
     let applied = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, PatchFailure> {
         let mut doc: Value = serde_json::from_slice(&base).map_err(|_| PatchFailure::Invalid)?;
-        apply_bounded(&mut doc, &ops.0, limit)?;
+        apply_patch(&mut doc, &ops.0, &limits).map_err(|e| match e {
+            PatchError::TooLarge { .. } => PatchFailure::TooLarge,
+            _ => PatchFailure::Invalid,
+        })?;
         let out = serde_json::to_vec(&doc).map_err(|_| PatchFailure::Invalid)?;
         if out.len() > limit {
             return Err(PatchFailure::TooLarge);
@@ -296,90 +298,6 @@ enum PatchFailure {
     Invalid,
     /// The result would be larger than the limit.
     TooLarge,
-}
-
-/// Applies `ops` to `doc` one at a time, refusing results larger than `limit` bytes of JSON or
-/// nested deeper than [`MAX_PATCH_DEPTH`].
-///
-/// Only `copy` can make a document grow beyond its size plus the patch's size (each copy can
-/// double it: a 1 MiB patch of copies would otherwise build a document of 2^30000 bytes). So
-/// the document is measured after every `copy`, stopping at `limit`, which bounds the work to
-/// `MAX_PATCH_OPS` measurements of at most `limit` bytes.
-///
-/// `doc` must be nested at most [`MAX_PATCH_DEPTH`] deep (as any document serde_json parsed);
-/// every operation is checked to keep it so before it runs.
-fn apply_bounded(
-    doc: &mut Value,
-    ops: &[PatchOperation],
-    limit: usize,
-) -> Result<(), PatchFailure> {
-    for op in ops {
-        if landing_depth(doc, op) > MAX_PATCH_DEPTH {
-            return Err(PatchFailure::Invalid);
-        }
-        json_patch::patch(doc, std::slice::from_ref(op)).map_err(|_| PatchFailure::Invalid)?;
-        if matches!(op, PatchOperation::Copy(_)) && json_len_exceeds(doc, limit) {
-            return Err(PatchFailure::TooLarge);
-        }
-    }
-    Ok(())
-}
-
-/// How deep the value `op` puts into `doc` ends up nested: the containers above its target plus
-/// its own depth (0 for operations that insert nothing). A `copy` or `move` to a target no
-/// deeper than its source cannot nest deeper than `doc` already is, and is not measured.
-fn landing_depth(doc: &Value, op: &PatchOperation) -> usize {
-    let (path, value) = match op {
-        PatchOperation::Add(o) => (&o.path, Some(&o.value)),
-        PatchOperation::Replace(o) => (&o.path, Some(&o.value)),
-        PatchOperation::Copy(o) if o.path.count() > o.from.count() => {
-            (&o.path, doc.pointer(o.from.as_str()))
-        }
-        PatchOperation::Move(o) if o.path.count() > o.from.count() => {
-            (&o.path, doc.pointer(o.from.as_str()))
-        }
-        _ => return 0,
-    };
-    // A missing source fails the operation anyway.
-    path.count().saturating_add(value.map_or(0, nesting))
-}
-
-/// How many arrays and objects deep `value` is (0 for a scalar), without recursion.
-fn nesting(value: &Value) -> usize {
-    let mut deepest = 0;
-    let mut stack = vec![(value, 0usize)];
-    while let Some((v, above)) = stack.pop() {
-        let children: Box<dyn Iterator<Item = &Value>> = match v {
-            Value::Array(items) => Box::new(items.iter()),
-            Value::Object(fields) => Box::new(fields.values()),
-            _ => continue,
-        };
-        deepest = deepest.max(above + 1);
-        stack.extend(children.map(|c| (c, above + 1)));
-    }
-    deepest
-}
-
-/// Whether `value` serializes to more than `limit` bytes (stops counting past the limit).
-fn json_len_exceeds(value: &Value, limit: usize) -> bool {
-    struct Counter {
-        n: usize,
-        limit: usize,
-    }
-    impl std::io::Write for Counter {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.n = self.n.saturating_add(buf.len());
-            if self.n > self.limit {
-                Err(std::io::Error::other("over the limit"))
-            } else {
-                Ok(buf.len())
-            }
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    serde_json::to_writer(&mut Counter { n: 0, limit }, value).is_err()
 }
 
 /// `GET /buckets/`: the buckets holding streams the caller may list.
@@ -461,80 +379,6 @@ pub(crate) async fn list_streams(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ops(v: Value) -> Vec<PatchOperation> {
-        serde_json::from_value::<json_patch::Patch>(v).unwrap().0
-    }
-
-    #[test]
-    fn copies_cannot_blow_up() {
-        let mut doc = json!({"a": "x".repeat(100)});
-        let mut patch = Vec::new();
-        for i in 0..40 {
-            patch.push(json!({"op": "copy", "from": "", "path": format!("/c{i}")}));
-        }
-        let err = apply_bounded(&mut doc, &ops(Value::Array(patch)), 10_000).unwrap_err();
-        assert_eq!(err, PatchFailure::TooLarge);
-    }
-
-    #[test]
-    fn ordinary_patches_apply() {
-        let mut doc = json!({"items": []});
-        let patch = ops(json!([
-            {"op": "add", "path": "/items/-", "value": 1},
-            {"op": "copy", "from": "/items", "path": "/copy"},
-            {"op": "test", "path": "/copy/0", "value": 1},
-        ]));
-        apply_bounded(&mut doc, &patch, 1000).unwrap();
-        assert_eq!(doc, json!({"items": [1], "copy": [1]}));
-        let bad = ops(json!([{"op": "test", "path": "/items/0", "value": 2}]));
-        assert_eq!(
-            apply_bounded(&mut doc, &bad, 1000).unwrap_err(),
-            PatchFailure::Invalid
-        );
-    }
-
-    #[test]
-    fn patches_cannot_nest_without_bound() {
-        // Copying the document into its own deepest array doubles its depth.
-        let mut doc = json!([]);
-        for _ in 0..99 {
-            doc = Value::Array(vec![doc]);
-        }
-        let into_innermost = |depth: usize| format!("{}/-", "/0".repeat(depth - 1));
-        let ok = ops(json!([{"op": "copy", "from": "", "path": into_innermost(20)}]));
-        let mut shallow = json!([]);
-        for _ in 0..19 {
-            shallow = Value::Array(vec![shallow]);
-        }
-        apply_bounded(&mut shallow, &ok, 1 << 20).unwrap();
-        assert_eq!(nesting(&shallow), 40);
-        let bomb = ops(json!([{"op": "copy", "from": "", "path": into_innermost(100)}]));
-        assert_eq!(
-            apply_bounded(&mut doc, &bomb, 1 << 20).unwrap_err(),
-            PatchFailure::Invalid
-        );
-        let deep_value = (0..40).fold(json!(1), |v, _| json!([v]));
-        let add = ops(json!([{"op": "add", "path": into_innermost(100), "value": deep_value}]));
-        assert_eq!(
-            apply_bounded(&mut doc, &add, 1 << 20).unwrap_err(),
-            PatchFailure::Invalid
-        );
-        // Moving a subtree deeper is measured too; moving it up is not refused.
-        let mut moved =
-            json!({"a": doc.clone(), "b": (0..40).fold(json!({}), |v, _| json!({"x": v}))});
-        let down =
-            ops(json!([{"op": "move", "from": "/b", "path": format!("/a{}", "/0".repeat(99))}]));
-        assert_eq!(
-            apply_bounded(&mut moved, &down, 1 << 20).unwrap_err(),
-            PatchFailure::Invalid
-        );
-        let up =
-            ops(json!([{"op": "move", "from": format!("/a{}", "/0".repeat(50)), "path": "/c"}]));
-        apply_bounded(&mut moved, &up, 1 << 20).unwrap();
-        assert_eq!(nesting(&json!(1)), 0);
-        assert_eq!(nesting(&json!({"a": [1, {}]})), 3);
-    }
 
     #[test]
     fn attachment_names_are_sanitized() {
