@@ -96,7 +96,7 @@ pub(crate) async fn sessions(State(state): State<Shared>, req: Request) -> Respo
     };
     match state.accounts.login(username, password).await {
         Ok(Some(token)) => {
-            tracing::info!(user = %username, %ip, "session opened");
+            tracing::info!(user = ?username, %ip, "session opened");
             let mut resp = reply::json(
                 StatusCode::CREATED,
                 &json!({ "ok": true, "token": token, "username": username }),
@@ -106,7 +106,7 @@ pub(crate) async fn sessions(State(state): State<Shared>, req: Request) -> Respo
             resp
         }
         Ok(None) => {
-            tracing::info!(user = %username, %ip, "login failed");
+            tracing::info!(user = ?username, %ip, "login failed");
             reply::unauthorized()
         }
         Err(e) => {

@@ -138,7 +138,7 @@ impl RateLimiter {
 
     /// Takes one attempt for `ip`; `false` when it is over the limit.
     pub(crate) fn allow(&self, ip: IpAddr) -> bool {
-        self.allow_at(ip, Instant::now())
+        self.allow_at(client_key(ip), Instant::now())
     }
 
     fn allow_at(&self, ip: IpAddr, now: Instant) -> bool {
@@ -172,6 +172,21 @@ impl RateLimiter {
             bucket.tokens = tokens;
             false
         }
+    }
+}
+
+/// The rate-limit key of a client address: the address itself for IPv4, its /64 network for
+/// IPv6 (one host usually holds a whole /64, so per-address budgets would be endless).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let network = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(std::net::Ipv6Addr::from(network))
+            }
+        },
+        v4 => v4,
     }
 }
 
@@ -212,6 +227,21 @@ mod tests {
         // Half the window refills one attempt.
         assert!(l.allow_at(ip, t0 + Duration::from_secs(30)));
         assert!(!l.allow_at(ip, t0 + Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_64_network() {
+        let key = |s: &str| client_key(s.parse().unwrap());
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff:1:2:3"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:10.0.0.1"), key("10.0.0.1"));
+        assert_ne!(key("10.0.0.1"), key("10.0.0.2"));
+        // Through `allow`: a whole /64 shares one budget.
+        let l = RateLimiter::new(2, Duration::from_secs(60), 100);
+        assert!(l.allow("2001:db8::1".parse().unwrap()));
+        assert!(l.allow("2001:db8::2".parse().unwrap()));
+        assert!(!l.allow("2001:db8::3".parse().unwrap()));
+        assert!(l.allow("2001:db9::1".parse().unwrap()));
     }
 
     #[test]

@@ -40,7 +40,7 @@
 //! |---|---|---|---|
 //! | POST | `/streams/{b}/{s}` | write | 201, `Location`, `{"meta":{"id":seq,"t":ms}}`; `application/json` only (else 415), valid JSON (else 400 `invalid-body`), at most `max_event_bytes` (else 413) |
 //! | GET | `/streams/{b}/{s}?limit&from&download` | read | 200 `[{"meta":{"id","t"},"data":..}]`; `limit` defaults to 1 and is capped at `max_query_limit` |
-//! | PATCH | `/streams/{b}/{s}` | read + write | 200 `{"meta":..}`; RFC 6902 on the last event, 409 on a concurrent writer |
+//! | PATCH | `/streams/{b}/{s}` | read + write, and write on `{s}-$patch` | 200 `{"meta":..}`; RFC 6902 on the last event, 409 on a concurrent writer |
 //! | DELETE | `/streams/{b}/{s}` | delete | 204 |
 //! | GET | `/buckets/`, `/streams/{b}` | list | 200 `{"status":"ok","data":[..]}`, only what the caller may list |
 //! | POST, GET | `/sessions` | - | 201 `{"ok":true,"token","username"}` / 200 `{"username"}`; rate limited per client IP |
@@ -55,6 +55,8 @@
 //!   list (IorioDB lists every bucket to anyone with `list` on one).
 //! - `PATCH` needs read as well as write: a patch's `test` operations would otherwise reveal the
 //!   data to a writer who may not read it.
+//! - `PATCH` also needs write on `{stream}-$patch`, where the raw patch is published (IorioDB
+//!   does not check, so a grant on one stream let its holder write into another).
 //! - The WebSocket `subscribe` command checks read permission, replying `"reason":"no-perm"`.
 //! - `/listen` replays from disk: `from` delivers every retained event with `seq >= from`, then
 //!   the live ones, without gap or duplicate (IorioDB replays only a small in-memory cache).
@@ -128,7 +130,8 @@
 //! permission is 401 (with `WWW-Authenticate: jwt`) for anonymous callers and 403 for users.
 //!
 //! # Deployment notes
-//! - The `/sessions` rate limit is per client IP, taken from axum's `ConnectInfo<SocketAddr>`:
+//! - The `/sessions` rate limit is per client IP (per /64 network for IPv6), taken from axum's
+//!   `ConnectInfo<SocketAddr>`:
 //!   serve the router with `into_make_service_with_connect_info::<SocketAddr>()`. Without it
 //!   every client shares one budget (a warning is logged once).
 //! - The router carries `herald_httpkit::close_if_body_unread` (a successful POST keeps the

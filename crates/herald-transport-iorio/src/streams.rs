@@ -82,7 +82,7 @@ pub(crate) async fn stream(
     }
     match *req.method() {
         Method::POST => post(&state, &bucket, &stream, topic, req).await,
-        Method::PATCH => patch(&state, &bucket, &stream, topic, req).await,
+        Method::PATCH => patch(&state, &caller, &bucket, &stream, topic, req).await,
         Method::DELETE => match state.topics.delete(&topic).await {
             Ok(existed) => {
                 tracing::info!(user = caller.name(), topic = %topic, existed, "stream deleted");
@@ -193,11 +193,24 @@ fn attachment_name(raw: &str) -> String {
 
 async fn patch(
     state: &AppState,
+    caller: &Caller,
     bucket: &str,
     stream: &str,
     topic: Path,
     req: Request,
 ) -> Response {
+    // IorioDB also publishes every applied patch to `{stream}-$patch`; the caller must be
+    // allowed to write there too (IorioDB does not check, so a grant on one stream let its
+    // holder write into another).
+    let patch_stream = format!("{stream}{PATCH_STREAM_SUFFIX}");
+    let patch_topic =
+        Path::from_segments([bucket, patch_stream.as_str()], &state.config.path_limits).ok();
+    if let Some(p) = &patch_topic
+        && !caller.allows(&state.accounts, p, Modes::WRITE)
+    {
+        tracing::debug!(user = caller.name(), topic = %p, "patch stream access refused");
+        return reply::no_perm();
+    }
     if !reply::has_content_type(req.headers(), "application/json-patch+json") {
         return reply::empty(StatusCode::UNSUPPORTED_MEDIA_TYPE);
     }
@@ -271,10 +284,8 @@ async fn patch(
         }
         Err(e) => return reply::topics_error(&e),
     };
-    // IorioDB also publishes every applied patch to `{stream}-$patch`.
-    let patch_stream = format!("{stream}{PATCH_STREAM_SUFFIX}");
-    match Path::from_segments([bucket, patch_stream.as_str()], &state.config.path_limits) {
-        Ok(p) => {
+    match patch_topic {
+        Some(p) => {
             if let Err(e) = state
                 .topics
                 .append(p, vec![NewEvent::json(body)], None)
@@ -283,7 +294,7 @@ async fn patch(
                 tracing::warn!(topic = %topic, error = %e, "could not record the patch");
             }
         }
-        Err(e) => tracing::debug!(topic = %topic, error = %e, "no patch stream for this name"),
+        None => tracing::debug!(topic = %topic, "no patch stream for this name (too long)"),
     }
     reply::json(
         StatusCode::OK,

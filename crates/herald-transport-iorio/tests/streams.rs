@@ -545,3 +545,40 @@ async fn streams_survive_on_fjall() {
     assert_eq!(v[0]["data"]["n"], 2);
     assert_eq!(v[1]["data"]["n"], 3);
 }
+
+#[tokio::test]
+async fn patch_needs_write_on_the_patch_stream_too() {
+    let s = TestServer::start(config()).await;
+    let admin = s.admin_token().await;
+    s.append(&admin, "shared", "doc", &json!({"n": 0})).await;
+    let bob = s.user("bob").await;
+    let doc = herald_auth::Resource::new("shared", Some("doc")).unwrap();
+    for perm in [herald_auth::Permission::Get, herald_auth::Permission::Put] {
+        s.accounts.grant("bob", &doc, perm).await.unwrap();
+    }
+    let patch = || {
+        s.http
+            .patch(s.url("/streams/shared/doc"))
+            .header("x-session", &bob)
+            .header("content-type", "application/json-patch+json")
+            .body(r#"[{"op":"replace","path":"/n","value":1}]"#)
+            .send()
+    };
+    // A grant on `doc` alone does not let bob write into `doc-$patch`.
+    assert_no_perm(patch().await.unwrap()).await;
+    let resp = s
+        .http
+        .get(s.url("/streams/shared/doc"))
+        .header("x-session", &admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_body(resp).await[0]["data"], json!({"n": 0}));
+
+    let log = herald_auth::Resource::new("shared", Some("doc-$patch")).unwrap();
+    s.accounts
+        .grant("bob", &log, herald_auth::Permission::Put)
+        .await
+        .unwrap();
+    assert_eq!(patch().await.unwrap().status(), 200);
+}
