@@ -9,12 +9,17 @@ fuzz_target!(|data: &[u8]| {
     let Ok(rec) = decode_record(data) else {
         return;
     };
+    let origin_field = if rec.origin.is_empty() {
+        0
+    } else {
+        1 + rec.origin.len()
+    };
     assert_eq!(
         data.len(),
-        RECORD_HEADER_LEN + rec.content_type.len() + rec.data.len()
+        RECORD_HEADER_LEN + rec.content_type.len() + origin_field + rec.data.len()
     );
-    let bytes = encode_record(rec.t_ms, rec.content_type, rec.data)
-        .expect("a decoded content type is within the limit");
+    let bytes = encode_record(rec.t_ms, rec.content_type, rec.origin, rec.data)
+        .expect("a decoded content type and origin are within the limits");
     assert_eq!(bytes, data);
     let again = decode_record(&bytes).expect("an encoded record decodes");
     assert_eq!(again, rec);

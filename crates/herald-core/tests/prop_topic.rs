@@ -4,8 +4,8 @@
 //! picks the rule its documentation describes.
 
 use herald_core::topic::{
-    self, MAX_CONTENT_TYPE_LEN, RECORD_HEADER_LEN, RecordError, RecordRef, Retention,
-    RetentionRules,
+    self, MAX_CONTENT_TYPE_LEN, MAX_ORIGIN_LEN, RECORD_HEADER_LEN, RecordError, RecordRef,
+    Retention, RetentionRules,
 };
 use herald_core::{Path, PathLimits, PathPattern, PatternIndex, PatternSegment};
 use proptest::collection::vec;
@@ -38,13 +38,15 @@ fn content_type() -> impl Strategy<Value = String> {
 fn record_like_bytes() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         vec(any::<u8>(), 0..64),
-        (any::<u64>(), 0u8..20, vec(any::<u8>(), 0..40)).prop_map(|(t, ct_len, rest)| {
-            let mut b = vec![1];
-            b.extend_from_slice(&t.to_be_bytes());
-            b.push(ct_len);
-            b.extend(rest);
-            b
-        }),
+        (1u8..=2, any::<u64>(), 0u8..20, vec(any::<u8>(), 0..40)).prop_map(
+            |(v, t, ct_len, rest)| {
+                let mut b = vec![v];
+                b.extend_from_slice(&t.to_be_bytes());
+                b.push(ct_len);
+                b.extend(rest);
+                b
+            }
+        ),
         vec(any::<u8>(), 0..12).prop_map(|rest| [vec![1], rest].concat()),
     ]
 }
@@ -52,24 +54,37 @@ fn record_like_bytes() -> impl Strategy<Value = Vec<u8>> {
 proptest! {
     #![proptest_config(config())]
 
-    /// Encoding then decoding gives back the event; content types over the limit are refused.
+    /// Encoding then decoding gives back the event; content types and origins over the limit
+    /// are refused.
     #[test]
     fn record_round_trip(
         t_ms in any::<u64>(),
         ct in content_type(),
+        origin in prop_oneof![Just(String::new()), content_type()],
         data in vec(any::<u8>(), 0..100),
     ) {
-        match topic::encode_record(t_ms, &ct, &data) {
+        match topic::encode_record(t_ms, &ct, &origin, &data) {
             Ok(bytes) => {
-                prop_assert!(ct.len() <= MAX_CONTENT_TYPE_LEN);
-                prop_assert_eq!(bytes.len(), RECORD_HEADER_LEN + ct.len() + data.len());
+                prop_assert!(ct.len() <= MAX_CONTENT_TYPE_LEN && origin.len() <= MAX_ORIGIN_LEN);
+                let origin_field = if origin.is_empty() { 0 } else { 1 + origin.len() };
+                prop_assert_eq!(
+                    bytes.len(),
+                    RECORD_HEADER_LEN + ct.len() + origin_field + data.len()
+                );
                 let rec = topic::decode_record(&bytes).unwrap();
-                prop_assert_eq!(rec, RecordRef { t_ms, content_type: &ct, data: &data });
+                prop_assert_eq!(
+                    rec,
+                    RecordRef { t_ms, content_type: &ct, origin: &origin, data: &data }
+                );
                 prop_assert_eq!(rec.encode().unwrap(), bytes);
             }
-            Err(e) => {
+            Err(RecordError::ContentTypeTooLong { len }) => {
                 prop_assert!(ct.len() > MAX_CONTENT_TYPE_LEN);
-                prop_assert_eq!(e, RecordError::ContentTypeTooLong { len: ct.len() });
+                prop_assert_eq!(len, ct.len());
+            }
+            Err(e) => {
+                prop_assert!(origin.len() > MAX_ORIGIN_LEN);
+                prop_assert_eq!(e, RecordError::OriginTooLong { len: origin.len() });
             }
         }
     }
@@ -81,19 +96,26 @@ proptest! {
         match topic::decode_record(&bytes) {
             Ok(rec) => {
                 prop_assert_eq!(rec.encode().unwrap(), bytes.clone());
+                let origin_field = if rec.origin.is_empty() { 0 } else { 1 + rec.origin.len() };
                 prop_assert_eq!(
                     bytes.len(),
-                    RECORD_HEADER_LEN + rec.content_type.len() + rec.data.len()
+                    RECORD_HEADER_LEN + rec.content_type.len() + origin_field + rec.data.len()
                 );
             }
             Err(RecordError::UnknownVersion(v)) => prop_assert_eq!(bytes.first(), Some(&v)),
             Err(RecordError::Truncated) => {
                 let ct_len = bytes.get(RECORD_HEADER_LEN - 1).map_or(0, |l| usize::from(*l));
-                prop_assert!(bytes.len() < RECORD_HEADER_LEN + ct_len);
+                let origin_len = bytes
+                    .get(RECORD_HEADER_LEN + ct_len)
+                    .map_or(0, |l| 1 + usize::from(*l));
+                let origin_needed = if bytes.first() == Some(&2) { origin_len.max(1) } else { 0 };
+                let needed = RECORD_HEADER_LEN + ct_len + origin_needed;
+                prop_assert!(bytes.len() < needed, "{} bytes decode as truncated", bytes.len());
             }
             Err(RecordError::ContentTypeNotUtf8) => {
                 prop_assert!(bytes.len() > RECORD_HEADER_LEN);
             }
+            Err(RecordError::BadOrigin) => prop_assert_eq!(bytes.first(), Some(&2)),
             Err(e) => prop_assert!(false, "unexpected error {:?}", e),
         }
     }

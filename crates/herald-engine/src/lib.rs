@@ -47,5 +47,6 @@ pub use accounts::{Accounts, AccountsError, AccountsOptions};
 pub use docs::{Docs, DocsError, DocsOptions, Pending, Subscriber, Write};
 pub use inbox::{Inbox, Update};
 pub use topics::{
-    Appended, Delivery, Event, Listener, NewEvent, TopicInfo, Topics, TopicsError, TopicsOptions,
+    Appended, Delivery, Event, Listener, NewEvent, PendingAppend, TopicInfo, Topics, TopicsError,
+    TopicsOptions,
 };

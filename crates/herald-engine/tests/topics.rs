@@ -107,24 +107,28 @@ async fn appends_are_numbered_from_one_and_read_back() {
 #[tokio::test]
 async fn content_type_is_kept_and_validated() {
     let topics = open(Arc::new(MemoryStore::default()), TopicsOptions::default()).await;
-    let e = NewEvent {
-        content_type: Arc::from("text/plain"),
-        data: bytes::Bytes::from_static(b"\xff\x00raw"),
-    };
+    let e = NewEvent::new(
+        Arc::from("text/plain"),
+        bytes::Bytes::from_static(b"\xff\x00raw"),
+    )
+    .with_origin(Arc::from("sensor-1"));
     topics
         .append(p("/x/y"), vec![e.clone()], None)
         .await
         .unwrap();
     let got = topics.read(&p("/x/y"), 1, 1).await.unwrap();
     assert_eq!(&*got[0].content_type, "text/plain");
+    assert_eq!(&*got[0].origin, "sensor-1");
     assert_eq!(got[0].data, e.data);
 
-    let long = NewEvent {
-        content_type: Arc::from("x".repeat(256)),
-        data: bytes::Bytes::new(),
-    };
+    let long = NewEvent::new(Arc::from("x".repeat(256)), bytes::Bytes::new());
     assert!(matches!(
         topics.append(p("/x/y"), vec![long], None).await,
+        Err(TopicsError::Invalid(_))
+    ));
+    let long_origin = NewEvent::json("1").with_origin(Arc::from("o".repeat(256)));
+    assert!(matches!(
+        topics.append(p("/x/y"), vec![long_origin], None).await,
         Err(TopicsError::Invalid(_))
     ));
     assert!(matches!(
@@ -729,4 +733,27 @@ async fn a_wildcard_racing_topic_creation_misses_nothing() {
     let mut want: Vec<String> = (0..n).map(|i| format!("/race/{i}")).collect();
     want.sort();
     assert_eq!(seen, want);
+}
+
+#[tokio::test]
+async fn enqueued_appends_keep_their_order_and_share_commits() {
+    let topics = open(Arc::new(MemoryStore::default()), TopicsOptions::default()).await;
+    let a = p("/b/pipelined");
+    let mut pending = Vec::new();
+    for i in 1..=500u64 {
+        pending.push(topics.enqueue(a.clone(), evs(i..=i)).await.unwrap());
+    }
+    for (i, p) in pending.into_iter().enumerate() {
+        let appended = p.await.unwrap();
+        assert_eq!(appended.first, i as u64 + 1);
+    }
+    let got = topics.read(&a, 1, 1000).await.unwrap();
+    assert_eq!(
+        data(&got),
+        (1..=500).map(|i| i.to_string()).collect::<Vec<_>>()
+    );
+    assert!(matches!(
+        topics.enqueue(a.clone(), vec![]).await,
+        Err(TopicsError::Invalid(_))
+    ));
 }

@@ -88,6 +88,10 @@ fn push_data_meta(out: &mut String, event: &Event, data: &Data) {
     if data.base64 {
         out.push_str(",\"enc\":\"base64\"");
     }
+    if !event.origin.is_empty() {
+        out.push_str(",\"origin\":");
+        out.push_str(&json_string(&event.origin));
+    }
 }
 
 /// IorioDB's query entry `{"meta":{"id","t"},"data":..}`.
@@ -182,6 +186,7 @@ mod tests {
             seq: 3,
             t_ms: 7,
             content_type: Arc::from(ct),
+            origin: Arc::from(""),
             data: Bytes::from_static(data),
         }
     }

@@ -74,7 +74,8 @@
 //! An event stored with content type `application/json` is embedded as JSON (`"data": {..}`).
 //! Any other content type (events written through the native API or MQTT) is embedded as a JSON
 //! string (UTF-8 text as is, other bytes in base64 with `"enc":"base64"` in `meta`), with the
-//! content type in `meta.ct`.
+//! content type in `meta.ct`. An event that records who published it (an hpfeeds ident, for
+//! instance) has it in `meta.origin`.
 //!
 //! # Listening
 //! `GET /listen` picks its transport as IorioDB's bullet does: a WebSocket upgrade, else

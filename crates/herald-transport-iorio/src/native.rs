@@ -331,10 +331,7 @@ async fn append(
             "the body is not valid JSON but its Content-Type says JSON",
         );
     }
-    let event = NewEvent {
-        content_type: content_type.into(),
-        data: body,
-    };
+    let event = NewEvent::new(content_type.into(), body);
     match state
         .topics
         .append(path.clone(), vec![event], expect_last)

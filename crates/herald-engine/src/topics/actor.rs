@@ -201,6 +201,7 @@ impl Actor {
                             seq,
                             t_ms,
                             content_type: e.content_type,
+                            origin: e.origin,
                             data: e.data,
                         })
                         .collect();
@@ -209,7 +210,7 @@ impl Actor {
                     } else {
                         numbered
                             .iter()
-                            .map(|e| encode_record(e.t_ms, &e.content_type, &e.data))
+                            .map(|e| encode_record(e.t_ms, &e.content_type, &e.origin, &e.data))
                             .collect::<Result<Vec<_>, _>>()
                     };
                     let records = match records {
