@@ -9,6 +9,7 @@
 use clap::{Parser, Subcommand};
 
 mod config;
+mod hpfeeds_cli;
 mod limit;
 mod serve;
 mod token;
@@ -37,6 +38,10 @@ enum Command {
     /// Works offline, on the store directly: run it before `herald serve` starts or while it is
     /// stopped (a running server keeps the store locked).
     User(user::UserArgs),
+    /// Manage the hpfeeds identities (ident, secret, channels) of a data directory.
+    ///
+    /// Works offline, on the store directly, like `herald user`.
+    Hpfeeds(hpfeeds_cli::HpfeedsArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -45,6 +50,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => serve::run(*args),
         Command::Token(args) => token::run(args),
         Command::User(args) => user::run(args),
+        Command::Hpfeeds(args) => hpfeeds_cli::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

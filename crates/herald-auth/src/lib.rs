@@ -27,6 +27,10 @@
 //!   each principal gets ([`Registry::access_for`]).
 //! - [`session`]: IorioDB session tokens (HS512 `{"u","exp"}` JWTs): [`session::mint`],
 //!   [`session::verify`].
+//! - [`hpfeeds`]: hpfeeds identities, pure: [`Identity`] (secret, owner, publish and subscribe
+//!   channels; [`hpfeeds::auth_hash`] and [`Identity::verify`]; the [`Access`](herald_core::Access)
+//!   its channels give), the [`IdentityRegistry`], the `env` backend ([`hpfeeds::from_env`]) and
+//!   the JSON users file ([`hpfeeds::parse_users_json`]).
 //!
 //! # Example
 //! ```
@@ -63,12 +67,14 @@
 pub mod claim;
 pub mod error;
 pub mod generator;
+pub mod hpfeeds;
 pub mod session;
 pub mod token;
 pub mod users;
 
 pub use error::{AuthError, InvalidReason, MintError, ParseError};
 pub use generator::{mint, mint_now, parse_path_modes};
+pub use hpfeeds::{Identity, IdentityError, IdentityRegistry};
 pub use session::SessionError;
 pub use token::{
     Claims, JwtConfig, MAX_TOKEN_LEN, extract_token, verify, verify_now, verify_request,

@@ -10,6 +10,7 @@
 //!
 //! # Layout
 //! - [`accounts`]: durable IorioDB-style users, grants and sessions ([`Accounts`] handle).
+//! - [`hpfeeds`]: durable hpfeeds identities ([`HpfeedsIdentities`] handle), env backend.
 //! - [`docs`]: the document actor ([`Docs`] handle, [`Write`], [`Subscriber`]).
 //! - [`inbox`]: the per-connection coalescing mailbox ([`Inbox`]) updates are pushed into.
 //! - [`topics`]: append-only event logs ([`Topics`] handle, [`Listener`], [`Delivery`]).
@@ -40,11 +41,13 @@
 
 pub mod accounts;
 pub mod docs;
+pub mod hpfeeds;
 pub mod inbox;
 pub mod topics;
 
 pub use accounts::{Accounts, AccountsError, AccountsOptions};
 pub use docs::{Docs, DocsError, DocsOptions, Pending, Subscriber, Write};
+pub use hpfeeds::{HpfeedsError, HpfeedsIdentities, HpfeedsOptions};
 pub use inbox::{Inbox, Update};
 pub use topics::{
     Appended, Delivery, Event, Listener, NewEvent, PendingAppend, TopicInfo, Topics, TopicsError,

@@ -1,0 +1,317 @@
+//! `herald hpfeeds`: manages the hpfeeds identities of a data directory, offline.
+//!
+//! Like `herald user`, it opens the store directly, so it runs before the server starts (or
+//! while it is stopped); while a server holds the data directory the store says it is in use
+//! and nothing changes. Secrets are never printed.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use herald_auth::hpfeeds::{self, Identity};
+use herald_engine::{HpfeedsIdentities, HpfeedsOptions};
+use herald_store::Store;
+
+use crate::config;
+
+/// Options of `herald hpfeeds`.
+#[derive(Debug, Args)]
+pub(crate) struct HpfeedsArgs {
+    #[command(subcommand)]
+    command: HpfeedsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum HpfeedsCommand {
+    /// Create an identity, or replace the one with the same ident (in the data directory's
+    /// store, created if missing).
+    ///
+    /// Idents are 1 to 255 bytes; channel names 1 to 255 bytes, not `.` or `..`. Channel `C`
+    /// is the topic /hpfeeds/C (with the default topic prefix).
+    Add {
+        /// The ident clients authenticate as.
+        ident: String,
+        /// The secret. Other local users may see command lines: prefer --secret-stdin.
+        #[arg(
+            long,
+            value_name = "SECRET",
+            required_unless_present = "secret_stdin",
+            conflicts_with = "secret_stdin"
+        )]
+        secret: Option<String>,
+        /// Read the secret from the first line of standard input (its line ending is dropped).
+        #[arg(long)]
+        secret_stdin: bool,
+        /// Channels the identity may publish to, comma-separated (may be repeated).
+        #[arg(long, value_name = "CHANS")]
+        pubchans: Vec<String>,
+        /// Channels the identity may subscribe to, comma-separated (may be repeated).
+        #[arg(long, value_name = "CHANS")]
+        subchans: Vec<String>,
+        /// Who the identity belongs to (a label in listings and metrics). [default: the ident]
+        #[arg(long, value_name = "OWNER")]
+        owner: Option<String>,
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// Remove an identity.
+    Remove {
+        /// The ident to remove.
+        ident: String,
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// List the identities: ident, owner, publish and subscribe channels (never secrets).
+    List {
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// Show one identity as JSON, without its secret.
+    Show {
+        /// The ident to show.
+        ident: String,
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// Import an hpfeeds JSON users file
+    /// (`{"IDENT": {"owner": .., "secret": .., "pubchans": [..], "subchans": [..]}}`).
+    ///
+    /// Every identity in it is created or replaced, all in one change: if one entry is
+    /// invalid, nothing is imported. Identities not in the file are kept.
+    ImportJson {
+        /// The JSON users file.
+        file: PathBuf,
+        #[command(flatten)]
+        dir: DataDir,
+    },
+}
+
+/// Where the data directory is.
+#[derive(Debug, Args)]
+struct DataDir {
+    /// Data directory of the server (the store is DIR/store). [default: the config file's
+    /// data-dir, else ./herald-data]
+    #[arg(long, env = "HERALD_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// A `herald serve` TOML configuration file to take data-dir from.
+    #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl DataDir {
+    /// The data directory, as `herald user` finds it.
+    fn resolve(&self) -> anyhow::Result<PathBuf> {
+        if let Some(dir) = &self.data_dir {
+            return Ok(dir.clone());
+        }
+        let from_file = match &self.config {
+            Some(path) => config::data_dir_from_file(path)?,
+            None => None,
+        };
+        Ok(from_file.unwrap_or_else(|| PathBuf::from(config::DEFAULT_DATA_DIR)))
+    }
+
+    /// The data directory, created if missing.
+    fn create(&self) -> anyhow::Result<PathBuf> {
+        let data_dir = self.resolve()?;
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+        Ok(data_dir)
+    }
+
+    /// The data directory, which must hold a store already.
+    fn existing(&self) -> anyhow::Result<PathBuf> {
+        let data_dir = self.resolve()?;
+        if !data_dir.join("store").is_dir() {
+            bail!(
+                "there is no Herald store in {} (is the data directory right?)",
+                data_dir.display()
+            );
+        }
+        Ok(data_dir)
+    }
+}
+
+pub(crate) fn run(args: HpfeedsArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        match args.command {
+            HpfeedsCommand::Add {
+                ident,
+                secret,
+                secret_stdin: _,
+                pubchans,
+                subchans,
+                owner,
+                dir,
+            } => {
+                let secret = match secret {
+                    Some(secret) => secret,
+                    None => read_secret()?,
+                };
+                let owner = owner.unwrap_or_else(|| ident.clone());
+                let identity = Identity::new(
+                    &ident,
+                    &secret,
+                    &owner,
+                    channels(&pubchans),
+                    channels(&subchans),
+                )?;
+                let data_dir = dir.create()?;
+                let (ids, store) = open(&data_dir).await?;
+                let replaced = ids
+                    .put(identity)
+                    .await
+                    .with_context(|| format!("cannot store hpfeeds identity {ident:?}"))?;
+                close(ids, store)?;
+                let done = if replaced.is_some() {
+                    "replaced"
+                } else {
+                    "created"
+                };
+                println!("{done} hpfeeds identity {ident} in {}", data_dir.display());
+            }
+            HpfeedsCommand::Remove { ident, dir } => {
+                let data_dir = dir.existing()?;
+                let (ids, store) = open(&data_dir).await?;
+                let removed = ids
+                    .remove(&ident)
+                    .await
+                    .with_context(|| format!("cannot remove hpfeeds identity {ident:?}"))?;
+                close(ids, store)?;
+                if !removed {
+                    bail!(
+                        "there is no hpfeeds identity {ident:?} in {}",
+                        data_dir.display()
+                    );
+                }
+                println!(
+                    "removed hpfeeds identity {ident} from {}",
+                    data_dir.display()
+                );
+            }
+            HpfeedsCommand::List { dir } => {
+                let data_dir = dir.existing()?;
+                let (ids, store) = open(&data_dir).await?;
+                let all = ids.list();
+                close(ids, store)?;
+                if all.is_empty() {
+                    eprintln!("no hpfeeds identities in {}", data_dir.display());
+                }
+                for id in all {
+                    println!(
+                        "{}\towner={}\tpubchans={}\tsubchans={}",
+                        id.ident,
+                        id.owner,
+                        id.pubchans.join(","),
+                        id.subchans.join(",")
+                    );
+                }
+            }
+            HpfeedsCommand::Show { ident, dir } => {
+                let data_dir = dir.existing()?;
+                let (ids, store) = open(&data_dir).await?;
+                let found = ids.get(&ident);
+                close(ids, store)?;
+                let Some(id) = found else {
+                    bail!(
+                        "there is no hpfeeds identity {ident:?} in {}",
+                        data_dir.display()
+                    );
+                };
+                let shown = serde_json::json!({
+                    "ident": id.ident,
+                    "owner": id.owner,
+                    "pubchans": id.pubchans,
+                    "subchans": id.subchans,
+                });
+                println!("{}", serde_json::to_string_pretty(&shown)?);
+            }
+            HpfeedsCommand::ImportJson { file, dir } => {
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                let identities = hpfeeds::parse_users_json(&text)
+                    .with_context(|| format!("cannot import {}", file.display()))?;
+                let data_dir = dir.create()?;
+                let (ids, store) = open(&data_dir).await?;
+                let done = ids
+                    .put_all(identities)
+                    .await
+                    .with_context(|| format!("cannot import {}", file.display()))?;
+                close(ids, store)?;
+                println!(
+                    "imported {} hpfeeds identities from {} into {} ({} created, {} replaced)",
+                    done.created.len() + done.replaced.len(),
+                    file.display(),
+                    data_dir.display(),
+                    done.created.len(),
+                    done.replaced.len()
+                );
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The channels of repeated comma-separated options. An empty option value is no channel;
+/// an empty entry inside a list (`a,,b`) is kept, so that validation refuses it.
+fn channels(values: &[String]) -> Vec<String> {
+    values
+        .iter()
+        .filter(|v| !v.is_empty())
+        .flat_map(|v| v.split(','))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The first line of standard input, without its line ending.
+fn read_secret() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the secret from standard input")?;
+    let secret = line
+        .strip_suffix('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .unwrap_or(&line);
+    Ok(secret.to_owned())
+}
+
+async fn open(data_dir: &Path) -> anyhow::Result<(HpfeedsIdentities, Arc<dyn Store>)> {
+    let store_dir = data_dir.join("store");
+    let store: Arc<dyn Store> = Arc::new(
+        herald_store_fjall::FjallStore::open(&store_dir)
+            .with_context(|| format!("cannot open the store in {}", store_dir.display()))?,
+    );
+    let ids = HpfeedsIdentities::open(store.clone(), HpfeedsOptions::default())
+        .await
+        .context("cannot load the hpfeeds identities")?;
+    Ok((ids, store))
+}
+
+/// Every change is already durable; the final sync mirrors `serve`'s clean shutdown.
+fn close(ids: HpfeedsIdentities, store: Arc<dyn Store>) -> anyhow::Result<()> {
+    drop(ids);
+    store.sync().context("final sync of the store failed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_options_split_on_commas() {
+        let v = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(channels(&v(&[])), Vec::<String>::new());
+        assert_eq!(channels(&v(&[""])), Vec::<String>::new());
+        assert_eq!(channels(&v(&["a,b", "c"])), v(&["a", "b", "c"]));
+        assert_eq!(channels(&v(&["a,,b "])), v(&["a", "", "b "]));
+    }
+}

@@ -1,0 +1,361 @@
+//! `herald hpfeeds add|remove|list|show|import-json` on a real data directory, checked by
+//! opening the same store with `HpfeedsIdentities` afterwards.
+
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_auth::hpfeeds::{Identity, auth_hash};
+use herald_engine::{HpfeedsIdentities, HpfeedsOptions};
+use herald_store::Store;
+use herald_store_fjall::FjallStore;
+use tokio::io::AsyncWriteExt;
+
+/// The bound on one `herald` run.
+const RUN: Duration = Duration::from_secs(60);
+
+/// Runs `herald ARGS` with no inherited Herald settings and `stdin` piped in.
+async fn herald(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if k.starts_with("HERALD_") || k.starts_with("HPFEEDS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("herald starts");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin is piped");
+        pipe.write_all(input.as_bytes()).await.expect("write stdin");
+        drop(pipe);
+    }
+    tokio::time::timeout(RUN, child.wait_with_output())
+        .await
+        .expect("herald hpfeeds timed out")
+        .expect("herald ran")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[track_caller]
+fn assert_ok(out: &Output) {
+    assert!(out.status.success(), "{}{}", stdout(out), stderr(out));
+}
+
+#[track_caller]
+fn assert_fails(out: &Output, message: &str) {
+    assert!(!out.status.success(), "unexpected success: {}", stdout(out));
+    assert!(stderr(out).contains(message), "{}", stderr(out));
+}
+
+fn chans(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// The identities stored in `data_dir`, read the way the server does.
+async fn stored(data_dir: &Path) -> Vec<Identity> {
+    let store: Arc<dyn Store> =
+        Arc::new(FjallStore::open(&data_dir.join("store")).expect("open the store"));
+    let ids = HpfeedsIdentities::open(store.clone(), HpfeedsOptions::default())
+        .await
+        .expect("open the identities");
+    let all = ids.list();
+    drop(ids);
+    // Nothing else holds the store; dropping it releases the directory lock.
+    assert_eq!(Arc::strong_count(&store), 1);
+    all
+}
+
+#[tokio::test]
+async fn add_list_show_remove_on_an_offline_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = data.to_str().unwrap();
+
+    let out = herald(
+        &[
+            "hpfeeds",
+            "add",
+            "bob",
+            "--secret",
+            "s3cret",
+            "--pubchans",
+            "a,b",
+            "--subchans",
+            "c",
+            "--subchans",
+            "d",
+            "--owner",
+            "acme",
+            "--data-dir",
+            d,
+        ],
+        None,
+    )
+    .await;
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains("created hpfeeds identity bob"),
+        "{}",
+        stdout(&out)
+    );
+    // The secret may come from standard input; the owner defaults to the ident.
+    let out = herald(
+        &[
+            "hpfeeds",
+            "add",
+            "ann",
+            "--secret-stdin",
+            "--subchans",
+            "a",
+            "--data-dir",
+            d,
+        ],
+        Some("ann secret \r\nignored second line\n"),
+    )
+    .await;
+    assert_ok(&out);
+
+    let bob = Identity::new(
+        "bob",
+        "s3cret",
+        "acme",
+        chans(&["a", "b"]),
+        chans(&["c", "d"]),
+    )
+    .unwrap();
+    let ann = Identity::new("ann", "ann secret ", "ann", vec![], chans(&["a"])).unwrap();
+    assert_eq!(stored(&data).await, [ann.clone(), bob.clone()]);
+    let nonce = [1, 2, 3, 4];
+    assert!(bob.verify(&nonce, &auth_hash(&nonce, "s3cret")));
+
+    // list and show never print secrets.
+    let out = herald(&["hpfeeds", "list", "--data-dir", d], None).await;
+    assert_ok(&out);
+    assert_eq!(
+        stdout(&out),
+        "ann\towner=ann\tpubchans=\tsubchans=a\nbob\towner=acme\tpubchans=a,b\tsubchans=c,d\n"
+    );
+    let out = herald(&["hpfeeds", "show", "bob", "--data-dir", d], None).await;
+    assert_ok(&out);
+    let shown: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(
+        shown,
+        serde_json::json!({"ident": "bob", "owner": "acme", "pubchans": ["a", "b"], "subchans": ["c", "d"]})
+    );
+    assert!(!stdout(&out).contains("s3cret"));
+
+    // Adding an existing ident replaces it, and says so.
+    let out = herald(
+        &["hpfeeds", "add", "bob", "--secret", "new", "--data-dir", d],
+        None,
+    )
+    .await;
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains("replaced hpfeeds identity bob"),
+        "{}",
+        stdout(&out)
+    );
+    let bob = Identity::new("bob", "new", "bob", vec![], vec![]).unwrap();
+    assert_eq!(stored(&data).await, [ann.clone(), bob]);
+
+    let out = herald(&["hpfeeds", "remove", "bob", "--data-dir", d], None).await;
+    assert_ok(&out);
+    assert_fails(
+        &herald(&["hpfeeds", "remove", "bob", "--data-dir", d], None).await,
+        "no hpfeeds identity \"bob\"",
+    );
+    assert_fails(
+        &herald(&["hpfeeds", "show", "bob", "--data-dir", d], None).await,
+        "no hpfeeds identity \"bob\"",
+    );
+    assert_eq!(stored(&data).await, [ann]);
+}
+
+#[tokio::test]
+async fn import_a_json_users_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = data.to_str().unwrap();
+    let out = herald(
+        &["hpfeeds", "add", "bob", "--secret", "old", "--data-dir", d],
+        None,
+    )
+    .await;
+    assert_ok(&out);
+
+    let file = dir.path().join("users.json");
+    std::fs::write(
+        &file,
+        r#"{
+            "bob": {"owner": "acme", "secret": "s1", "pubchans": ["a"], "subchans": []},
+            "carol": {"owner": "c", "secret": "s2", "pubchans": [], "subchans": ["a", "b"]}
+        }"#,
+    )
+    .unwrap();
+    let out = herald(
+        &[
+            "hpfeeds",
+            "import-json",
+            file.to_str().unwrap(),
+            "--data-dir",
+            d,
+        ],
+        None,
+    )
+    .await;
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains("imported 2 hpfeeds identities")
+            && stdout(&out).contains("1 created, 1 replaced"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        stored(&data).await,
+        [
+            Identity::new("bob", "s1", "acme", chans(&["a"]), vec![]).unwrap(),
+            Identity::new("carol", "s2", "c", vec![], chans(&["a", "b"])).unwrap(),
+        ]
+    );
+
+    // One bad entry: nothing is imported, and the secret is not echoed.
+    std::fs::write(
+        &file,
+        r#"{"dave": {"owner": "d", "secret": "topsecret", "pubchans": [], "subchans": []},
+            "eve": {"owner": "e", "secret": "topsecret", "pubchans": [""], "subchans": []}}"#,
+    )
+    .unwrap();
+    let out = herald(
+        &[
+            "hpfeeds",
+            "import-json",
+            file.to_str().unwrap(),
+            "--data-dir",
+            d,
+        ],
+        None,
+    )
+    .await;
+    assert_fails(&out, "invalid channel");
+    assert!(!stderr(&out).contains("topsecret"), "{}", stderr(&out));
+    std::fs::write(&file, r#"{"eve": {"secret": 12345}}"#).unwrap();
+    let out = herald(
+        &[
+            "hpfeeds",
+            "import-json",
+            file.to_str().unwrap(),
+            "--data-dir",
+            d,
+        ],
+        None,
+    )
+    .await;
+    assert_fails(&out, "invalid hpfeeds users file");
+    assert!(!stderr(&out).contains("12345"), "{}", stderr(&out));
+    assert_eq!(stored(&data).await.len(), 2);
+}
+
+#[tokio::test]
+async fn bad_input_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = data.to_str().unwrap();
+
+    // Commands that read need an existing store.
+    for args in [
+        &["hpfeeds", "list", "--data-dir", d][..],
+        &["hpfeeds", "show", "bob", "--data-dir", d],
+        &["hpfeeds", "remove", "bob", "--data-dir", d],
+    ] {
+        assert_fails(&herald(args, None).await, "there is no Herald store");
+    }
+    assert!(!data.exists());
+
+    // A secret is required, and may not be empty.
+    assert_fails(
+        &herald(&["hpfeeds", "add", "bob", "--data-dir", d], None).await,
+        "--secret",
+    );
+    assert_fails(
+        &herald(
+            &["hpfeeds", "add", "bob", "--secret-stdin", "--data-dir", d],
+            Some("\n"),
+        )
+        .await,
+        "is empty",
+    );
+    // Channel names follow the rules.
+    for chans in ["a,,b", "..", &"x".repeat(256)] {
+        assert_fails(
+            &herald(
+                &[
+                    "hpfeeds",
+                    "add",
+                    "bob",
+                    "--secret",
+                    "s",
+                    "--pubchans",
+                    chans,
+                    "--data-dir",
+                    d,
+                ],
+                None,
+            )
+            .await,
+            "invalid channel",
+        );
+    }
+    let long = "x".repeat(256);
+    assert_fails(
+        &herald(
+            &["hpfeeds", "add", &long, "--secret", "s", "--data-dir", d],
+            None,
+        )
+        .await,
+        "invalid hpfeeds ident",
+    );
+    // Nothing was created by the refused commands.
+    assert!(!data.exists());
+
+    // An empty list is fine, and says so on stderr only.
+    assert_ok(
+        &herald(
+            &[
+                "hpfeeds",
+                "add",
+                "bob",
+                "--secret",
+                "s",
+                "--pubchans",
+                "",
+                "--data-dir",
+                d,
+            ],
+            None,
+        )
+        .await,
+    );
+    assert_ok(&herald(&["hpfeeds", "remove", "bob", "--data-dir", d], None).await);
+    let out = herald(&["hpfeeds", "list", "--data-dir", d], None).await;
+    assert_ok(&out);
+    assert_eq!(stdout(&out), "");
+    assert!(stderr(&out).contains("no hpfeeds identities"));
+}
