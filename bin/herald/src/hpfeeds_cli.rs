@@ -16,6 +16,8 @@ use herald_store::Store;
 
 use crate::config;
 
+mod sqlite;
+
 /// Options of `herald hpfeeds`.
 #[derive(Debug, Args)]
 pub(crate) struct HpfeedsArgs {
@@ -82,6 +84,21 @@ enum HpfeedsCommand {
     /// invalid, nothing is imported. Identities not in the file are kept.
     ImportJson {
         /// The JSON users file.
+        file: PathBuf,
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// Import the `authkeys` table of an hpfeeds broker's sqlite database.
+    ///
+    /// The database is only read (it is opened read-only), so it may be the one a running
+    /// hpfeeds broker uses. Every valid row is created or replaced, all in one change;
+    /// identities not in the database are kept. An invalid row (a NULL ident or secret, a
+    /// channel list that is not a JSON array of strings, an invalid channel name, ...) is
+    /// skipped with a warning naming its id and ident and saying why, never its secret; the
+    /// other rows are still imported. When rows share an ident, the one with the lowest id is
+    /// used, as hpfeeds does. A NULL owner is the ident.
+    ImportSqlite {
+        /// The hpfeeds sqlite database file.
         file: PathBuf,
         #[command(flatten)]
         dir: DataDir,
@@ -252,6 +269,30 @@ pub(crate) fn run(args: HpfeedsArgs) -> anyhow::Result<()> {
                     data_dir.display(),
                     done.created.len(),
                     done.replaced.len()
+                );
+            }
+            HpfeedsCommand::ImportSqlite { file, dir } => {
+                let rows = sqlite::read_file(&file)?;
+                let (identities, skipped) = sqlite::convert(rows);
+                for skip in &skipped {
+                    eprintln!("warning: {}: skipping {skip}", file.display());
+                }
+                let data_dir = dir.create()?;
+                let (ids, store) = open(&data_dir).await?;
+                let done = ids
+                    .put_all(identities)
+                    .await
+                    .with_context(|| format!("cannot import {}", file.display()))?;
+                close(ids, store)?;
+                println!(
+                    "imported {} hpfeeds identities from {} into {} ({} created, {} replaced, \
+                     {} rows skipped)",
+                    done.created.len() + done.replaced.len(),
+                    file.display(),
+                    data_dir.display(),
+                    done.created.len(),
+                    done.replaced.len(),
+                    skipped.len()
                 );
             }
         }

@@ -1,4 +1,4 @@
-//! `herald hpfeeds add|remove|list|show|import-json` on a real data directory, checked by
+//! `herald hpfeeds add|remove|list|show|import-json|import-sqlite` on a real data directory, checked by
 //! opening the same store with `HpfeedsIdentities` afterwards.
 
 use std::path::Path;
@@ -358,4 +358,122 @@ async fn bad_input_is_refused() {
     assert_ok(&out);
     assert_eq!(stdout(&out), "");
     assert!(stderr(&out).contains("no hpfeeds identities"));
+}
+
+#[tokio::test]
+async fn import_an_hpfeeds_sqlite_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = data.to_str().unwrap();
+    let out = herald(
+        &["hpfeeds", "add", "bob", "--secret", "old", "--data-dir", d],
+        None,
+    )
+    .await;
+    assert_ok(&out);
+
+    // A database as the hpfeeds broker creates it (seed contract 3.3).
+    let db = dir.path().join("hpfeeds.sqlite");
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE logs (id INTEGER PRIMARY KEY AUTOINCREMENT, data TEXT);
+             CREATE TABLE stats (id INTEGER PRIMARY KEY AUTOINCREMENT, ak TEXT, uid TEXT,
+                                 data TEXT);
+             CREATE TABLE authkeys (id INTEGER PRIMARY KEY AUTOINCREMENT, owner TEXT,
+                                    ident TEXT, secret TEXT, pubchans TEXT, subchans TEXT);",
+        )
+        .unwrap();
+        // Valid; NULL owner; NULL secret; bad JSON; an invalid channel; NULL ident; and a
+        // second row for bob, which is skipped since hpfeeds uses the first row of an ident.
+        conn.execute_batch(
+            r#"INSERT INTO authkeys (owner, ident, secret, pubchans, subchans) VALUES
+                 ('acme', 'bob', 's1', '["a", "b"]', '[]'),
+                 (NULL, 'carol', 's2', '[]', '["a"]'),
+                 ('d', 'dave', NULL, '[]', '[]'),
+                 ('e', 'eve', 'topsecret', 'a,b', '[]'),
+                 ('f', 'frank', 'topsecret', '[".."]', '[]'),
+                 ('g', NULL, 'topsecret', '[]', '[]'),
+                 ('other', 'bob', 'topsecret', '[]', '[]');"#,
+        )
+        .unwrap();
+    }
+    let before = std::fs::read(&db).unwrap();
+
+    let out = herald(
+        &[
+            "hpfeeds",
+            "import-sqlite",
+            db.to_str().unwrap(),
+            "--data-dir",
+            d,
+        ],
+        None,
+    )
+    .await;
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains("imported 2 hpfeeds identities")
+            && stdout(&out).contains("1 created, 1 replaced, 5 rows skipped"),
+        "{}",
+        stdout(&out)
+    );
+    let err = stderr(&out);
+    for warning in [
+        "row id=3 (ident \"dave\"): secret is NULL",
+        "row id=4 (ident \"eve\"): pubchans is not valid JSON",
+        "row id=5 (ident \"frank\"): invalid channel \"..\"",
+        "row id=6: ident is NULL",
+        "row id=7 (ident \"bob\"): row id=1 has the same ident",
+    ] {
+        assert!(err.contains(warning), "{warning:?} not in {err}");
+    }
+    assert!(!err.contains("topsecret") && !stdout(&out).contains("topsecret"));
+    assert_eq!(
+        stored(&data).await,
+        [
+            Identity::new("bob", "s1", "acme", chans(&["a", "b"]), vec![]).unwrap(),
+            Identity::new("carol", "s2", "carol", vec![], chans(&["a"])).unwrap(),
+        ]
+    );
+    // The database was only read.
+    assert_eq!(std::fs::read(&db).unwrap(), before);
+
+    // A missing file is not created; a database without authkeys imports nothing.
+    let missing = dir.path().join("missing.sqlite");
+    assert_fails(
+        &herald(
+            &[
+                "hpfeeds",
+                "import-sqlite",
+                missing.to_str().unwrap(),
+                "--data-dir",
+                d,
+            ],
+            None,
+        )
+        .await,
+        "cannot open the sqlite database",
+    );
+    assert!(!missing.exists());
+    let other = dir.path().join("other.sqlite");
+    rusqlite::Connection::open(&other)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x TEXT);")
+        .unwrap();
+    assert_fails(
+        &herald(
+            &[
+                "hpfeeds",
+                "import-sqlite",
+                other.to_str().unwrap(),
+                "--data-dir",
+                d,
+            ],
+            None,
+        )
+        .await,
+        "cannot read the authkeys table",
+    );
+    assert_eq!(stored(&data).await.len(), 2);
 }
