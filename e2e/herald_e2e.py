@@ -115,6 +115,10 @@ class HeraldServer:
         cmd = [str(self.binary), "serve", "--data-dir", str(self.data_dir)]
         for name, on in self.listeners.items():
             cmd += [f"--{name}", "127.0.0.1:0" if on else "off"]
+        # The hpfeeds broker is on by default on 127.0.0.1:10000; keep it off
+        # unless a test asks for it (e.g. `--hpfeeds 127.0.0.1:0`).
+        if not any(a == "--hpfeeds" or a.startswith("--hpfeeds=") for a in self.extra_args):
+            cmd += ["--hpfeeds", "off"]
         cmd += ["--ready-file", str(ready_file)]
         return cmd + self.extra_args
 

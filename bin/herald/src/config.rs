@@ -74,6 +74,43 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "HERALD_METRICS", value_name = "HOST:PORT|off")]
     metrics: Option<Listen>,
 
+    /// hpfeeds broker listener (TCP). Every hpfeeds client authenticates with an identity
+    /// (`herald hpfeeds add`, or HPFEEDS_<IDENT>_SECRET variables), so this listener may bind
+    /// any address without --allow-anonymous. Channel C is the event stream /PREFIX/C.
+    /// [default: 127.0.0.1:10000]
+    #[arg(long, env = "HERALD_HPFEEDS", value_name = "HOST:PORT|off")]
+    hpfeeds: Option<Listen>,
+
+    /// Broker name sent to hpfeeds clients (OP_INFO), also the publisher ident of events
+    /// written through other protocols. [default: hpfeeds]
+    #[arg(long, env = "HERALD_HPFEEDS_NAME", value_name = "NAME")]
+    hpfeeds_name: Option<String>,
+
+    /// First path segment of hpfeeds channels: channel C is the topic /PREFIX/C (IorioDB
+    /// bucket PREFIX, stream C). [default: hpfeeds]
+    #[arg(long, env = "HERALD_HPFEEDS_PREFIX", value_name = "PREFIX")]
+    hpfeeds_prefix: Option<String>,
+
+    /// Also accept hpfeeds identities defined by environment variables
+    /// HPFEEDS_<IDENT>_SECRET, _PUBCHANS, _SUBCHANS and _OWNER (channel lists comma-separated),
+    /// after the stored ones. [default: true]
+    #[arg(
+        long,
+        env = "HERALD_HPFEEDS_ENV_AUTH",
+        value_name = "BOOL",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    hpfeeds_env_auth: Option<bool>,
+
+    /// Seconds an hpfeeds subscriber may leave its output buffer full before it gets
+    /// "Backpressure deadline timer expired" and is disconnected. [default: 60]
+    #[arg(
+        long,
+        env = "HERALD_HPFEEDS_BACKPRESSURE_DEADLINE",
+        value_name = "SECONDS"
+    )]
+    hpfeeds_backpressure_deadline: Option<u64>,
+
     /// Require a JSON Web Token on every request. Tokens carry an `icepeak` claim listing path
     /// prefixes and modes (see `herald token`).
     #[arg(long, env = "HERALD_ENABLE_JWT_AUTH")]
@@ -187,6 +224,11 @@ struct FileConfig {
     icepeak: Option<String>,
     http: Option<String>,
     metrics: Option<String>,
+    hpfeeds: Option<String>,
+    hpfeeds_name: Option<String>,
+    hpfeeds_prefix: Option<String>,
+    hpfeeds_env_auth: Option<bool>,
+    hpfeeds_backpressure_deadline: Option<u64>,
     enable_jwt_auth: Option<bool>,
     jwt_secret: Option<String>,
     allow_anonymous: Option<bool>,
@@ -214,6 +256,11 @@ pub(crate) struct Settings {
     pub(crate) icepeak: Listen,
     pub(crate) http: Listen,
     pub(crate) metrics: Listen,
+    pub(crate) hpfeeds: Listen,
+    pub(crate) hpfeeds_name: String,
+    pub(crate) hpfeeds_prefix: String,
+    pub(crate) hpfeeds_env_auth: bool,
+    pub(crate) hpfeeds_backpressure_deadline: u64,
     pub(crate) enable_jwt_auth: bool,
     pub(crate) jwt_secret: Option<String>,
     pub(crate) allow_anonymous: bool,
@@ -267,6 +314,26 @@ impl Settings {
                 .metrics
                 .or(listen_from_file("metrics", file.metrics)?)
                 .unwrap_or(Listen::Off),
+            hpfeeds: args
+                .hpfeeds
+                .or(listen_from_file("hpfeeds", file.hpfeeds)?)
+                .unwrap_or(Listen::On(SocketAddr::from(([127, 0, 0, 1], 10000)))),
+            hpfeeds_name: args
+                .hpfeeds_name
+                .or(file.hpfeeds_name)
+                .unwrap_or_else(|| "hpfeeds".to_owned()),
+            hpfeeds_prefix: args
+                .hpfeeds_prefix
+                .or(file.hpfeeds_prefix)
+                .unwrap_or_else(|| "hpfeeds".to_owned()),
+            hpfeeds_env_auth: args
+                .hpfeeds_env_auth
+                .or(file.hpfeeds_env_auth)
+                .unwrap_or(true),
+            hpfeeds_backpressure_deadline: args
+                .hpfeeds_backpressure_deadline
+                .or(file.hpfeeds_backpressure_deadline)
+                .unwrap_or(60),
             enable_jwt_auth: args.enable_jwt_auth || file.enable_jwt_auth.unwrap_or(false),
             jwt_secret,
             allow_anonymous: args.allow_anonymous || file.allow_anonymous.unwrap_or(false),
@@ -341,11 +408,18 @@ impl Settings {
         if self.session_secret.as_deref() == Some("") {
             bail!("--session-secret must not be empty");
         }
+        if self.hpfeeds_backpressure_deadline == 0 {
+            bail!("--hpfeeds-backpressure-deadline must be at least 1 second");
+        }
+        self.hpfeeds_config(usize::MAX)
+            .validate()
+            .map_err(|e| anyhow::anyhow!("--hpfeeds-name / --hpfeeds-prefix: {e}"))?;
         if self.icepeak == Listen::Off && self.http == Listen::Off {
             bail!("both --icepeak and --http are off: there would be nothing to serve");
         }
         // Secure by default: without verified tokens, only loopback clients may connect unless
-        // the operator says otherwise.
+        // the operator says otherwise. The hpfeeds listener is not subject to this: every
+        // hpfeeds client authenticates with an identity's secret.
         let authenticated = self.enable_jwt_auth && self.jwt_secret.is_some();
         if !authenticated && !self.allow_anonymous {
             for (name, listen) in [("--icepeak", self.icepeak), ("--http", self.http)] {
@@ -362,6 +436,24 @@ impl Settings {
             }
         }
         Ok(())
+    }
+}
+
+impl Settings {
+    /// The hpfeeds broker settings; `max_connections` is the broker's own connection cap.
+    pub(crate) fn hpfeeds_config(
+        &self,
+        max_connections: usize,
+    ) -> herald_transport_hpfeeds::HpfeedsConfig {
+        herald_transport_hpfeeds::HpfeedsConfig {
+            name: self.hpfeeds_name.clone(),
+            prefix: self.hpfeeds_prefix.clone(),
+            backpressure_deadline: std::time::Duration::from_secs(
+                self.hpfeeds_backpressure_deadline,
+            ),
+            max_connections,
+            ..herald_transport_hpfeeds::HpfeedsConfig::default()
+        }
     }
 }
 
@@ -424,6 +516,71 @@ mod tests {
         assert_eq!(s.http.to_string(), "127.0.0.1:8080");
         assert_eq!(s.metrics, Listen::Off);
         assert_eq!(s.data_dir, PathBuf::from("./herald-data"));
+        assert_eq!(s.hpfeeds.to_string(), "127.0.0.1:10000");
+        assert_eq!(
+            (s.hpfeeds_name.as_str(), s.hpfeeds_prefix.as_str()),
+            ("hpfeeds", "hpfeeds")
+        );
+        assert!(s.hpfeeds_env_auth);
+        assert_eq!(s.hpfeeds_backpressure_deadline, 60);
+    }
+
+    #[test]
+    fn hpfeeds_settings() {
+        // Authenticated by design: a public address needs no --allow-anonymous.
+        let s = load(&["--hpfeeds", "0.0.0.0:10000"]).unwrap();
+        assert_eq!(s.hpfeeds.to_string(), "0.0.0.0:10000");
+        let s = load(&[
+            "--hpfeeds",
+            "off",
+            "--hpfeeds-name",
+            "herald",
+            "--hpfeeds-prefix",
+            "feeds",
+            "--hpfeeds-env-auth",
+            "false",
+            "--hpfeeds-backpressure-deadline",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(s.hpfeeds, Listen::Off);
+        let c = s.hpfeeds_config(7);
+        assert_eq!((c.name.as_str(), c.prefix.as_str()), ("herald", "feeds"));
+        assert_eq!(c.backpressure_deadline, std::time::Duration::from_secs(5));
+        assert_eq!(c.max_connections, 7);
+        assert!(!s.hpfeeds_env_auth);
+        assert!(
+            !load(&["--hpfeeds-env-auth", "off"])
+                .unwrap()
+                .hpfeeds_env_auth
+        );
+        for bad in [
+            &["--hpfeeds-prefix", ".."][..],
+            &["--hpfeeds-prefix", ""][..],
+            &["--hpfeeds-backpressure-deadline", "0"][..],
+            &["--hpfeeds", "nonsense"][..],
+        ] {
+            assert!(load(bad).is_err(), "{bad:?}");
+        }
+        let long = "n".repeat(256);
+        assert!(load(&["--hpfeeds-name", &long]).is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("herald.toml");
+        std::fs::write(
+            &file,
+            "hpfeeds = \"127.0.0.1:20000\"\nhpfeeds-name = \"b\"\nhpfeeds-prefix = \"p\"\n\
+             hpfeeds-env-auth = false\nhpfeeds-backpressure-deadline = 9\n",
+        )
+        .unwrap();
+        let s = load(&["--config", file.to_str().unwrap()]).unwrap();
+        assert_eq!(s.hpfeeds.to_string(), "127.0.0.1:20000");
+        assert_eq!(
+            (s.hpfeeds_name.as_str(), s.hpfeeds_prefix.as_str()),
+            ("b", "p")
+        );
+        assert!(!s.hpfeeds_env_auth);
+        assert_eq!(s.hpfeeds_backpressure_deadline, 9);
     }
 
     #[test]

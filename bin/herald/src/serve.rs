@@ -15,7 +15,10 @@ use axum::response::{IntoResponse, Response};
 use axum::serve::ListenerExt;
 use herald_auth::JwtConfig;
 use herald_core::tree::PatchLimits;
-use herald_engine::{Accounts, AccountsOptions, Docs, DocsOptions, Topics, TopicsOptions};
+use herald_engine::{
+    Accounts, AccountsOptions, Docs, DocsOptions, HpfeedsIdentities, HpfeedsOptions, Topics,
+    TopicsOptions,
+};
 use herald_store::Store;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
@@ -156,6 +159,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         let local = start(&mut servers, "http", addr, app, &shutdown, Some(&limit)).await?;
         bound.insert("http", local);
     }
+    if let Listen::On(addr) = settings.hpfeeds {
+        let local =
+            start_hpfeeds(&mut servers, &settings, addr, &store, &topics, &shutdown).await?;
+        bound.insert("hpfeeds", local);
+    }
     if let (Listen::On(addr), Some(handle)) = (settings.metrics, metrics) {
         let local = start(
             &mut servers,
@@ -237,6 +245,55 @@ async fn open_accounts(settings: &Settings, store: Arc<dyn Store>) -> anyhow::Re
         _ => {}
     }
     Ok(accounts)
+}
+
+/// Opens the hpfeeds identities, binds `addr` and runs the hpfeeds broker until `shutdown` is
+/// cancelled.
+async fn start_hpfeeds(
+    servers: &mut tokio::task::JoinSet<()>,
+    settings: &Settings,
+    addr: SocketAddr,
+    store: &Arc<dyn Store>,
+    topics: &Topics,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let options = if settings.hpfeeds_env_auth {
+        HpfeedsOptions::with_process_env()
+    } else {
+        HpfeedsOptions::default()
+    };
+    let identities = HpfeedsIdentities::open(store.clone(), options)
+        .await
+        .context("cannot load the hpfeeds identities")?;
+    let stored = identities.list().len();
+    if stored == 0 && !settings.hpfeeds_env_auth {
+        tracing::warn!(
+            "there are no hpfeeds identities and --hpfeeds-env-auth is off: no hpfeeds client \
+             can authenticate (add some with `herald hpfeeds add`)"
+        );
+    } else {
+        tracing::info!(
+            stored,
+            env = settings.hpfeeds_env_auth,
+            "hpfeeds identities loaded"
+        );
+    }
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot bind the hpfeeds listener to {addr}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(listener = "hpfeeds", addr = %local, "listening");
+    let config = settings.hpfeeds_config(settings.max_connections);
+    let topics = topics.clone();
+    let token = shutdown.clone();
+    servers.spawn(async move {
+        if let Err(e) =
+            herald_transport_hpfeeds::serve(listener, topics, identities, config, token).await
+        {
+            tracing::error!(listener = "hpfeeds", error = %e, "listener failed");
+        }
+    });
+    Ok(local)
 }
 
 /// Binds `addr` and serves `app` until `shutdown` is cancelled.
@@ -344,6 +401,10 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         .set_buckets_for_metric(
             Matcher::Full("herald_topic_commit_batch_events".into()),
             &sizes,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("hpfeeds_broker_receive_publish_size".into()),
+            &herald_transport_hpfeeds::PUBLISH_SIZE_BUCKETS,
         )?
         .install_recorder()
         .context("cannot install the metrics recorder")?;

@@ -42,7 +42,8 @@ pub struct Server {
 
 impl Server {
     /// Starts `bin serve` with a new temporary data directory, every listener on
-    /// `127.0.0.1:0` (metrics included), and `extra_args` appended.
+    /// `127.0.0.1:0` (metrics and hpfeeds included, unless `extra_args` has its own
+    /// `--hpfeeds`), and `extra_args` appended.
     ///
     /// # Errors
     /// When the process cannot start or does not become ready in time (the error includes its
@@ -77,6 +78,14 @@ impl Server {
             .arg(&self.data_dir)
             .args(["--icepeak", "127.0.0.1:0", "--http", "127.0.0.1:0"])
             .args(["--metrics", "127.0.0.1:0"])
+            .args(
+                self.args
+                    .iter()
+                    .all(|a| a != "--hpfeeds" && !a.starts_with("--hpfeeds="))
+                    .then_some(["--hpfeeds", "127.0.0.1:0"])
+                    .into_iter()
+                    .flatten(),
+            )
             .arg("--ready-file")
             .arg(&ready)
             .args(&self.args)
@@ -131,7 +140,7 @@ impl Server {
         &self.data_dir
     }
 
-    /// The bound address of a listener (`icepeak`, `http`, `metrics`).
+    /// The bound address of a listener (`icepeak`, `http`, `metrics`, `hpfeeds`).
     ///
     /// # Panics
     /// When that listener is off.
@@ -155,6 +164,14 @@ impl Server {
     /// `http://ADDR` of the main API.
     pub fn http_url(&self) -> String {
         format!("http://{}", self.addr("http"))
+    }
+
+    /// The address of the hpfeeds broker (a plain TCP listener).
+    ///
+    /// # Panics
+    /// When the hpfeeds listener is off.
+    pub fn hpfeeds_addr(&self) -> SocketAddr {
+        self.addr("hpfeeds")
     }
 
     /// `http://ADDR` of the metrics listener.

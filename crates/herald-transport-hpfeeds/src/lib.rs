@@ -9,8 +9,25 @@
 //! - [`frame`]: the wire codec, pure (no I/O): framing, the per-opcode size limits, and the
 //!   fields of each opcode. It checks a frame's announced length before any of its body is
 //!   buffered.
-//! - `broker` (still to come): the TCP listener, authentication against the engine's hpfeeds
-//!   identities, and the publish / subscribe loop.
+//! - [`broker`]: the TCP listener ([`serve`]), authentication against the engine's hpfeeds
+//!   identities, the publish / subscribe loop, back-pressure and metrics. Its documentation
+//!   lists every behaviour and where it departs from the Python broker.
+//!
+//! # Example
+//! ```no_run
+//! # async fn run(topics: herald_engine::Topics, identities: herald_engine::HpfeedsIdentities)
+//! # -> Result<(), Box<dyn std::error::Error>> {
+//! use herald_transport_hpfeeds::{HpfeedsConfig, serve};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:10000").await?;
+//! let shutdown = CancellationToken::new();
+//! serve(listener, topics, identities, HpfeedsConfig::default(), shutdown).await?;
+//! # Ok(()) }
+//! ```
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::indexing_slicing))]
 
+pub mod broker;
 pub mod frame;
+
+pub use broker::{BrokerError, HpfeedsConfig, PUBLISH_SIZE_BUCKETS, serve};

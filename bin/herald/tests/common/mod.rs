@@ -519,6 +519,9 @@ pub(crate) fn command() -> tokio::process::Command {
             cmd.env_remove(k);
         }
     }
+    // The hpfeeds broker is on by default on 127.0.0.1:10000, which parallel tests would fight
+    // over; a test that wants it passes --hpfeeds (flags win over the environment).
+    cmd.env("HERALD_HPFEEDS", "off");
     cmd.env("RUST_LOG", "info");
     cmd
 }

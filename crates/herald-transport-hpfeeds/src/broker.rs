@@ -1,0 +1,977 @@
+//! The hpfeeds broker: the TCP listener, authentication against the engine's hpfeeds
+//! identities, and the publish / subscribe loop (`seed-contracts.md` 3.1, 3.2 and 3.4).
+//!
+//! [`serve`] accepts connections until its shutdown token is cancelled. Each connection is one
+//! task that owns its socket, an engine [`Listener`] and a bounded output buffer.
+//!
+//! # A connection
+//! 1. The broker sends `OP_INFO` (the broker name, [`HpfeedsConfig::name`], and 4 fresh random
+//!    bytes) as soon as the connection is accepted.
+//! 2. The first frame must be `OP_AUTH`, else `OP_ERROR "First message was not AUTH"` and the
+//!    connection is closed. The ident is looked up ([`HpfeedsIdentities::lookup`]: stored
+//!    identities, then the `env` backend when enabled) and SHA1(nonce ‖ secret) is compared in
+//!    constant time; an unknown ident or a wrong digest gets `OP_ERROR "Authentication failed for
+//!    <ident>"` and the close. A successful `OP_AUTH` gets no reply. A client that sends nothing
+//!    within [`HpfeedsConfig::auth_timeout`] is disconnected without a message.
+//! 3. Then, in any order:
+//!    - `OP_PUBLISH`: the ident in the frame must be the authenticated one (else `OP_ERROR
+//!      "Invalid authkey in message, ident=<ident in the frame>"` and close) and the channel one
+//!      of the identity's publish channels (else `"Authkey not allowed to pub here.
+//!      ident=<ident>, chan=<chan>"` and close). The payload is appended to the topic
+//!      `/<prefix>/<chan>` as one event with content type `application/octet-stream` and origin
+//!      the publisher's ident. Appends are pipelined ([`Topics::enqueue`]): a connection keeps
+//!      up to [`HpfeedsConfig::max_in_flight`] of them waiting for their group commit and stops
+//!      reading while it has that many; a failed append is logged (and the connection closed if
+//!      the engine has stopped).
+//!    - `OP_SUBSCRIBE`: the channel must be one of the identity's subscribe channels (else
+//!      `"Authkey not allowed to sub here. ident=<ident>, chan=<chan>"` and close, with the
+//!      authenticated ident; the ident inside the frame is not checked). From then on every
+//!      event appended to the channel's topic, whichever protocol appended it, is sent as an
+//!      `OP_PUBLISH` with the publisher's ident (the event's origin, or the broker name when the
+//!      event has none) and the channel name as subscribed. Subscriptions are live only (hpfeeds
+//!      stores nothing for subscribers): nothing appended before the subscription is replayed.
+//!      A connection subscribed to a channel it publishes to receives its own messages.
+//!    - `OP_UNSUBSCRIBE`: always accepted, no reply; events of that channel not yet sent are
+//!      dropped.
+//!
+//! Every error text is exactly the Python broker's. After an `OP_ERROR` the broker sends what it
+//! had queued before it, then the error, closes its side and drains the client's input for a
+//! moment (so that the error is not lost to a TCP reset), at most
+//! [`HpfeedsConfig::close_grace`] for the writes.
+//!
+//! # Choices where Python is loose
+//! - A frame that cannot be decoded (an unknown opcode, a frame over its opcode's size limit,
+//!   a truncated field, text that is not UTF-8; see [`crate::frame`]) closes the connection
+//!   without an `OP_ERROR`, as the Python broker drops it.
+//! - A client that sends `OP_INFO`, `OP_ERROR`, or `OP_AUTH` a second time is disconnected
+//!   without a message (the Python broker has no handler for the first two and would
+//!   re-authenticate on the third).
+//! - A channel is one topic path segment whatever characters it has (a `/` in it does not split
+//!   it). A channel that is not a valid segment under the prefix (empty, `.`, `..`, over 1 KiB)
+//!   is treated as not allowed: the same error and close as a channel missing from the lists
+//!   (identities cannot list such channels anyway).
+//! - Events too large for one `OP_PUBLISH` frame (appended by another protocol), or whose
+//!   origin does not fit a `str8`, are skipped with a debug log. Gaps (events removed by
+//!   retention before they were sent) and resets (the topic deleted and created again) are
+//!   ignored, with a debug log: hpfeeds has no way to tell a subscriber about them.
+//! - Metric labels never carry an ident nobody authenticated as: failures for an unknown ident
+//!   and for protocol errors before authentication are labelled with an empty ident, and an
+//!   ident mismatch on `OP_PUBLISH` with the authenticated ident (the Python broker labels
+//!   these with whatever ident the client sent, which lets anyone grow the metric set).
+//!
+//! # Back-pressure
+//! Subscribers never slow publishers: deliveries are pulled from the topics by each
+//! connection's [`Listener`] (from the store when the connection is behind), so there is no
+//! per-subscriber queue in the engine. What a connection holds is its output buffer: it stops
+//! pulling events once [`HpfeedsConfig::send_buffer_bytes`] are waiting to be written. When the
+//! buffer reaches that mark a deadline of [`HpfeedsConfig::backpressure_deadline`] starts
+//! (default 60 s, as in Python); it is cancelled once the buffer drains to a quarter of the
+//! mark. If the deadline passes, the queued data is dropped (except the rest of the chunk of whole
+//! frames being written, about 64 KiB, so that the client never gets a partial frame) and the
+//! client gets `OP_ERROR "Backpressure deadline timer expired"` and is disconnected.
+//!
+//! # Metrics
+//! Through the `metrics` crate, with the names of the Python broker's Prometheus exporter:
+//! `hpfeeds_broker_client_connections` (gauge), `hpfeeds_broker_connection_made`,
+//! `hpfeeds_broker_connection_ready{ident}`, `hpfeeds_broker_connection_error{ident,category}`
+//! (categories `invalid-first-message`, `invalid-ident`, `invalid-secret`, `ident-mismatch-pub`,
+//! `no-pub-permission`, `no-sub-permission`, `deadline-timer-expired`, and Herald's
+//! `protocol-error`), `hpfeeds_broker_connection_lost{ident}`,
+//! `hpfeeds_broker_connection_send_buffer_deadline_start{ident}` and `..._recover{ident}`,
+//! `hpfeeds_broker_subscriptions{ident,chan}` (gauge), `hpfeeds_broker_receive_publish_count
+//! {ident,chan}`, `hpfeeds_broker_receive_publish_size{ident,chan}` (histogram; buckets
+//! [`PUBLISH_SIZE_BUCKETS`]) and `hpfeeds_client_authenticated_connections{ident,owner}`
+//! (gauge).
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use herald_auth::hpfeeds::{Identity, channel_path};
+use herald_core::{Path, PathLimits};
+use herald_engine::{
+    Appended, Delivery, HpfeedsIdentities, Listener, NewEvent, PendingAppend, Topics, TopicsError,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::frame::{Decoder, Frame, FrameError, MAX_STR8_LEN, NONCE_LEN, encode_publish};
+
+/// The content type of events appended by hpfeeds publishes.
+pub const CONTENT_TYPE: &str = "application/octet-stream";
+
+/// The buckets of `hpfeeds_broker_receive_publish_size`: 1 KiB to 4 MiB, doubling (as the
+/// Python broker's). A Prometheus recorder must be told them to render a histogram.
+pub const PUBLISH_SIZE_BUCKETS: [f64; 13] = [
+    1024.0,
+    2048.0,
+    4096.0,
+    8192.0,
+    16384.0,
+    32768.0,
+    65536.0,
+    131_072.0,
+    262_144.0,
+    524_288.0,
+    1_048_576.0,
+    2_097_152.0,
+    4_194_304.0,
+];
+
+/// The error sent when the back-pressure deadline passes.
+pub const BACKPRESSURE_ERROR: &str = "Backpressure deadline timer expired";
+
+/// The error sent when the first frame is not `OP_AUTH`.
+pub const FIRST_MESSAGE_ERROR: &str = "First message was not AUTH";
+
+/// How much a connection reads from its socket at once, at least.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Encoded deliveries are queued in chunks of about this size (whole frames each).
+const WRITE_CHUNK: usize = 64 * 1024;
+
+/// How long a closing connection keeps reading (and discarding) the client's input, waiting
+/// for it to close, so that closing with unread input does not reset the connection before
+/// the client has read the error.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// How long the accept loop pauses after an accept error (out of file descriptors, ...).
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Settings of the broker.
+#[derive(Debug, Clone)]
+pub struct HpfeedsConfig {
+    /// The broker name sent in `OP_INFO`, and the publisher ident of events that record none
+    /// (appended through another protocol). At most 255 bytes. Default `hpfeeds`.
+    pub name: String,
+    /// The first segment of every channel's topic: channel `c` is `/<prefix>/c`. Default
+    /// `hpfeeds`.
+    pub prefix: String,
+    /// How long a subscriber's output buffer may stay full before it is disconnected.
+    /// Default 60 s.
+    pub backpressure_deadline: Duration,
+    /// The output buffer mark, in bytes: past it the connection stops taking events and the
+    /// back-pressure deadline starts. Default 8 MiB.
+    pub send_buffer_bytes: usize,
+    /// Publishes of one connection waiting for their commit at once; at the limit the
+    /// connection stops reading until the oldest is committed. Default 256.
+    pub max_in_flight: usize,
+    /// How long a new connection has to authenticate. Default 30 s.
+    pub auth_timeout: Duration,
+    /// How long a connection being closed after an `OP_ERROR` gets to take what is queued and
+    /// the error. Default 5 s.
+    pub close_grace: Duration,
+    /// Connections open at once; at the limit new ones wait to be served. Default 100 000.
+    pub max_connections: usize,
+}
+
+impl Default for HpfeedsConfig {
+    fn default() -> Self {
+        Self {
+            name: "hpfeeds".to_owned(),
+            prefix: "hpfeeds".to_owned(),
+            backpressure_deadline: Duration::from_secs(60),
+            send_buffer_bytes: 8 * 1024 * 1024,
+            max_in_flight: 256,
+            auth_timeout: Duration::from_secs(30),
+            close_grace: Duration::from_secs(5),
+            max_connections: 100_000,
+        }
+    }
+}
+
+impl HpfeedsConfig {
+    /// Checks the settings: a name that fits a `str8`, a prefix that is one valid path segment,
+    /// and no zero sizes.
+    ///
+    /// # Errors
+    /// [`BrokerError::Config`] naming the bad setting.
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        if self.name.len() > MAX_STR8_LEN {
+            return Err(BrokerError::Config(format!(
+                "the hpfeeds broker name is {} bytes, more than {MAX_STR8_LEN}",
+                self.name.len()
+            )));
+        }
+        if Path::from_segments([self.prefix.as_str()], &PathLimits::default()).is_err() {
+            return Err(BrokerError::Config(format!(
+                "the hpfeeds topic prefix {:?} is not a valid path segment (empty, '.', '..' \
+                 or too long)",
+                self.prefix
+            )));
+        }
+        for (name, value) in [
+            ("send buffer", self.send_buffer_bytes),
+            ("in-flight publish limit", self.max_in_flight),
+            ("connection limit", self.max_connections),
+        ] {
+            if value == 0 {
+                return Err(BrokerError::Config(format!(
+                    "the hpfeeds {name} must be at least 1"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why the broker cannot run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// A setting is invalid ([`HpfeedsConfig::validate`]).
+    #[error("invalid hpfeeds configuration: {0}")]
+    Config(String),
+}
+
+/// What every connection shares.
+struct Shared {
+    topics: Topics,
+    identities: HpfeedsIdentities,
+    config: HpfeedsConfig,
+    content_type: Arc<str>,
+}
+
+/// Serves hpfeeds on `listener` until `shutdown` is cancelled, then closes every connection
+/// and returns once they are gone. See the [module documentation](self).
+///
+/// # Errors
+/// [`BrokerError::Config`] when `config` is invalid (checked before anything is accepted).
+pub async fn serve(
+    listener: TcpListener,
+    topics: Topics,
+    identities: HpfeedsIdentities,
+    config: HpfeedsConfig,
+    shutdown: CancellationToken,
+) -> Result<(), BrokerError> {
+    config.validate()?;
+    let permits = Arc::new(Semaphore::new(
+        config.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
+    let shared = Arc::new(Shared {
+        topics,
+        identities,
+        config,
+        content_type: Arc::from(CONTENT_TYPE),
+    });
+    let tracker = TaskTracker::new();
+    let mut warned_full = false;
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "hpfeeds: accept failed");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => continue,
+                }
+            }
+        };
+        // Accept first, then wait for a permit, as the HTTP listeners do.
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                warned_full = false;
+                permit
+            }
+            Err(_) => {
+                if !warned_full {
+                    warned_full = true;
+                    tracing::warn!(
+                        max = shared.config.max_connections,
+                        "hpfeeds: connection limit reached; new connections wait"
+                    );
+                }
+                let acquired = tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    p = permits.clone().acquire_owned() => p,
+                };
+                match acquired {
+                    Ok(permit) => permit,
+                    // The semaphore is never closed.
+                    Err(_) => break,
+                }
+            }
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "hpfeeds: cannot set TCP_NODELAY");
+        }
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(connection(stream, peer, shared, shutdown, permit));
+    }
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+/// Why a connection ends.
+enum End {
+    /// The broker is shutting down: close at once.
+    Shutdown,
+    /// The client closed its side.
+    Eof,
+    /// Reading or writing failed (reset, broken pipe).
+    Io(io::Error),
+    /// A frame could not be decoded.
+    Protocol(FrameError),
+    /// The client sent a frame a client must not send.
+    Unexpected(&'static str),
+    /// No `OP_AUTH` within the auth timeout.
+    AuthTimeout,
+    /// Refused with an `OP_ERROR`, counted under `category`.
+    Refused {
+        text: String,
+        category: &'static str,
+        /// The ident for the metric label ("" when nobody authenticated).
+        label: String,
+    },
+    /// The back-pressure deadline passed.
+    Backpressure,
+    /// The engine failed (stopped, or reading events failed).
+    Engine(TopicsError),
+}
+
+/// The authenticated side of a connection.
+struct Session {
+    identity: Identity,
+    /// The ident as the origin of published events.
+    origin: Arc<str>,
+    /// Subscribed topics and the channel name each was subscribed as.
+    subs: HashMap<Path, String>,
+    /// The publish metrics of each channel published to (only allowed channels get here).
+    publish_metrics: HashMap<String, (metrics::Counter, metrics::Histogram)>,
+}
+
+/// Frames waiting to be written: sealed chunks (each ends on a frame boundary), the part of
+/// the first already written, and the frames encoded since the last seal.
+#[derive(Default)]
+struct Outbox {
+    chunks: VecDeque<Bytes>,
+    chunk_bytes: usize,
+    written: usize,
+    tail: BytesMut,
+}
+
+impl Outbox {
+    /// Bytes waiting to be written.
+    fn queued(&self) -> usize {
+        self.chunk_bytes
+            .saturating_sub(self.written)
+            .saturating_add(self.tail.len())
+    }
+
+    /// Makes the encoded frames writable.
+    fn seal(&mut self) {
+        if !self.tail.is_empty() {
+            let chunk = self.tail.split().freeze();
+            self.chunk_bytes = self.chunk_bytes.saturating_add(chunk.len());
+            self.chunks.push_back(chunk);
+        }
+    }
+
+    /// The bytes to write next, if any.
+    fn front(&self) -> Option<&[u8]> {
+        self.chunks.front().and_then(|c| c.get(self.written..))
+    }
+
+    /// Records that `n` bytes of [`Outbox::front`] were written.
+    fn advance(&mut self, n: usize) {
+        self.written = self.written.saturating_add(n);
+        while let Some(front) = self.chunks.front() {
+            if self.written < front.len() {
+                break;
+            }
+            self.written = self.written.saturating_sub(front.len());
+            self.chunk_bytes = self.chunk_bytes.saturating_sub(front.len());
+            self.chunks.pop_front();
+        }
+    }
+
+    /// Drops everything queued but the rest of a chunk already partly written.
+    fn drop_unsent(&mut self) {
+        self.tail.clear();
+        let keep = usize::from(self.written > 0);
+        while self.chunks.len() > keep {
+            if let Some(c) = self.chunks.pop_back() {
+                self.chunk_bytes = self.chunk_bytes.saturating_sub(c.len());
+            }
+        }
+    }
+
+    /// Queues one frame (already sealed).
+    fn push(&mut self, frame: &Frame) {
+        if let Err(e) = frame.encode(&mut self.tail) {
+            tracing::warn!(error = %e, "hpfeeds: cannot encode a frame; dropped");
+        }
+        self.seal();
+    }
+}
+
+/// Everything of a connection but its socket halves.
+struct Conn {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    nonce: [u8; NONCE_LEN],
+    decoder: Decoder,
+    rbuf: BytesMut,
+    out: Outbox,
+    session: Option<Session>,
+    listener: Option<Listener>,
+    /// Deliveries taken from the listener and not yet encoded.
+    backlog: VecDeque<Delivery>,
+    pending: VecDeque<PendingAppend>,
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+) {
+    metrics::counter!("hpfeeds_broker_connection_made").increment(1);
+    metrics::gauge!("hpfeeds_broker_client_connections").increment(1.0);
+    tracing::debug!(%peer, "hpfeeds: connection accepted");
+    let (reader, writer) = stream.into_split();
+    let mut conn = Conn {
+        shared,
+        peer,
+        nonce: rand::random(),
+        decoder: Decoder::new(),
+        rbuf: BytesMut::new(),
+        out: Outbox::default(),
+        session: None,
+        listener: None,
+        backlog: VecDeque::new(),
+        pending: VecDeque::new(),
+    };
+    conn.run(reader, writer, &shutdown).await;
+    let ident = conn
+        .session
+        .as_ref()
+        .map(|s| s.identity.ident.clone())
+        .unwrap_or_default();
+    if let Some(session) = &conn.session {
+        metrics::gauge!(
+            "hpfeeds_client_authenticated_connections",
+            "ident" => session.identity.ident.clone(),
+            "owner" => session.identity.owner.clone()
+        )
+        .decrement(1.0);
+        for chan in session.subs.values() {
+            subscriptions_gauge(&session.identity.ident, chan).decrement(1.0);
+        }
+    }
+    metrics::counter!("hpfeeds_broker_connection_lost", "ident" => ident).increment(1);
+    metrics::gauge!("hpfeeds_broker_client_connections").decrement(1.0);
+}
+
+fn publish_metrics(ident: &str, chan: &str) -> (metrics::Counter, metrics::Histogram) {
+    let labels = [("ident", ident.to_owned()), ("chan", chan.to_owned())];
+    (
+        metrics::counter!("hpfeeds_broker_receive_publish_count", &labels),
+        metrics::histogram!("hpfeeds_broker_receive_publish_size", &labels),
+    )
+}
+
+fn subscriptions_gauge(ident: &str, chan: &str) -> metrics::Gauge {
+    metrics::gauge!(
+        "hpfeeds_broker_subscriptions",
+        "ident" => ident.to_owned(),
+        "chan" => chan.to_owned()
+    )
+}
+
+impl Conn {
+    async fn run(
+        &mut self,
+        mut reader: OwnedReadHalf,
+        mut writer: OwnedWriteHalf,
+        shutdown: &CancellationToken,
+    ) {
+        let info = Frame::info(self.shared.config.name.clone(), self.nonce);
+        self.out.push(&info);
+        let end = self.serve(&mut reader, &mut writer, shutdown).await;
+        let ident = self.ident_label();
+        let peer = self.peer;
+        match end {
+            End::Shutdown => return,
+            End::Eof => {
+                tracing::debug!(%peer, ident = ?ident, "hpfeeds: client closed the connection");
+            }
+            End::Io(e) => {
+                tracing::debug!(%peer, ident = ?ident, error = %e, "hpfeeds: connection failed");
+                return;
+            }
+            End::Protocol(e) => {
+                tracing::info!(%peer, ident = ?ident, error = %e, "hpfeeds: protocol error; closing");
+                metrics::counter!(
+                    "hpfeeds_broker_connection_error",
+                    "ident" => ident,
+                    "category" => "protocol-error"
+                )
+                .increment(1);
+            }
+            End::Unexpected(what) => {
+                tracing::info!(%peer, ident = ?ident, frame = what, "hpfeeds: unexpected frame from a client; closing");
+                metrics::counter!(
+                    "hpfeeds_broker_connection_error",
+                    "ident" => ident,
+                    "category" => "protocol-error"
+                )
+                .increment(1);
+            }
+            End::AuthTimeout => {
+                tracing::info!(%peer, "hpfeeds: no authentication in time; closing");
+                return;
+            }
+            End::Refused {
+                text,
+                category,
+                label,
+            } => {
+                tracing::info!(%peer, ident = ?ident, error = ?text, "hpfeeds: refused");
+                metrics::counter!(
+                    "hpfeeds_broker_connection_error",
+                    "ident" => label,
+                    "category" => category
+                )
+                .increment(1);
+                self.out.push(&Frame::error(text));
+            }
+            End::Backpressure => {
+                tracing::info!(%peer, ident = ?ident, "hpfeeds: subscriber too slow (back-pressure deadline); closing");
+                metrics::counter!(
+                    "hpfeeds_broker_connection_error",
+                    "ident" => ident,
+                    "category" => "deadline-timer-expired"
+                )
+                .increment(1);
+                self.out.drop_unsent();
+                self.out.push(&Frame::error(BACKPRESSURE_ERROR));
+            }
+            End::Engine(e) => {
+                tracing::warn!(%peer, ident = ?ident, error = %e, "hpfeeds: engine failure; closing");
+            }
+        }
+        self.close(&mut reader, &mut writer, shutdown).await;
+    }
+
+    /// The authenticated ident, or "".
+    fn ident_label(&self) -> String {
+        self.session
+            .as_ref()
+            .map(|s| s.identity.ident.clone())
+            .unwrap_or_default()
+    }
+
+    /// The connection's main loop, until something ends it.
+    async fn serve(
+        &mut self,
+        reader: &mut OwnedReadHalf,
+        writer: &mut OwnedWriteHalf,
+        shutdown: &CancellationToken,
+    ) -> End {
+        let config = self.shared.config.clone();
+        let high = config.send_buffer_bytes;
+        let low = high / 4;
+        let auth_deadline = Instant::now() + config.auth_timeout;
+        let mut backpressure: Option<Instant> = None;
+        let mut eof = false;
+        loop {
+            if let Some(end) = self.process_frames().await {
+                return end;
+            }
+            if eof {
+                return End::Eof;
+            }
+            self.encode_deliveries(high);
+            self.out.seal();
+            let queued = self.out.queued();
+            if queued >= high {
+                if backpressure.is_none() {
+                    backpressure = Some(Instant::now() + config.backpressure_deadline);
+                    metrics::counter!(
+                        "hpfeeds_broker_connection_send_buffer_deadline_start",
+                        "ident" => self.ident_label()
+                    )
+                    .increment(1);
+                }
+            } else if queued <= low && backpressure.take().is_some() {
+                metrics::counter!(
+                    "hpfeeds_broker_connection_send_buffer_deadline_recover",
+                    "ident" => self.ident_label()
+                )
+                .increment(1);
+            }
+            let authenticated = self.session.is_some();
+            let subscribed = self.session.as_ref().is_some_and(|s| !s.subs.is_empty());
+            let want_events = subscribed && self.backlog.is_empty() && queued < high;
+            let can_read = self.pending.len() < config.max_in_flight;
+            let deadline = backpressure.unwrap_or(auth_deadline);
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return End::Shutdown,
+                () = tokio::time::sleep_until(deadline), if backpressure.is_some() || !authenticated => {
+                    return if authenticated { End::Backpressure } else { End::AuthTimeout };
+                }
+                written = write_some(writer, &self.out), if self.out.front().is_some() => {
+                    match written {
+                        Ok(0) => return End::Io(io::ErrorKind::WriteZero.into()),
+                        Ok(n) => self.out.advance(n),
+                        Err(e) => return End::Io(e),
+                    }
+                }
+                done = oldest(&mut self.pending), if !self.pending.is_empty() => {
+                    self.pending.pop_front();
+                    if let Err(e) = done {
+                        if matches!(e, TopicsError::Closed) {
+                            return End::Engine(e);
+                        }
+                        tracing::warn!(peer = %self.peer, error = %e, "hpfeeds: publish not stored");
+                    }
+                }
+                got = listen(&mut self.listener), if want_events => match got {
+                    Ok(deliveries) => self.backlog.extend(deliveries),
+                    Err(e) => return End::Engine(e),
+                },
+                read = read_some(reader, &mut self.rbuf), if can_read => match read {
+                    Ok(0) => eof = true,
+                    Ok(_) => {}
+                    Err(e) => return End::Io(e),
+                },
+            }
+        }
+    }
+
+    /// Handles the complete frames in the read buffer, as long as there is room for more
+    /// appends in flight.
+    async fn process_frames(&mut self) -> Option<End> {
+        while self.pending.len() < self.shared.config.max_in_flight {
+            let frame = match self.decoder.decode(&mut self.rbuf) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return None,
+                Err(e) => return Some(End::Protocol(e)),
+            };
+            if let Some(end) = self.handle(frame).await {
+                return Some(end);
+            }
+        }
+        None
+    }
+
+    async fn handle(&mut self, frame: Frame) -> Option<End> {
+        let Some(session) = &mut self.session else {
+            return self.authenticate(frame);
+        };
+        match frame {
+            Frame::Publish {
+                ident,
+                channel,
+                payload,
+            } => {
+                let me = &session.identity.ident;
+                if ident != *me {
+                    return Some(End::Refused {
+                        text: format!("Invalid authkey in message, ident={ident}"),
+                        category: "ident-mismatch-pub",
+                        label: me.clone(),
+                    });
+                }
+                let topic = match channel_path(&self.shared.config.prefix, &channel) {
+                    Ok(topic) if session.identity.may_publish(&channel) => topic,
+                    _ => {
+                        return Some(End::Refused {
+                            text: format!(
+                                "Authkey not allowed to pub here. ident={ident}, chan={channel}"
+                            ),
+                            category: "no-pub-permission",
+                            label: me.clone(),
+                        });
+                    }
+                };
+                let (count, size) = session
+                    .publish_metrics
+                    .entry(channel)
+                    .or_insert_with_key(|chan| publish_metrics(me, chan));
+                count.increment(1);
+                size.record(payload.len() as f64);
+                // The payload shares the read buffer's allocation; an event kept in a topic's
+                // in-memory window would pin all of it, so it gets its own copy.
+                let payload = Bytes::copy_from_slice(&payload);
+                let event = NewEvent::new(self.shared.content_type.clone(), payload)
+                    .with_origin(session.origin.clone());
+                match self.shared.topics.enqueue(topic, vec![event]).await {
+                    Ok(pending) => self.pending.push_back(pending),
+                    Err(TopicsError::Closed) => return Some(End::Engine(TopicsError::Closed)),
+                    Err(e) => {
+                        tracing::warn!(peer = %self.peer, error = %e, "hpfeeds: publish refused by the engine");
+                    }
+                }
+                None
+            }
+            Frame::Subscribe { channel, .. } => {
+                let topic = match channel_path(&self.shared.config.prefix, &channel) {
+                    Ok(topic) if session.identity.may_subscribe(&channel) => topic,
+                    _ => {
+                        let me = session.identity.ident.clone();
+                        return Some(End::Refused {
+                            text: format!(
+                                "Authkey not allowed to sub here. ident={me}, chan={channel}"
+                            ),
+                            category: "no-sub-permission",
+                            label: me,
+                        });
+                    }
+                };
+                let listener = self
+                    .listener
+                    .get_or_insert_with(|| self.shared.topics.listener());
+                if listener.subscribe(topic.clone(), None) {
+                    subscriptions_gauge(&session.identity.ident, &channel).increment(1.0);
+                    tracing::debug!(peer = %self.peer, ident = ?session.identity.ident, chan = ?channel, "hpfeeds: subscribed");
+                    session.subs.insert(topic, channel);
+                }
+                None
+            }
+            Frame::Unsubscribe { channel, .. } => {
+                let Ok(topic) = channel_path(&self.shared.config.prefix, &channel) else {
+                    return None;
+                };
+                if let Some(chan) = session.subs.remove(&topic) {
+                    if let Some(listener) = &mut self.listener {
+                        listener.unsubscribe(&topic);
+                    }
+                    self.backlog.retain(|d| delivery_topic(d) != &topic);
+                    subscriptions_gauge(&session.identity.ident, &chan).decrement(1.0);
+                    tracing::debug!(peer = %self.peer, ident = ?session.identity.ident, chan = ?chan, "hpfeeds: unsubscribed");
+                }
+                None
+            }
+            Frame::Auth { .. } => Some(End::Unexpected("a second OP_AUTH")),
+            Frame::Info { .. } => Some(End::Unexpected("OP_INFO")),
+            Frame::Error(_) => Some(End::Unexpected("OP_ERROR")),
+        }
+    }
+
+    /// The first frame.
+    fn authenticate(&mut self, frame: Frame) -> Option<End> {
+        let Frame::Auth { ident, hash } = frame else {
+            return Some(End::Refused {
+                text: FIRST_MESSAGE_ERROR.to_owned(),
+                category: "invalid-first-message",
+                label: String::new(),
+            });
+        };
+        let failed = |category, label| {
+            Some(End::Refused {
+                text: format!("Authentication failed for {ident}"),
+                category,
+                label,
+            })
+        };
+        let Some(identity) = self.shared.identities.lookup(&ident) else {
+            return failed("invalid-ident", String::new());
+        };
+        if !identity.verify(&self.nonce, &hash) {
+            return failed("invalid-secret", identity.ident.clone());
+        }
+        tracing::info!(peer = %self.peer, ident = ?identity.ident, owner = ?identity.owner, "hpfeeds: client authenticated");
+        metrics::counter!("hpfeeds_broker_connection_ready", "ident" => identity.ident.clone())
+            .increment(1);
+        metrics::gauge!(
+            "hpfeeds_client_authenticated_connections",
+            "ident" => identity.ident.clone(),
+            "owner" => identity.owner.clone()
+        )
+        .increment(1.0);
+        self.session = Some(Session {
+            origin: Arc::from(identity.ident.as_str()),
+            identity,
+            subs: HashMap::new(),
+            publish_metrics: HashMap::new(),
+        });
+        None
+    }
+
+    /// Encodes deliveries from the backlog while the output buffer is below `high`.
+    fn encode_deliveries(&mut self, high: usize) {
+        let Some(session) = &self.session else {
+            return;
+        };
+        while self.out.queued() < high {
+            let Some(delivery) = self.backlog.pop_front() else {
+                break;
+            };
+            match delivery {
+                Delivery::Event { topic, event, .. } => {
+                    let Some(channel) = session.subs.get(&topic) else {
+                        continue;
+                    };
+                    let ident: &str = if event.origin.is_empty() {
+                        &self.shared.config.name
+                    } else {
+                        &event.origin
+                    };
+                    let encoded = encode_publish(ident, channel, &event.data, &mut self.out.tail);
+                    if self.out.tail.len() >= WRITE_CHUNK {
+                        self.out.seal();
+                    }
+                    if let Err(e) = encoded {
+                        tracing::debug!(
+                            peer = %self.peer,
+                            topic = %topic,
+                            seq = event.seq,
+                            error = %e,
+                            "hpfeeds: event cannot be sent as OP_PUBLISH; skipped"
+                        );
+                    }
+                }
+                Delivery::Gap { topic, from, to } => {
+                    tracing::debug!(peer = %self.peer, topic = %topic, from, to, "hpfeeds: events no longer retained; skipped");
+                }
+                Delivery::Reset { topic, epoch } => {
+                    tracing::debug!(peer = %self.peer, topic = %topic, epoch, "hpfeeds: topic was recreated");
+                }
+            }
+        }
+    }
+
+    /// Sends what is queued (the error last), closes the write side, and drains the input for
+    /// a moment.
+    async fn close(
+        &mut self,
+        reader: &mut OwnedReadHalf,
+        writer: &mut OwnedWriteHalf,
+        shutdown: &CancellationToken,
+    ) {
+        let grace = self.shared.config.close_grace;
+        let out = &mut self.out;
+        let flush = async {
+            while let Some(buf) = out.front() {
+                let n = writer.write(buf).await?;
+                if n == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                out.advance(n);
+            }
+            writer.shutdown().await
+        };
+        let flushed = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = tokio::time::timeout(grace, flush) => r,
+        };
+        match flushed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %self.peer, error = %e, "hpfeeds: final writes failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(peer = %self.peer, "hpfeeds: client did not take the final writes in time");
+                return;
+            }
+        }
+        let mut scratch = [0u8; 4096];
+        let drain = async {
+            while let Ok(n) = reader.read(&mut scratch).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            _ = tokio::time::timeout(CLOSE_LINGER.min(grace), drain) => {}
+        }
+    }
+}
+
+fn delivery_topic(d: &Delivery) -> &Path {
+    match d {
+        Delivery::Event { topic, .. }
+        | Delivery::Gap { topic, .. }
+        | Delivery::Reset { topic, .. } => topic,
+    }
+}
+
+/// Writes some of the front chunk. Cancel-safe: nothing is written unless it completes.
+async fn write_some(writer: &mut OwnedWriteHalf, out: &Outbox) -> io::Result<usize> {
+    match out.front() {
+        Some(buf) => writer.write(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads what is available into `rbuf`. Cancel-safe.
+async fn read_some(reader: &mut OwnedReadHalf, rbuf: &mut BytesMut) -> io::Result<usize> {
+    rbuf.reserve(READ_CHUNK);
+    reader.read_buf(rbuf).await
+}
+
+/// The outcome of the oldest append in flight.
+async fn oldest(pending: &mut VecDeque<PendingAppend>) -> Result<Appended, TopicsError> {
+    match pending.front_mut() {
+        Some(p) => p.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next deliveries of the listener. Cancel-safe ([`Listener::next`] is).
+async fn listen(listener: &mut Option<Listener>) -> Result<Vec<Delivery>, TopicsError> {
+    match listener {
+        Some(l) => l.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbox_keeps_frame_boundaries() {
+        let mut out = Outbox::default();
+        out.push(&Frame::error("a"));
+        out.push(&Frame::error("bb"));
+        assert_eq!(out.queued(), 6 + 7);
+        out.advance(3);
+        assert_eq!(out.front(), Some(&[6u8, 0, b'a'][..]));
+        out.drop_unsent();
+        assert_eq!(out.queued(), 3);
+        out.advance(3);
+        assert_eq!(out.front(), None);
+        assert_eq!(out.queued(), 0);
+        out.push(&Frame::error("c"));
+        out.drop_unsent();
+        assert_eq!(out.queued(), 0, "a frame not started is dropped");
+    }
+
+    #[test]
+    fn config_validation() {
+        assert!(HpfeedsConfig::default().validate().is_ok());
+        let bad = |f: fn(&mut HpfeedsConfig)| {
+            let mut c = HpfeedsConfig::default();
+            f(&mut c);
+            c.validate().is_err()
+        };
+        assert!(bad(|c| c.name = "n".repeat(256)));
+        assert!(bad(|c| c.prefix = String::new()));
+        assert!(bad(|c| c.prefix = "..".into()));
+        assert!(bad(|c| c.send_buffer_bytes = 0));
+        assert!(bad(|c| c.max_in_flight = 0));
+        assert!(bad(|c| c.max_connections = 0));
+    }
+}

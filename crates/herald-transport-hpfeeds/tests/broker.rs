@@ -1,0 +1,815 @@
+//! The broker on real sockets: an in-process `Topics` and `HpfeedsIdentities` on a
+//! `MemoryStore`, clients writing raw frames with the crate's codec.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use herald_auth::hpfeeds::{Identity, auth_hash};
+use herald_core::{Path, PathLimits};
+use herald_engine::{HpfeedsIdentities, HpfeedsOptions, NewEvent, Topics, TopicsOptions};
+use herald_store::MemoryStore;
+use herald_transport_hpfeeds::broker::{BACKPRESSURE_ERROR, CONTENT_TYPE, FIRST_MESSAGE_ERROR};
+use herald_transport_hpfeeds::frame::{Decoder, Frame, MAX_BUF};
+use herald_transport_hpfeeds::{HpfeedsConfig, serve};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const IO: Duration = Duration::from_secs(10);
+const QUIET: Duration = Duration::from_millis(300);
+
+struct Broker {
+    addr: SocketAddr,
+    topics: Topics,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Broker {
+    async fn start(config: HpfeedsConfig) -> Broker {
+        Broker::start_with(config, HpfeedsOptions::default()).await
+    }
+
+    async fn start_with(config: HpfeedsConfig, options: HpfeedsOptions) -> Broker {
+        let store = Arc::new(MemoryStore::default());
+        let (topics, _actor) = Topics::open(store.clone(), TopicsOptions::default())
+            .await
+            .unwrap();
+        let identities = HpfeedsIdentities::open(store, options).await.unwrap();
+        let all = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        for (ident, pubs, subs) in [
+            (
+                "alice",
+                &["chan1", "both", "sync-alice"][..],
+                &["chan1", "both", "sync-alice"][..],
+            ),
+            ("bob", &["sync-bob"][..], &["chan1", "sync-bob", "bulk"][..]),
+            (
+                "carol",
+                &["chan1", "bulk", "weird/chan"][..],
+                &["weird/chan"][..],
+            ),
+            ("slow", &["sync-slow"][..], &["sync-slow", "bulk"][..]),
+        ] {
+            let id = Identity::new(
+                ident,
+                &secret(ident),
+                &format!("{ident}-owner"),
+                all(pubs),
+                all(subs),
+            )
+            .unwrap();
+            identities.put(id).await.unwrap();
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let topics = topics.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                serve(listener, topics, identities, config, shutdown)
+                    .await
+                    .unwrap();
+            }
+        });
+        Broker {
+            addr,
+            topics,
+            shutdown,
+            task,
+        }
+    }
+
+    async fn connect(&self) -> Client {
+        Client::connect(self.addr).await
+    }
+
+    async fn login(&self, ident: &str) -> Client {
+        let mut c = self.connect().await;
+        c.auth(ident, &secret(ident)).await;
+        c
+    }
+}
+
+fn secret(ident: &str) -> String {
+    format!("{ident}-secret")
+}
+
+fn topic(s: &str) -> Path {
+    Path::parse_url(s, &PathLimits::default()).unwrap()
+}
+
+struct Client {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    decoder: Decoder,
+    name: String,
+    nonce: [u8; 4],
+    syncs: u32,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Client {
+        Client::from_stream(TcpStream::connect(addr).await.unwrap()).await
+    }
+
+    async fn from_stream(stream: TcpStream) -> Client {
+        let mut c = Client {
+            stream,
+            rbuf: BytesMut::new(),
+            decoder: Decoder::new(),
+            name: String::new(),
+            nonce: [0; 4],
+            syncs: 0,
+        };
+        match c.recv().await {
+            Some(Frame::Info { name, nonce }) => {
+                c.name = name;
+                c.nonce = nonce;
+            }
+            other => panic!("expected OP_INFO first, got {other:?}"),
+        }
+        c
+    }
+
+    async fn auth(&mut self, ident: &str, secret: &str) {
+        let hash = auth_hash(&self.nonce, secret);
+        self.send(&Frame::auth(ident, Bytes::copy_from_slice(&hash)))
+            .await;
+    }
+
+    async fn send(&mut self, frame: &Frame) {
+        self.raw(&frame.to_bytes().unwrap()).await;
+    }
+
+    async fn raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    async fn publish(&mut self, ident: &str, chan: &str, payload: &[u8]) {
+        self.send(&Frame::publish(
+            ident,
+            chan,
+            Bytes::copy_from_slice(payload),
+        ))
+        .await;
+    }
+
+    /// The next frame; `None` at EOF (or a reset).
+    async fn recv(&mut self) -> Option<Frame> {
+        tokio::time::timeout(IO, self.recv_untimed())
+            .await
+            .expect("a frame or EOF in time")
+    }
+
+    async fn recv_untimed(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(frame) = self.decoder.decode(&mut self.rbuf).unwrap() {
+                return Some(frame);
+            }
+            self.rbuf.reserve(64 * 1024);
+            match self.stream.read_buf(&mut self.rbuf).await {
+                Ok(0) | Err(_) => {
+                    assert!(self.rbuf.is_empty(), "EOF inside a frame");
+                    return None;
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
+    async fn expect_publish(&mut self) -> (String, String, Bytes) {
+        match self.recv().await {
+            Some(Frame::Publish {
+                ident,
+                channel,
+                payload,
+            }) => (ident, channel, payload),
+            other => panic!("expected OP_PUBLISH, got {other:?}"),
+        }
+    }
+
+    /// An `OP_ERROR` with exactly `text`, then the close.
+    async fn expect_error_and_close(&mut self, text: &str) {
+        assert_eq!(self.recv().await, Some(Frame::error(text)));
+        assert_eq!(self.recv().await, None, "closed after the error");
+    }
+
+    async fn expect_close_without_error(&mut self) {
+        assert_eq!(self.recv().await, None);
+    }
+
+    async fn expect_nothing(&mut self) {
+        if let Ok(frame) = tokio::time::timeout(QUIET, self.recv_untimed()).await {
+            panic!("expected nothing, got {frame:?}");
+        }
+    }
+
+    /// Subscribes to `chans` and waits until the broker has processed it: it publishes a
+    /// marker on the client's own `sync-<ident>` channel after the subscriptions and waits for
+    /// it to come back.
+    async fn subscribe_synced(&mut self, ident: &str, chans: &[&str]) {
+        let sync = format!("sync-{ident}");
+        for chan in chans.iter().copied().chain([sync.as_str()]) {
+            self.send(&Frame::subscribe(ident, chan)).await;
+        }
+        self.syncs += 1;
+        let marker = format!("marker-{}", self.syncs);
+        self.publish(ident, &sync, marker.as_bytes()).await;
+        loop {
+            let (_, chan, payload) = self.expect_publish().await;
+            if chan == sync && payload == marker.as_bytes() {
+                return;
+            }
+        }
+    }
+}
+
+// ---- handshake and authentication --------------------------------------------------------
+
+#[tokio::test]
+async fn info_comes_first_with_the_name_and_a_fresh_nonce() {
+    let broker = Broker::start(HpfeedsConfig::default()).await;
+    let a = broker.connect().await;
+    let b = broker.connect().await;
+    assert_eq!(a.name, "hpfeeds");
+    assert_ne!(a.nonce, b.nonce, "each connection gets its own nonce");
+
+    let named = Broker::start(HpfeedsConfig {
+        name: "herald-broker".into(),
+        ..HpfeedsConfig::default()
+    })
+    .await;
+    assert_eq!(named.connect().await.name, "herald-broker");
+}
+
+#[tokio::test]
+async fn the_first_message_must_be_auth() {
+    let broker = Broker::start(HpfeedsConfig::default()).await;
+    for frame in [
+        Frame::subscribe("alice", "chan1"),
+        Frame::publish("alice", "chan1", "x"),
+        Frame::unsubscribe("alice", "chan1"),
+        Frame::error("hello"),
+        Frame::info("x", [1, 2, 3, 4]),
+    ] {
+        let mut c = broker.connect().await;
+        c.send(&frame).await;
+        c.expect_error_and_close(FIRST_MESSAGE_ERROR).await;
+    }
+}
+
+#[tokio::test]
+async fn authentication_failures() {
+    let broker = Broker::start(HpfeedsConfig::default()).await;
+    // Unknown ident.
+    let mut c = broker.connect().await;
+    c.auth("nobody", "whatever").await;
+    c.expect_error_and_close("Authentication failed for nobody")
+        .await;
+    // Wrong secret.
+    let mut c = broker.connect().await;
+    c.auth("alice", "wrong").await;
+    c.expect_error_and_close("Authentication failed for alice")
+        .await;
+    // The right secret hashed with another nonce.
+    let mut c = broker.connect().await;
+    let hash = auth_hash(&[0, 0, 0, 0], &secret("alice"));
+    c.send(&Frame::auth("alice", Bytes::copy_from_slice(&hash)))
+        .await;
+    c.expect_error_and_close("Authentication failed for alice")
+        .await;
+    // A digest of the wrong length.
+    let mut c = broker.connect().await;
+    c.send(&Frame::auth("alice", vec![0u8; 7])).await;
+    c.expect_error_and_close("Authentication failed for alice")
+        .await;
+    // An empty ident.
+    let mut c = broker.connect().await;
+    c.auth("", "x").await;
+    c.expect_error_and_close("Authentication failed for ").await;
+    // Frames sent right after a failed AUTH do not matter.
+    let mut c = broker.connect().await;
+    c.auth("alice", "wrong").await;
+    c.publish("alice", "chan1", b"x").await;
+    c.expect_error_and_close("Authentication failed for alice")
+        .await;
+    assert!(
+        broker
+            .topics
+            .read(&topic("/hpfeeds/chan1"), 1, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn successful_auth_gets_no_reply() {
+    let broker = Broker::start(HpfeedsConfig::default()).await;
+    let mut c = broker.login("alice").await;
+    c.expect_nothing().await;
+}
+
+#[tokio::test]
+async fn env_identities_when_enabled() {
+    let env = |name: &str| match name {
+        "HPFEEDS_DAVE_SECRET" => Some("dave-pw".to_owned()),
+        "HPFEEDS_DAVE_PUBCHANS" | "HPFEEDS_DAVE_SUBCHANS" => Some("news,sync-dave".to_owned()),
+        _ => None,
+    };
+    let broker = Broker::start_with(HpfeedsConfig::default(), HpfeedsOptions::with_env(env)).await;
+    let mut c = broker.connect().await;
+    c.auth("dave", "dave-pw").await;
+    c.subscribe_synced("dave", &["news"]).await;
+    c.publish("dave", "news", b"hi").await;
+    assert_eq!(
+        c.expect_publish().await,
+        ("dave".into(), "news".into(), Bytes::from("hi"))
+    );
+
+    // Without the env backend, the same ident is unknown.
+    let plain = Broker::start(HpfeedsConfig::default()).await;
+    let mut c = plain.connect().await;
+    c.auth("dave", "dave-pw").await;
+    c.expect_error_and_close("Authentication failed for dave")
+        .await;
+}
+
+#[tokio::test]
+async fn silent_clients_are_dropped_after_the_auth_timeout() {
+    let broker = Broker::start(HpfeedsConfig {
+        auth_timeout: Duration::from_millis(200),
+        ..HpfeedsConfig::default()
+    })
+    .await;
+    let mut c = broker.connect().await;
+    c.expect_close_without_error().await;
+    // An authenticated client is not affected.
+    let mut c = broker.login("alice").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    c.subscribe_synced("alice", &[]).await;
+}
+
+// ---- permissions -------------------------------------------------------------------------
+
+#[tokio::test]
+async fn publish_with_another_ident_is_refused() {
+    let broker = Broker::start(HpfeedsConfig::default()).await;
+    let mut c = broker.login("alice").await;
+    c.publish("mallory", "chan1", b"x").await;
+    c.expect_error_and_close("Invalid authkey in message, ident=mallory")
+        .await;
+}
+
+#[tokio::test]
+async fn publish_outside_pubchans_is_refused() {
+    let broker = Broker::start(HpfeedsConfig::default()).await;
+    let mut c = broker.login("bob").await;
+    c.publish("bob", "chan1", b"x").await;
+    c.expect_error_and_close("Authkey not allowed to pub here. ident=bob, chan=chan1")
+        .await;
+    assert!(
+        broker
+            .topics
+            .read(&topic("/hpfeeds/chan1"), 1, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn subscribe_outside_subchans_is_refused() {
+    let broker = Broker::start(HpfeedsConfig::default()).await;
+    let mut c = broker.login("carol").await;
+    // The ident inside SUBSCRIBE is not checked; the error names the authenticated one.
+    c.send(&Frame::subscribe("someone", "chan1")).await;
+    c.expect_error_and_close("Authkey not allowed to sub here. ident=carol, chan=chan1")
+        .await;
+}
+
+#[tokio::test]
+async fn channels_that_are_not_path_segments_are_not_allowed() {
+    let broker = Broker::start(HpfeedsConfig::default()).await;
+    for chan in ["", ".", ".."] {
+        let mut c = broker.login("alice").await;
+        c.publish("alice", chan, b"x").await;
+        c.expect_error_and_close(&format!(
+            "Authkey not allowed to pub here. ident=alice, chan={chan}"
+        ))
+        .await;
+        let mut c = broker.login("alice").await;
+        c.send(&Frame::subscribe("alice", chan)).await;
+        c.expect_error_and_close(&format!(
+            "Authkey not allowed to sub here. ident=alice, chan={chan}"
+        ))
+        .await;
+    }
+    // Unsubscribing from anything is fine.
+    let mut c = broker.login("alice").await;
+    c.send(&Frame::unsubscribe("alice", "..")).await;
+    c.send(&Frame::unsubscribe("x", "never-subscribed")).await;
+    c.subscribe_synced("alice", &[]).await;
+}
+
+#[tokio::test]
+async fn a_channel_with_a_slash_is_one_segment() {
+    let broker = Broker::start(HpfeedsConfig::default()).await;
+    let mut carol = broker.login("carol").await;
+    carol.send(&Frame::subscribe("carol", "weird/chan")).await;
+    carol.publish("carol", "weird/chan", b"slash").await;
+    assert_eq!(
+        carol.expect_publish().await,
+        ("carol".into(), "weird/chan".into(), Bytes::from("slash"))
+    );
+    let path = Path::from_segments(["hpfeeds", "weird/chan"], &PathLimits::default()).unwrap();
+    let events = broker.topics.read(&path, 1, 10).await.unwrap();
+    assert_eq!(events.len(), 1);
+}
+
+// ---- protocol errors ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn protocol_errors_close_without_a_message() {
+    let broker = Broker::start(HpfeedsConfig::default()).await;
+    // An unknown opcode, before and after authentication.
+    let mut c = broker.connect().await;
+    c.raw(&[0, 0, 0, 6, 9, 0]).await;
+    c.expect_close_without_error().await;
+    let mut c = broker.login("alice").await;
+    c.raw(&[0, 0, 0, 6, 6, 0]).await;
+    c.expect_close_without_error().await;
+    // An oversize frame: refused on its header alone.
+    let mut c = broker.login("alice").await;
+    let len = u32::try_from(MAX_BUF + 6).unwrap();
+    let mut header = len.to_be_bytes().to_vec();
+    header.push(3);
+    c.raw(&header).await;
+    c.expect_close_without_error().await;
+    // An oversize AUTH.
+    let mut c = broker.connect().await;
+    c.raw(&[0, 0, 1, 26, 2]).await; // 282 > 281
+    c.expect_close_without_error().await;
+    // A length below the header.
+    let mut c = broker.connect().await;
+    c.raw(&[0, 0, 0, 2, 3]).await;
+    c.expect_close_without_error().await;
+    // A truncated field.
+    let mut c = broker.login("alice").await;
+    c.raw(&[0, 0, 0, 8, 3, 9, b'a', b'b']).await;
+    c.expect_close_without_error().await;
+    // Invalid UTF-8 in a channel.
+    let mut c = broker.login("alice").await;
+    c.raw(&[0, 0, 0, 13, 3, 5, b'a', b'l', b'i', b'c', b'e', 1, 0xff])
+        .await;
+    c.expect_close_without_error().await;
+    // Frames only a broker sends, and a second AUTH.
+    for frame in [
+        Frame::info("x", [0; 4]),
+        Frame::error("x"),
+        Frame::auth("alice", vec![0u8; 20]),
+    ] {
+        let mut c = broker.login("alice").await;
+        c.send(&frame).await;
+        c.expect_close_without_error().await;
+    }
+    // The broker still works.
+    let mut c = broker.login("alice").await;
+    c.subscribe_synced("alice", &[]).await;
+}
+
+// ---- publish and subscribe ---------------------------------------------------------------
+
+#[tokio::test]
+async fn publish_subscribe_with_self_delivery_and_two_subscribers() {
+    let broker = Broker::start(HpfeedsConfig::default()).await;
+    let mut alice = broker.login("alice").await;
+    let mut bob = broker.login("bob").await;
+    alice.subscribe_synced("alice", &["chan1"]).await;
+    bob.subscribe_synced("bob", &["chan1"]).await;
+
+    alice.publish("alice", "chan1", b"data").await;
+    let want = ("alice".to_owned(), "chan1".to_owned(), Bytes::from("data"));
+    assert_eq!(
+        alice.expect_publish().await,
+        want,
+        "the publisher gets its own"
+    );
+    assert_eq!(bob.expect_publish().await, want);
+
+    // A publisher not subscribed gets nothing back; order is kept.
+    let mut carol = broker.login("carol").await;
+    for i in 0..50u32 {
+        carol.publish("carol", "chan1", &i.to_be_bytes()).await;
+    }
+    for who in [&mut alice, &mut bob] {
+        for i in 0..50u32 {
+            let (ident, chan, payload) = who.expect_publish().await;
+            assert_eq!((ident.as_str(), chan.as_str()), ("carol", "chan1"));
+            assert_eq!(&payload[..], &i.to_be_bytes());
+        }
+    }
+    carol.expect_nothing().await;
+    // Empty and binary payloads pass untouched.
+    alice.publish("alice", "chan1", b"").await;
+    alice.publish("alice", "chan1", &[0, 255, 1, 254]).await;
+    for who in [&mut alice, &mut bob] {
+        assert_eq!(who.expect_publish().await.2, Bytes::new());
+        assert_eq!(&who.expect_publish().await.2[..], &[0, 255, 1, 254]);
+    }
+    // Only subscribed channels are delivered.
+    alice.publish("alice", "both", b"other").await;
+    alice.expect_nothing().await;
+    bob.expect_nothing().await;
+}
+
+#[tokio::test]
+async fn nothing_published_before_a_subscription_is_replayed() {
+    let broker = Broker::start(HpfeedsConfig::default()).await;
+    let mut carol = broker.login("carol").await;
+    carol.publish("carol", "chan1", b"old").await;
+    // Wait until it is stored.
+    for _ in 0..100 {
+        if !broker
+            .topics
+            .read(&topic("/hpfeeds/chan1"), 1, 10)
+            .await
+            .unwrap()
+            .is_empty()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut bob = broker.login("bob").await;
+    bob.subscribe_synced("bob", &["chan1"]).await;
+    bob.expect_nothing().await;
+    carol.publish("carol", "chan1", b"new").await;
+    assert_eq!(bob.expect_publish().await.2, Bytes::from("new"));
+}
+
+#[tokio::test]
+async fn unsubscribe_stops_delivery_without_a_reply() {
+    let broker = Broker::start(HpfeedsConfig::default()).await;
+    let mut alice = broker.login("alice").await;
+    let mut bob = broker.login("bob").await;
+    bob.subscribe_synced("bob", &["chan1"]).await;
+    alice.publish("alice", "chan1", b"one").await;
+    assert_eq!(bob.expect_publish().await.2, Bytes::from("one"));
+
+    bob.send(&Frame::unsubscribe("bob", "chan1")).await;
+    bob.subscribe_synced("bob", &[]).await;
+    alice.publish("alice", "chan1", b"two").await;
+    bob.expect_nothing().await;
+
+    // Subscribing again works (and twice is the same as once).
+    bob.subscribe_synced("bob", &["chan1", "chan1"]).await;
+    alice.publish("alice", "chan1", b"three").await;
+    assert_eq!(bob.expect_publish().await.2, Bytes::from("three"));
+    bob.expect_nothing().await;
+}
+
+// ---- the engine side ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn publishes_are_events_with_the_ident_as_origin() {
+    let broker = Broker::start(HpfeedsConfig::default()).await;
+    let mut alice = broker.login("alice").await;
+    alice.subscribe_synced("alice", &["chan1"]).await;
+    alice.publish("alice", "chan1", b"\x00raw bytes\xff").await;
+    alice.expect_publish().await;
+    let events = broker
+        .topics
+        .read(&topic("/hpfeeds/chan1"), 1, 10)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    let e = &events[0];
+    assert_eq!(&*e.origin, "alice");
+    assert_eq!(&*e.content_type, CONTENT_TYPE);
+    assert_eq!(&e.data[..], b"\x00raw bytes\xff");
+}
+
+#[tokio::test]
+async fn events_from_other_protocols_reach_subscribers() {
+    let broker = Broker::start(HpfeedsConfig {
+        name: "herald-hp".into(),
+        ..HpfeedsConfig::default()
+    })
+    .await;
+    let mut bob = broker.login("bob").await;
+    bob.subscribe_synced("bob", &["chan1"]).await;
+    let t = topic("/hpfeeds/chan1");
+    // Without an origin: the broker name stands in.
+    broker
+        .topics
+        .append(t.clone(), vec![NewEvent::json(&b"{\"a\":1}"[..])], None)
+        .await
+        .unwrap();
+    assert_eq!(
+        bob.expect_publish().await,
+        ("herald-hp".into(), "chan1".into(), Bytes::from("{\"a\":1}"))
+    );
+    // With one: it is the publisher ident.
+    let event = NewEvent::json(&b"2"[..]).with_origin(Arc::from("someone"));
+    broker
+        .topics
+        .append(t.clone(), vec![event], None)
+        .await
+        .unwrap();
+    assert_eq!(bob.expect_publish().await.0, "someone");
+    // Too large for one OP_PUBLISH: skipped, and what follows still arrives.
+    let big = NewEvent::json(vec![b'1'; MAX_BUF]);
+    broker
+        .topics
+        .append(t.clone(), vec![big], None)
+        .await
+        .unwrap();
+    broker
+        .topics
+        .append(t.clone(), vec![NewEvent::json(&b"3"[..])], None)
+        .await
+        .unwrap();
+    assert_eq!(bob.expect_publish().await.2, Bytes::from("3"));
+}
+
+#[tokio::test]
+async fn the_topic_prefix_is_configurable() {
+    let broker = Broker::start(HpfeedsConfig {
+        prefix: "feeds".into(),
+        ..HpfeedsConfig::default()
+    })
+    .await;
+    let mut alice = broker.login("alice").await;
+    alice.subscribe_synced("alice", &["chan1"]).await;
+    alice.publish("alice", "chan1", b"x").await;
+    alice.expect_publish().await;
+    assert_eq!(
+        broker
+            .topics
+            .read(&topic("/feeds/chan1"), 1, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        broker
+            .topics
+            .read(&topic("/hpfeeds/chan1"), 1, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn pipelined_publishes_keep_their_order() {
+    let broker = Broker::start(HpfeedsConfig {
+        max_in_flight: 3,
+        ..HpfeedsConfig::default()
+    })
+    .await;
+    let mut carol = broker.login("carol").await;
+    // Everything in one write.
+    let mut all = BytesMut::new();
+    for i in 0..2000u32 {
+        Frame::publish("carol", "chan1", Bytes::copy_from_slice(&i.to_be_bytes()))
+            .encode(&mut all)
+            .unwrap();
+    }
+    carol.raw(&all).await;
+    let t = topic("/hpfeeds/chan1");
+    let deadline = tokio::time::Instant::now() + IO;
+    loop {
+        let n = broker.topics.read(&t, 1, 5000).await.unwrap().len();
+        if n == 2000 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "only {n} stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let events = broker.topics.read(&t, 1, 5000).await.unwrap();
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(&e.data[..], &u32::try_from(i).unwrap().to_be_bytes());
+    }
+}
+
+// ---- back-pressure and shutdown ----------------------------------------------------------
+
+#[tokio::test]
+async fn a_subscriber_that_never_reads_is_cut_off_without_slowing_others() {
+    let deadline = Duration::from_millis(500);
+    let broker = Broker::start(HpfeedsConfig {
+        backpressure_deadline: deadline,
+        send_buffer_bytes: 64 * 1024,
+        ..HpfeedsConfig::default()
+    })
+    .await;
+    // The stuck subscriber: a small receive buffer, and it stops reading once subscribed.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(broker.addr).await.unwrap();
+    let mut slow = Client::from_stream(stream).await;
+    slow.auth("slow", &secret("slow")).await;
+    slow.subscribe_synced("slow", &["bulk"]).await;
+    // A subscriber that keeps up.
+    let mut bob = broker.login("bob").await;
+    bob.subscribe_synced("bob", &["bulk"]).await;
+
+    const N: usize = 320;
+    const SIZE: usize = 32 * 1024;
+    let fast = tokio::spawn(async move {
+        for i in 0..N {
+            let (_, _, payload) = bob.expect_publish().await;
+            assert_eq!(payload.len(), SIZE);
+            assert_eq!(payload[0], u8::try_from(i % 256).unwrap());
+        }
+        bob
+    });
+    let started = tokio::time::Instant::now();
+    let mut carol = broker.login("carol").await;
+    for i in 0..N {
+        carol
+            .publish("carol", "bulk", &vec![u8::try_from(i % 256).unwrap(); SIZE])
+            .await;
+    }
+    let mut bob = tokio::time::timeout(IO, fast)
+        .await
+        .expect("the fast subscriber keeps up")
+        .unwrap();
+    assert!(started.elapsed() < IO);
+
+    // Give the deadline time to pass, then read what the stuck one was sent.
+    tokio::time::sleep(deadline * 3).await;
+    let mut publishes = 0;
+    let last = loop {
+        match slow.recv().await {
+            Some(Frame::Publish { payload, .. }) => {
+                assert_eq!(payload.len(), SIZE);
+                publishes += 1;
+            }
+            other => break other,
+        }
+    };
+    assert_eq!(last, Some(Frame::error(BACKPRESSURE_ERROR)));
+    assert_eq!(slow.recv().await, None, "closed after the error");
+    assert!(
+        publishes < N,
+        "{publishes} publishes reached the stuck subscriber"
+    );
+    // The others go on.
+    carol.publish("carol", "bulk", &[7]).await;
+    assert_eq!(&bob.expect_publish().await.2[..], &[7]);
+}
+
+#[tokio::test]
+async fn a_slow_reader_that_keeps_reading_is_not_cut_off() {
+    let broker = Broker::start(HpfeedsConfig {
+        backpressure_deadline: Duration::from_millis(300),
+        send_buffer_bytes: 16 * 1024,
+        ..HpfeedsConfig::default()
+    })
+    .await;
+    let mut bob = broker.login("bob").await;
+    bob.subscribe_synced("bob", &["bulk"]).await;
+    let mut carol = broker.login("carol").await;
+    const N: usize = 200;
+    for i in 0..N {
+        carol
+            .publish(
+                "carol",
+                "bulk",
+                &vec![u8::try_from(i % 256).unwrap(); 8 * 1024],
+            )
+            .await;
+    }
+    for i in 0..N {
+        if i % 40 == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (_, _, payload) = bob.expect_publish().await;
+        assert_eq!(payload[0], u8::try_from(i % 256).unwrap());
+    }
+}
+
+#[tokio::test]
+async fn shutdown_closes_connections_and_returns() {
+    let broker = Broker::start(HpfeedsConfig::default()).await;
+    let mut alice = broker.login("alice").await;
+    alice.subscribe_synced("alice", &["chan1"]).await;
+    let mut fresh = broker.connect().await;
+    broker.shutdown.cancel();
+    tokio::time::timeout(IO, broker.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(alice.recv().await, None);
+    assert_eq!(fresh.recv().await, None);
+    assert!(TcpStream::connect(broker.addr).await.is_err());
+}

@@ -1,0 +1,509 @@
+"""hpfeeds interop: Herald's hpfeeds broker (`--hpfeeds`) driven by the real
+PyPI `hpfeeds` client (3.1.0; blocking `hpfeeds.new(...)` and asyncio
+`ClientSession`), plus raw frames built with `hpfeeds.protocol` for what the
+client cannot send.
+
+Contract: shared/seed-contracts.md section 3 (3.1 wire, 3.2 broker behaviour
+and exact error texts, 3.4 metric names, 3.5 the Python client), and the
+choices documented in crates/herald-transport-hpfeeds/src/broker.rs.
+
+Identities are added offline with `herald hpfeeds add` on the data directory
+before the server starts; one more comes from the `env` backend
+(`HPFEEDS_<IDENT>_SECRET`, ...). Channel `c` is the IorioDB stream
+`hpfeeds:c`, which the cross-protocol tests read and write as user admin.
+
+The blocking client reconnects forever by default (sleeping 20 s); every
+client here passes `reconnect=False`. Its `wait()` and `_read_message()` read
+one socket chunk and return the first frame in it, so tests that read several
+frames use `next_frame()`, which drains the client's own `Unpacker` first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import queue
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import hpfeeds
+import pytest
+import requests
+import sseclient  # sseclient-py
+from hpfeeds.asyncio import ClientSession
+from hpfeeds.protocol import (
+    BUFSIZ,
+    OP_ERROR,
+    OP_INFO,
+    OP_PUBLISH,
+    Unpacker,
+    msgauth,
+    msgpublish,
+    msgsubscribe,
+    readerror,
+    readinfo,
+    readpublish,
+)
+
+from herald_e2e import IO_TIMEOUT, QUIET_PERIOD, HeraldServer, clean_env
+from iorio_client import Connection, Subscriptions
+
+# hpfeeds 3.1.0's client still calls the deprecated `logger.warn`.
+pytestmark = pytest.mark.filterwarnings("ignore:The 'warn' method is deprecated:DeprecationWarning")
+
+ADMIN_PASSWORD = "herald-e2e-admin-password"
+LONG_POLL_TIMEOUT = 2
+
+#: ident -> (secret, pubchans, subchans), added with `herald hpfeeds add`.
+IDENTITIES = {
+    "sensor": ("sensor-secret", ["events", "sync-sensor"], ["events", "sync-sensor"]),
+    "reader": ("reader-secret", ["sync-reader"], ["events", "sync-reader"]),
+    "limited": ("limited-secret", ["other"], ["other"]),
+}
+#: One identity from the `env` backend.
+ENV_IDENTITY = {
+    "HPFEEDS_ENVUSER_SECRET": "env-secret",
+    "HPFEEDS_ENVUSER_PUBCHANS": "events",
+    "HPFEEDS_ENVUSER_SUBCHANS": "events,sync-envuser",
+    "HPFEEDS_ENVUSER_OWNER": "env-owner",
+}
+
+
+# =====================================================================
+# fixtures and helpers
+# =====================================================================
+def add_identity(binary: Path, data_dir: Path, ident: str, secret: str, pubs: list[str], subs: list[str]) -> None:
+    cmd = [str(binary), "hpfeeds", "add", ident, "--secret-stdin", "--data-dir", str(data_dir)]
+    if pubs:
+        cmd += ["--pubchans", ",".join(pubs)]
+    if subs:
+        cmd += ["--subchans", ",".join(subs)]
+    out = subprocess.run(
+        cmd, input=secret + "\n", capture_output=True, text=True, env=clean_env(), timeout=30
+    )
+    assert out.returncode == 0, f"herald hpfeeds add {ident}: {out.stdout}{out.stderr}"
+
+
+@pytest.fixture
+def hp_server(request: pytest.FixtureRequest, herald_bin: Path) -> Iterator[HeraldServer]:
+    """A server with the hpfeeds broker on an ephemeral port, the identities of
+    IDENTITIES added offline before it starts, the env identity `envuser`, and
+    user admin (HERALD_ADMIN_PASSWORD) for the IorioDB side."""
+    env = {"HERALD_ADMIN_PASSWORD": ADMIN_PASSWORD, **ENV_IDENTITY}
+    server = HeraldServer(
+        herald_bin,
+        ["--hpfeeds", "127.0.0.1:0", "--long-poll-timeout", str(LONG_POLL_TIMEOUT)],
+        icepeak=False,
+        env=env,
+    )
+    request.node._herald_servers = [server]
+    try:
+        for ident, (secret, pubs, subs) in IDENTITIES.items():
+            add_identity(herald_bin, server.data_dir, ident, secret, pubs, subs)
+        server.start()
+        assert "hpfeeds" in server.ready, server.ready
+        yield server
+    finally:
+        server.close()
+
+
+def address(server: HeraldServer) -> tuple[str, int]:
+    host, port = server.ready["hpfeeds"].rsplit(":", 1)
+    return host, int(port)
+
+
+def client(server: HeraldServer, ident: str, secret: Optional[str] = None) -> hpfeeds.client.Client:
+    """The blocking PyPI client, connected and authenticated (AUTH sent)."""
+    if secret is None:
+        secret = IDENTITIES[ident][0]
+    host, port = address(server)
+    return hpfeeds.new(host, port, ident, secret, reconnect=False)
+
+
+def next_frame(c: hpfeeds.client.Client, timeout: float = IO_TIMEOUT) -> Optional[tuple[int, bytes]]:
+    """The next `(opcode, data)` the client receives, or None when the broker
+    closed the connection."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for opcode, data in c.unpacker:
+            return opcode, data
+        left = deadline - time.monotonic()
+        assert left > 0, f"no hpfeeds frame within {timeout}s"
+        c.s.settimeout(left)
+        try:
+            chunk = c.s.recv(BUFSIZ)
+        except socket.timeout:
+            continue
+        except ConnectionError:
+            return None
+        if not chunk:
+            return None
+        c.unpacker.feed(chunk)
+
+
+def next_publish(c: hpfeeds.client.Client, timeout: float = IO_TIMEOUT) -> tuple[str, str, bytes]:
+    frame = next_frame(c, timeout)
+    assert frame is not None, "connection closed while waiting for OP_PUBLISH"
+    opcode, data = frame
+    assert opcode == OP_PUBLISH, f"expected OP_PUBLISH, got opcode {opcode}: {data!r}"
+    return readpublish(data)
+
+
+def assert_quiet(c: hpfeeds.client.Client, period: float = QUIET_PERIOD) -> None:
+    for opcode, data in c.unpacker:
+        raise AssertionError(f"expected nothing, got opcode {opcode}: {data!r}")
+    c.s.settimeout(period)
+    try:
+        chunk = c.s.recv(BUFSIZ)
+    except socket.timeout:
+        return
+    raise AssertionError(f"expected nothing, received {chunk!r}")
+
+
+def assert_closed(c: hpfeeds.client.Client) -> None:
+    """The broker closes the connection (after an error)."""
+    frame = next_frame(c)
+    assert frame is None, f"expected the connection to be closed, got {frame!r}"
+
+
+def subscribe_synced(c: hpfeeds.client.Client, *chans: str) -> None:
+    """Subscribes with the client (`subscribe()` + `_subscribe()`) and waits
+    until the broker has processed it: a marker published on the identity's
+    own `sync-<ident>` channel after the subscriptions comes back."""
+    sync = f"sync-{c.ident}"
+    for chan in (*chans, sync):
+        c.subscribe(chan)
+    c._subscribe()
+    marker = f"marker-{time.monotonic_ns()}".encode()
+    c.publish(sync, marker)
+    while True:
+        _, chan, payload = next_publish(c)
+        if chan == sync and payload == marker:
+            return
+
+
+def admin(server: HeraldServer) -> Connection:
+    conn = Connection(server.http_url)
+    resp = conn.authenticate("admin", ADMIN_PASSWORD)
+    assert resp.status_code == 201, f"login admin: {resp.status_code} {resp.text!r}"
+    return conn
+
+
+def long_poll_until(conn: Connection, subs: Subscriptions, done: Callable[[list[dict]], bool]) -> list[dict]:
+    got: list[dict] = []
+    deadline = time.monotonic() + 10
+    while not done(got):
+        assert time.monotonic() < deadline, f"long-poll gave up with {got!r}"
+        resp = conn.listen(subs, timeout=LONG_POLL_TIMEOUT + IO_TIMEOUT)
+        if resp.status_code == 204:
+            continue
+        assert resp.status_code == 200, f"{resp.status_code} {resp.text!r}"
+        entries = resp.json()
+        got += entries
+        subs.update_seqnums(entries)
+    return got
+
+
+# =====================================================================
+# publish / subscribe with the PyPI client
+# =====================================================================
+def test_info_names_the_broker(hp_server: HeraldServer):
+    c = client(hp_server, "sensor")
+    try:
+        assert c.brokername == "hpfeeds"
+    finally:
+        c.close()
+
+
+def test_publish_subscribe_with_run_callbacks(hp_server: HeraldServer):
+    reader = client(hp_server, "reader")
+    sensor = client(hp_server, "sensor")
+    try:
+        subscribe_synced(reader)  # only sync-reader yet: the run loop subscribes `events`
+        received: "queue.Queue[tuple]" = queue.Queue()
+        errors: "queue.Queue[str]" = queue.Queue()
+        reader.subscribe("events")
+
+        def run() -> None:
+            try:
+                reader.run(lambda *m: received.put(m), errors.put)
+            except Exception as exc:  # noqa: BLE001 - reported through the queue
+                errors.put(f"run raised {exc!r}")
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        # run() sends the subscriptions first; wait until they are in by
+        # publishing markers until one arrives.
+        deadline = time.monotonic() + IO_TIMEOUT
+        while True:
+            sensor.publish("events", b"ping")
+            try:
+                m = received.get(timeout=0.2)
+                assert m == ("sensor", "events", b"ping"), m
+                break
+            except queue.Empty:
+                assert time.monotonic() < deadline, "the run loop never received anything"
+        while True:  # drop the extra pings
+            try:
+                received.get(timeout=QUIET_PERIOD)
+            except queue.Empty:
+                break
+        payloads = [f"message {i}".encode() for i in range(20)] + [b"\x00\xff binary", b""]
+        for p in payloads:
+            sensor.publish("events", p)
+        got = [received.get(timeout=IO_TIMEOUT) for _ in payloads]
+        assert got == [("sensor", "events", p) for p in payloads]
+        assert errors.empty(), errors.get()
+        reader.stop()
+        reader.close()
+        thread.join(IO_TIMEOUT)
+    finally:
+        reader.close()
+        sensor.close()
+
+
+def test_self_delivery_and_two_subscribers(hp_server: HeraldServer):
+    sensor = client(hp_server, "sensor")
+    reader = client(hp_server, "reader")
+    env_user = client(hp_server, "envuser", "env-secret")
+    try:
+        subscribe_synced(sensor, "events")
+        subscribe_synced(reader, "events")
+        sensor.publish("events", b"from sensor")
+        for c in (sensor, reader):
+            assert next_publish(c) == ("sensor", "events", b"from sensor")
+        # The env identity publishes too; the channel list of the env backend works.
+        env_user.publish("events", b"from env")
+        for c in (sensor, reader):
+            assert next_publish(c) == ("envuser", "events", b"from env")
+        assert_quiet(env_user)
+    finally:
+        for c in (sensor, reader, env_user):
+            c.close()
+
+
+def test_unsubscribe_stops_delivery(hp_server: HeraldServer):
+    sensor = client(hp_server, "sensor")
+    reader = client(hp_server, "reader")
+    try:
+        subscribe_synced(reader, "events")
+        sensor.publish("events", b"one")
+        assert next_publish(reader)[2] == b"one"
+        reader.send(hpfeeds.protocol.msgunsubscribe("reader", "events"))
+        reader.subscriptions.discard("events")
+        subscribe_synced(reader)
+        sensor.publish("events", b"two")
+        assert_quiet(reader)
+    finally:
+        sensor.close()
+        reader.close()
+
+
+def test_asyncio_client_session(hp_server: HeraldServer):
+    host, port = address(hp_server)
+
+    async def scenario() -> None:
+        async with ClientSession(host, port, "sensor", "sensor-secret") as c:
+            c.subscribe("events")
+            c.publish("events", b"async hello")
+            got = await asyncio.wait_for(c.read(), IO_TIMEOUT)
+            assert got == ("sensor", "events", b"async hello")
+
+    asyncio.run(asyncio.wait_for(scenario(), 3 * IO_TIMEOUT))
+
+
+# =====================================================================
+# errors: exact texts, then the close
+# =====================================================================
+def test_wrong_secret(hp_server: HeraldServer):
+    c = client(hp_server, "sensor", "not-the-secret")
+    try:
+        assert c.wait(IO_TIMEOUT) == "Authentication failed for sensor"
+        assert_closed(c)
+    finally:
+        c.close()
+
+
+def test_unknown_ident(hp_server: HeraldServer):
+    c = client(hp_server, "nobody", "whatever")
+    try:
+        assert c.wait(IO_TIMEOUT) == "Authentication failed for nobody"
+        assert_closed(c)
+    finally:
+        c.close()
+
+
+def test_publish_not_allowed(hp_server: HeraldServer):
+    c = client(hp_server, "limited")
+    try:
+        c.publish("events", b"x")
+        assert c.wait(IO_TIMEOUT) == "Authkey not allowed to pub here. ident=limited, chan=events"
+        assert_closed(c)
+    finally:
+        c.close()
+
+
+def test_subscribe_not_allowed(hp_server: HeraldServer):
+    c = client(hp_server, "limited")
+    try:
+        c.subscribe("events")
+        c._subscribe()
+        assert c.wait(IO_TIMEOUT) == "Authkey not allowed to sub here. ident=limited, chan=events"
+        assert_closed(c)
+    finally:
+        c.close()
+
+
+def test_publish_with_another_ident(hp_server: HeraldServer):
+    c = client(hp_server, "limited")
+    try:
+        c.send(msgpublish("someone-else", "other", b"x"))
+        assert c.wait(IO_TIMEOUT) == "Invalid authkey in message, ident=someone-else"
+        assert_closed(c)
+    finally:
+        c.close()
+
+
+def test_errors_reach_the_run_error_callback(hp_server: HeraldServer):
+    c = client(hp_server, "limited")
+    errors: list[str] = []
+
+    def on_error(text: str) -> None:
+        errors.append(text)
+        c.stop()
+
+    try:
+        c.subscribe("events")
+        thread = threading.Thread(target=c.run, args=(lambda *m: None, on_error), daemon=True)
+        thread.start()
+        thread.join(IO_TIMEOUT)
+        assert not thread.is_alive(), "run() did not end after the error"
+        assert errors == ["Authkey not allowed to sub here. ident=limited, chan=events"]
+    finally:
+        c.close()
+
+
+def test_first_message_must_be_auth(hp_server: HeraldServer):
+    host, port = address(hp_server)
+    with socket.create_connection((host, port), timeout=IO_TIMEOUT) as s:
+        unpacker = Unpacker()
+
+        def frame() -> Optional[tuple[int, bytes]]:
+            while True:
+                for op, data in unpacker:
+                    return op, data
+                chunk = s.recv(BUFSIZ)
+                if not chunk:
+                    return None
+                unpacker.feed(chunk)
+
+        op, data = frame()
+        assert op == OP_INFO
+        name, nonce = readinfo(data)
+        assert name == "hpfeeds" and len(nonce) == 4
+        s.sendall(msgsubscribe("sensor", "events"))
+        op, data = frame()
+        assert (op, readerror(data)) == (OP_ERROR, "First message was not AUTH")
+        assert frame() is None
+
+    # And a correct AUTH on a raw socket works: no reply, then publishes flow.
+    with socket.create_connection((host, port), timeout=IO_TIMEOUT) as s:
+        unpacker = Unpacker()
+        op, data = frame()
+        _, nonce = readinfo(data)
+        s.sendall(msgauth(nonce, "sensor", "sensor-secret"))
+        s.sendall(msgsubscribe("sensor", "events"))
+        s.sendall(msgpublish("sensor", "events", b"raw"))
+        op, data = frame()
+        assert (op, readpublish(data)) == (OP_PUBLISH, ("sensor", "events", b"raw"))
+
+
+# =====================================================================
+# cross-protocol: hpfeeds channel `c` is the IorioDB stream hpfeeds:c
+# =====================================================================
+def test_hpfeeds_publish_seen_by_iorio_long_poll_and_sse(hp_server: HeraldServer):
+    sensor = client(hp_server, "sensor")
+    try:
+        sensor.publish("events", b"hello iorio")
+        sensor.publish("events", b"\x00\xff")
+        conn = admin(hp_server)
+        entries = long_poll_until(conn, Subscriptions().add("hpfeeds", "events", 1), lambda g: len(g) >= 2)
+        first, second = entries[:2]
+        assert first["meta"]["bucket"] == "hpfeeds" and first["meta"]["stream"] == "events", first
+        assert first["meta"]["origin"] == "sensor", first
+        assert first["meta"]["ct"] == "application/octet-stream", first
+        assert first["data"] == "hello iorio", first
+        assert second["meta"]["enc"] == "base64", second
+        assert base64.b64decode(second["data"]) == b"\x00\xff", second
+
+        # SSE, live: a publish after the stream opened arrives as an event.
+        resp = conn.listen_sse(Subscriptions().add("hpfeeds", "events", 3), timeout=IO_TIMEOUT)
+        try:
+            assert resp.status_code == 200, resp.text
+            sensor.publish("events", b"live over sse")
+            for event in sseclient.SSEClient(resp).events():
+                batch = json.loads(event.data)
+                assert batch[0]["data"] == "live over sse", batch
+                assert batch[0]["meta"]["origin"] == "sensor", batch
+                break
+        except requests.exceptions.RequestException as exc:
+            raise AssertionError("no SSE event for the hpfeeds publish") from exc
+        finally:
+            resp.close()
+    finally:
+        sensor.close()
+
+
+def test_iorio_event_reaches_hpfeeds_subscribers(hp_server: HeraldServer):
+    reader = client(hp_server, "reader")
+    try:
+        subscribe_synced(reader, "events")
+        conn = admin(hp_server)
+        resp = conn.send("hpfeeds", "events", {"from": "iorio", "n": 1})
+        assert resp.status_code == 201, resp.text
+        ident, chan, payload = next_publish(reader)
+        # Events written through another protocol carry no publisher ident: the
+        # broker name stands in.
+        assert (ident, chan) == ("hpfeeds", "events")
+        assert json.loads(payload) == {"from": "iorio", "n": 1}
+    finally:
+        reader.close()
+
+
+# =====================================================================
+# metrics
+# =====================================================================
+def test_broker_metrics(hp_server: HeraldServer):
+    sensor = client(hp_server, "sensor")
+    bad = client(hp_server, "sensor", "wrong")
+    try:
+        subscribe_synced(sensor, "events")
+        sensor.publish("events", b"x" * 3000)
+        next_publish(sensor)
+        assert bad.wait(IO_TIMEOUT) == "Authentication failed for sensor"
+        deadline = time.monotonic() + IO_TIMEOUT
+        wanted = [
+            "hpfeeds_broker_client_connections",
+            "hpfeeds_broker_connection_made",
+            'hpfeeds_broker_connection_ready{ident="sensor"}',
+            'hpfeeds_broker_connection_error{ident="sensor",category="invalid-secret"}',
+            'hpfeeds_broker_receive_publish_count{ident="sensor",chan="events"}',
+            'hpfeeds_broker_receive_publish_size_bucket{ident="sensor",chan="events",le="4096"}',
+            'hpfeeds_broker_subscriptions{ident="sensor",chan="events"} 1',
+            'hpfeeds_client_authenticated_connections{ident="sensor",owner="sensor"} 1',
+        ]
+        while True:
+            text = requests.get(hp_server.metrics(), timeout=IO_TIMEOUT).text
+            missing = [w for w in wanted if w not in text]
+            if not missing:
+                break
+            assert time.monotonic() < deadline, f"missing {missing} in:\n{text}"
+            time.sleep(0.05)
+    finally:
+        sensor.close()
+        bad.close()
