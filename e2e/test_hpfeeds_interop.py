@@ -24,7 +24,9 @@ import asyncio
 import base64
 import json
 import queue
+import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -507,3 +509,158 @@ def test_broker_metrics(hp_server: HeraldServer):
     finally:
         sensor.close()
         bad.close()
+
+
+# =====================================================================
+# TLS (--hpfeeds-tls-cert / --hpfeeds-tls-key), as the Python broker's
+# `tls:` endpoint: the PyPI client's `certfile=` (blocking) and `ssl=`
+# (asyncio) options, trusting a self-signed certificate made with openssl.
+# =====================================================================
+def make_cert(directory: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed RSA certificate for 127.0.0.1 and localhost (PKCS#8 key)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the TLS tests need the `openssl` command to make a certificate")
+    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+    out = subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        capture_output=True, text=True, timeout=60,
+    )
+    if out.returncode != 0:
+        pytest.skip(f"openssl cannot make a certificate: {out.stderr.strip()}")
+    return cert, key
+
+
+@pytest.fixture
+def hp_tls_server(request: pytest.FixtureRequest, herald_bin: Path, tmp_path: Path) -> Iterator[tuple[HeraldServer, Path]]:
+    """The hpfeeds broker speaking TLS with a fresh self-signed certificate;
+    yields the server and the certificate file (the clients' trust anchor).
+    The served files are tls/served.crt and tls/served.key under tmp_path."""
+    tls_dir = tmp_path / "tls"
+    tls_dir.mkdir()
+    cert, key = make_cert(tls_dir, "first")
+    served_cert, served_key = tls_dir / "served.crt", tls_dir / "served.key"
+    shutil.copy(cert, served_cert)
+    shutil.copy(key, served_key)
+    server = HeraldServer(
+        herald_bin,
+        ["--hpfeeds", "127.0.0.1:0", "--hpfeeds-tls-cert", str(served_cert),
+         "--hpfeeds-tls-key", str(served_key)],
+        icepeak=False,
+        env={"HERALD_ADMIN_PASSWORD": ADMIN_PASSWORD},
+    )
+    request.node._herald_servers = [server]
+    try:
+        for ident, (secret, pubs, subs) in IDENTITIES.items():
+            add_identity(herald_bin, server.data_dir, ident, secret, pubs, subs)
+        server.start()
+        yield server, cert
+    finally:
+        server.close()
+
+
+def served_certificate(server: HeraldServer) -> bytes:
+    """The DER certificate the broker presents (not verified)."""
+    host, port = address(server)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((host, port), timeout=IO_TIMEOUT) as raw:
+        with context.wrap_socket(raw, server_hostname=host) as tls:
+            der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return der
+
+
+def pem_to_der(path: Path) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(path.read_text())
+
+
+def test_tls_blocking_client_with_certfile(hp_tls_server: tuple[HeraldServer, Path]):
+    server, cert = hp_tls_server
+    host, port = address(server)
+    reader = hpfeeds.new(host, port, "reader", "reader-secret", reconnect=False, certfile=str(cert))
+    sensor = hpfeeds.new(host, port, "sensor", "sensor-secret", reconnect=False, certfile=str(cert))
+    try:
+        assert reader.brokername == "hpfeeds"
+        subscribe_synced(reader, "events")
+        payloads = [f"tls {i}".encode() for i in range(20)] + [b"\x00\xff binary"]
+        for p in payloads:
+            sensor.publish("events", p)
+        assert [next_publish(reader) for _ in payloads] == [("sensor", "events", p) for p in payloads]
+        # Errors arrive over TLS too, then the close.
+        sensor.send(msgsubscribe("sensor", "other"))
+        frame = next_frame(sensor)
+        assert frame is not None and frame[0] == OP_ERROR, frame
+        assert readerror(frame[1]) == "Authkey not allowed to sub here. ident=sensor, chan=other"
+        assert_closed(sensor)
+    finally:
+        reader.close()
+        sensor.close()
+
+
+def test_tls_asyncio_client_session(hp_tls_server: tuple[HeraldServer, Path]):
+    server, cert = hp_tls_server
+    host, port = address(server)
+    context = ssl.create_default_context(cafile=str(cert))
+
+    async def scenario() -> None:
+        async with ClientSession(host, port, "sensor", "sensor-secret", ssl=context) as c:
+            c.subscribe("events")
+            c.publish("events", b"async over tls")
+            got = await asyncio.wait_for(c.read(), IO_TIMEOUT)
+            assert got == ("sensor", "events", b"async over tls")
+
+    asyncio.run(asyncio.wait_for(scenario(), 3 * IO_TIMEOUT))
+
+
+def test_tls_listener_refuses_plain_hpfeeds(hp_tls_server: tuple[HeraldServer, Path]):
+    server, _ = hp_tls_server
+    with socket.create_connection(address(server), timeout=IO_TIMEOUT) as s:
+        # A plain client waits for OP_INFO; a TLS server sends nothing first.
+        s.settimeout(QUIET_PERIOD)
+        with pytest.raises(socket.timeout):
+            s.recv(BUFSIZ)
+        # What it sends is not a TLS ClientHello: the broker closes, never answering in
+        # hpfeeds.
+        s.settimeout(IO_TIMEOUT)
+        s.sendall(msgauth(b"\x00\x00\x00\x00", "sensor", "sensor-secret"))
+        try:
+            data = s.recv(BUFSIZ)
+        except ConnectionError:
+            data = b""
+        assert not data.startswith(b"\x00\x00\x00"), data
+
+
+def test_tls_certificate_reload(hp_tls_server: tuple[HeraldServer, Path], tmp_path: Path):
+    server, first = hp_tls_server
+    host, port = address(server)
+    assert served_certificate(server) == pem_to_der(first)
+    kept = hpfeeds.new(host, port, "sensor", "sensor-secret", reconnect=False, certfile=str(first))
+    try:
+        subscribe_synced(kept)
+        tls_dir = tmp_path / "tls"
+        second, second_key = make_cert(tls_dir, "second")
+        # Replace the served pair (key first, then the certificate; renames, as tools do).
+        for src, dst in ((second_key, "served.key"), (second, "served.crt")):
+            shutil.copy(src, tls_dir / f"{dst}.new")
+            (tls_dir / f"{dst}.new").rename(tls_dir / dst)
+        deadline = time.monotonic() + 20
+        while served_certificate(server) != pem_to_der(second):
+            assert time.monotonic() < deadline, "the new certificate was never served"
+            time.sleep(0.25)
+        c = hpfeeds.new(host, port, "reader", "reader-secret", reconnect=False, certfile=str(second))
+        try:
+            subscribe_synced(c)
+        finally:
+            c.close()
+        # The connection made before the change still works.
+        subscribe_synced(kept)
+        # A broken certificate file is not taken: the second stays.
+        (tls_dir / "served.crt").write_text("not a certificate\n")
+        time.sleep(6)
+        assert served_certificate(server) == pem_to_der(second)
+    finally:
+        kept.close()

@@ -74,7 +74,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "HERALD_METRICS", value_name = "HOST:PORT|off")]
     metrics: Option<Listen>,
 
-    /// hpfeeds broker listener (TCP). Every hpfeeds client authenticates with an identity
+    /// hpfeeds broker listener (TCP, or TLS with --hpfeeds-tls-cert). Every hpfeeds client authenticates with an identity
     /// (`herald hpfeeds add`, or HPFEEDS_<IDENT>_SECRET variables), so this listener may bind
     /// any address without --allow-anonymous. Channel C is the event stream /PREFIX/C.
     /// [default: 127.0.0.1:10000]
@@ -110,6 +110,18 @@ pub(crate) struct ServeArgs {
         value_name = "SECONDS"
     )]
     hpfeeds_backpressure_deadline: Option<u64>,
+
+    /// PEM certificate chain (leaf first) for the hpfeeds listener: with --hpfeeds-tls-key,
+    /// the listener speaks TLS only (as the Python broker's `tls:` endpoint). Both files are
+    /// checked every 5 seconds and reloaded when they change: new connections get the new
+    /// certificate, open ones keep theirs; a pair that fails to load is logged and the
+    /// previous one kept. [default: none, plain TCP]
+    #[arg(long, env = "HERALD_HPFEEDS_TLS_CERT", value_name = "FILE")]
+    hpfeeds_tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, RSA or EC) of --hpfeeds-tls-cert; both or neither.
+    #[arg(long, env = "HERALD_HPFEEDS_TLS_KEY", value_name = "FILE")]
+    hpfeeds_tls_key: Option<PathBuf>,
 
     /// Require a JSON Web Token on every request. Tokens carry an `icepeak` claim listing path
     /// prefixes and modes (see `herald token`).
@@ -229,6 +241,8 @@ struct FileConfig {
     hpfeeds_prefix: Option<String>,
     hpfeeds_env_auth: Option<bool>,
     hpfeeds_backpressure_deadline: Option<u64>,
+    hpfeeds_tls_cert: Option<PathBuf>,
+    hpfeeds_tls_key: Option<PathBuf>,
     enable_jwt_auth: Option<bool>,
     jwt_secret: Option<String>,
     allow_anonymous: Option<bool>,
@@ -261,6 +275,8 @@ pub(crate) struct Settings {
     pub(crate) hpfeeds_prefix: String,
     pub(crate) hpfeeds_env_auth: bool,
     pub(crate) hpfeeds_backpressure_deadline: u64,
+    /// The hpfeeds listener's TLS certificate and key files, when it speaks TLS.
+    pub(crate) hpfeeds_tls: Option<herald_transport_hpfeeds::TlsFiles>,
     pub(crate) enable_jwt_auth: bool,
     pub(crate) jwt_secret: Option<String>,
     pub(crate) allow_anonymous: bool,
@@ -334,6 +350,23 @@ impl Settings {
                 .hpfeeds_backpressure_deadline
                 .or(file.hpfeeds_backpressure_deadline)
                 .unwrap_or(60),
+            hpfeeds_tls: match (
+                args.hpfeeds_tls_cert.or(file.hpfeeds_tls_cert),
+                args.hpfeeds_tls_key.or(file.hpfeeds_tls_key),
+            ) {
+                (None, None) => None,
+                (Some(cert), Some(key)) => Some(herald_transport_hpfeeds::TlsFiles::new(cert, key)),
+                (Some(_), None) => {
+                    bail!(
+                        "--hpfeeds-tls-cert is set without --hpfeeds-tls-key: give both or neither"
+                    )
+                }
+                (None, Some(_)) => {
+                    bail!(
+                        "--hpfeeds-tls-key is set without --hpfeeds-tls-cert: give both or neither"
+                    )
+                }
+            },
             enable_jwt_auth: args.enable_jwt_auth || file.enable_jwt_auth.unwrap_or(false),
             jwt_secret,
             allow_anonymous: args.allow_anonymous || file.allow_anonymous.unwrap_or(false),
@@ -452,6 +485,7 @@ impl Settings {
                 self.hpfeeds_backpressure_deadline,
             ),
             max_connections,
+            tls: self.hpfeeds_tls.clone(),
             ..herald_transport_hpfeeds::HpfeedsConfig::default()
         }
     }
@@ -581,6 +615,43 @@ mod tests {
         );
         assert!(!s.hpfeeds_env_auth);
         assert_eq!(s.hpfeeds_backpressure_deadline, 9);
+        assert!(s.hpfeeds_tls.is_none());
+    }
+
+    #[test]
+    fn hpfeeds_tls_settings() {
+        let s = load(&["--hpfeeds-tls-cert", "c.pem", "--hpfeeds-tls-key", "k.pem"]).unwrap();
+        let tls = s.hpfeeds_config(1).tls.unwrap();
+        assert_eq!(
+            (tls.cert.as_path(), tls.key.as_path()),
+            (Path::new("c.pem"), Path::new("k.pem"))
+        );
+        for bad in [
+            &["--hpfeeds-tls-cert", "c.pem"][..],
+            &["--hpfeeds-tls-key", "k.pem"][..],
+        ] {
+            let err = load(bad).unwrap_err().to_string();
+            assert!(err.contains("both or neither"), "{err}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("herald.toml");
+        std::fs::write(
+            &file,
+            "hpfeeds-tls-cert = \"/c.pem\"\nhpfeeds-tls-key = \"/k.pem\"\n",
+        )
+        .unwrap();
+        let s = load(&["--config", file.to_str().unwrap()]).unwrap();
+        let tls = s.hpfeeds_tls.unwrap();
+        assert_eq!(tls.key, PathBuf::from("/k.pem"));
+        // A flag overrides the file.
+        let s = load(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--hpfeeds-tls-cert",
+            "x.pem",
+        ])
+        .unwrap();
+        assert_eq!(s.hpfeeds_tls.unwrap().cert, PathBuf::from("x.pem"));
     }
 
     #[test]

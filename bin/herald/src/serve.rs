@@ -278,11 +278,20 @@ async fn start_hpfeeds(
             "hpfeeds identities loaded"
         );
     }
+    if let Some(tls) = &settings.hpfeeds_tls {
+        // Fail at startup rather than in the listener task (the broker loads them again).
+        herald_transport_hpfeeds::tls::load_server_config(tls).map_err(anyhow::Error::msg)?;
+    }
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot bind the hpfeeds listener to {addr}"))?;
     let local = listener.local_addr()?;
-    tracing::info!(listener = "hpfeeds", addr = %local, "listening");
+    tracing::info!(
+        listener = "hpfeeds",
+        addr = %local,
+        tls = settings.hpfeeds_tls.is_some(),
+        "listening"
+    );
     let config = settings.hpfeeds_config(settings.max_connections);
     let topics = topics.clone();
     let token = shutdown.clone();

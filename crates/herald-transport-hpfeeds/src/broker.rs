@@ -5,8 +5,13 @@
 //! task that owns its socket, an engine [`Listener`] and a bounded output buffer.
 //!
 //! # A connection
+//! 0. With [`HpfeedsConfig::tls`] set, the listener speaks TLS only: the handshake comes first
+//!    and must complete within [`HpfeedsConfig::auth_timeout`] (a failed or late handshake
+//!    closes the connection, logged at debug level and not counted in the metrics). Each
+//!    connection keeps the certificate it was accepted with; see [`crate::tls`] for reloading.
+//!    The rest is the same over TLS as over TCP.
 //! 1. The broker sends `OP_INFO` (the broker name, [`HpfeedsConfig::name`], and 4 fresh random
-//!    bytes) as soon as the connection is accepted.
+//!    bytes) as soon as the connection is accepted (after the TLS handshake).
 //! 2. The first frame must be `OP_AUTH`, else `OP_ERROR "First message was not AUTH"` and the
 //!    connection is closed. The ident is looked up ([`HpfeedsIdentities::lookup`]: stored
 //!    identities, then the `env` backend when enabled) and SHA1(nonce ‖ secret) is compared in
@@ -95,15 +100,15 @@ use herald_core::{Path, PathLimits};
 use herald_engine::{
     Appended, Delivery, HpfeedsIdentities, Listener, NewEvent, PendingAppend, Topics, TopicsError,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::frame::{Decoder, Frame, FrameError, MAX_STR8_LEN, NONCE_LEN, encode_publish};
+use crate::tls::TlsFiles;
 
 /// The content type of events appended by hpfeeds publishes.
 pub const CONTENT_TYPE: &str = "application/octet-stream";
@@ -171,6 +176,10 @@ pub struct HpfeedsConfig {
     pub close_grace: Duration,
     /// Connections open at once; at the limit new ones wait to be served. Default 100 000.
     pub max_connections: usize,
+    /// When set, the listener speaks TLS only, with this certificate and key (reloaded when
+    /// the files change; see [`crate::tls`]). The handshake must complete within
+    /// [`HpfeedsConfig::auth_timeout`]. Default `None` (plain TCP).
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for HpfeedsConfig {
@@ -184,6 +193,7 @@ impl Default for HpfeedsConfig {
             auth_timeout: Duration::from_secs(30),
             close_grace: Duration::from_secs(5),
             max_connections: 100_000,
+            tls: None,
         }
     }
 }
@@ -230,6 +240,9 @@ pub enum BrokerError {
     /// A setting is invalid ([`HpfeedsConfig::validate`]).
     #[error("invalid hpfeeds configuration: {0}")]
     Config(String),
+    /// The TLS certificate or key cannot be loaded.
+    #[error("hpfeeds TLS: {0}")]
+    Tls(String),
 }
 
 /// What every connection shares.
@@ -244,7 +257,8 @@ struct Shared {
 /// and returns once they are gone. See the [module documentation](self).
 ///
 /// # Errors
-/// [`BrokerError::Config`] when `config` is invalid (checked before anything is accepted).
+/// [`BrokerError::Config`] when `config` is invalid, [`BrokerError::Tls`] when its TLS files
+/// cannot be loaded (both checked before anything is accepted).
 pub async fn serve(
     listener: TcpListener,
     topics: Topics,
@@ -253,6 +267,15 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), BrokerError> {
     config.validate()?;
+    // Stops the TLS reloader when this returns, however it returns.
+    let stop_reload = shutdown.child_token();
+    let _stop_reload = stop_reload.clone().drop_guard();
+    let tls = match &config.tls {
+        Some(files) => {
+            Some(crate::tls::watch(files.clone(), stop_reload).map_err(BrokerError::Tls)?)
+        }
+        None => None,
+    };
     let permits = Arc::new(Semaphore::new(
         config.max_connections.min(Semaphore::MAX_PERMITS),
     ));
@@ -309,7 +332,36 @@ pub async fn serve(
         }
         let shared = shared.clone();
         let shutdown = shutdown.clone();
-        tracker.spawn(connection(stream, peer, shared, shutdown, permit));
+        match &tls {
+            None => {
+                let (reader, writer) = stream.into_split();
+                tracker.spawn(connection(
+                    reader, writer, false, peer, shared, shutdown, permit,
+                ));
+            }
+            Some(tls) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.borrow().clone());
+                tracker.spawn(async move {
+                    let timeout = shared.config.auth_timeout;
+                    let handshake = tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        h = tokio::time::timeout(timeout, acceptor.accept(stream)) => h,
+                    };
+                    match handshake {
+                        Ok(Ok(stream)) => {
+                            let (reader, writer) = tokio::io::split(stream);
+                            connection(reader, writer, true, peer, shared, shutdown, permit).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "hpfeeds: TLS handshake failed");
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "hpfeeds: no TLS handshake in time; closing");
+                        }
+                    }
+                });
+            }
+        }
     }
     tracker.close();
     tracker.wait().await;
@@ -432,19 +484,25 @@ struct Conn {
     /// Deliveries taken from the listener and not yet encoded.
     backlog: VecDeque<Delivery>,
     pending: VecDeque<PendingAppend>,
+    /// Whether the writer buffers (TLS) and must be flushed once the outbox is empty.
+    flush_writes: bool,
 }
 
-async fn connection(
-    stream: TcpStream,
+async fn connection<R, W>(
+    reader: R,
+    writer: W,
+    flush_writes: bool,
     peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     _permit: OwnedSemaphorePermit,
-) {
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     metrics::counter!("hpfeeds_broker_connection_made").increment(1);
     metrics::gauge!("hpfeeds_broker_client_connections").increment(1.0);
     tracing::debug!(%peer, "hpfeeds: connection accepted");
-    let (reader, writer) = stream.into_split();
     let mut conn = Conn {
         shared,
         peer,
@@ -456,6 +514,7 @@ async fn connection(
         listener: None,
         backlog: VecDeque::new(),
         pending: VecDeque::new(),
+        flush_writes,
     };
     conn.run(reader, writer, &shutdown).await;
     let ident = conn
@@ -495,12 +554,11 @@ fn subscriptions_gauge(ident: &str, chan: &str) -> metrics::Gauge {
 }
 
 impl Conn {
-    async fn run(
-        &mut self,
-        mut reader: OwnedReadHalf,
-        mut writer: OwnedWriteHalf,
-        shutdown: &CancellationToken,
-    ) {
+    async fn run<R, W>(&mut self, mut reader: R, mut writer: W, shutdown: &CancellationToken)
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
         let info = Frame::info(self.shared.config.name.clone(), self.nonce);
         self.out.push(&info);
         let end = self.serve(&mut reader, &mut writer, shutdown).await;
@@ -578,18 +636,24 @@ impl Conn {
     }
 
     /// The connection's main loop, until something ends it.
-    async fn serve(
+    async fn serve<R, W>(
         &mut self,
-        reader: &mut OwnedReadHalf,
-        writer: &mut OwnedWriteHalf,
+        reader: &mut R,
+        writer: &mut W,
         shutdown: &CancellationToken,
-    ) -> End {
+    ) -> End
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
         let config = self.shared.config.clone();
         let high = config.send_buffer_bytes;
         let low = high / 4;
         let auth_deadline = Instant::now() + config.auth_timeout;
         let mut backpressure: Option<Instant> = None;
         let mut eof = false;
+        // Written since the last flush (only tracked when the writer buffers).
+        let mut unflushed = false;
         loop {
             if let Some(end) = self.process_frames().await {
                 return end;
@@ -627,10 +691,14 @@ impl Conn {
                 () = tokio::time::sleep_until(deadline), if backpressure.is_some() || !authenticated => {
                     return if authenticated { End::Backpressure } else { End::AuthTimeout };
                 }
-                written = write_some(writer, &self.out), if self.out.front().is_some() => {
+                written = write_some(writer, &self.out, unflushed), if unflushed || self.out.front().is_some() => {
                     match written {
-                        Ok(0) => return End::Io(io::ErrorKind::WriteZero.into()),
-                        Ok(n) => self.out.advance(n),
+                        Ok(Written::Bytes(0)) => return End::Io(io::ErrorKind::WriteZero.into()),
+                        Ok(Written::Bytes(n)) => {
+                            self.out.advance(n);
+                            unflushed = self.flush_writes;
+                        }
+                        Ok(Written::Flushed) => unflushed = false,
                         Err(e) => return End::Io(e),
                     }
                 }
@@ -851,12 +919,11 @@ impl Conn {
 
     /// Sends what is queued (the error last), closes the write side, and drains the input for
     /// a moment.
-    async fn close(
-        &mut self,
-        reader: &mut OwnedReadHalf,
-        writer: &mut OwnedWriteHalf,
-        shutdown: &CancellationToken,
-    ) {
+    async fn close<R, W>(&mut self, reader: &mut R, writer: &mut W, shutdown: &CancellationToken)
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
         let grace = self.shared.config.close_grace;
         let out = &mut self.out;
         let flush = async {
@@ -907,16 +974,28 @@ fn delivery_topic(d: &Delivery) -> &Path {
     }
 }
 
-/// Writes some of the front chunk. Cancel-safe: nothing is written unless it completes.
-async fn write_some(writer: &mut OwnedWriteHalf, out: &Outbox) -> io::Result<usize> {
+/// What [`write_some`] did.
+enum Written {
+    Bytes(usize),
+    Flushed,
+}
+
+/// Writes some of the front chunk or, when there is none and `flush` is set, flushes the
+/// writer. Cancel-safe: nothing is written unless it completes.
+async fn write_some<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    out: &Outbox,
+    flush: bool,
+) -> io::Result<Written> {
     match out.front() {
-        Some(buf) => writer.write(buf).await,
+        Some(buf) => writer.write(buf).await.map(Written::Bytes),
+        None if flush => writer.flush().await.map(|()| Written::Flushed),
         None => std::future::pending().await,
     }
 }
 
 /// Reads what is available into `rbuf`. Cancel-safe.
-async fn read_some(reader: &mut OwnedReadHalf, rbuf: &mut BytesMut) -> io::Result<usize> {
+async fn read_some<R: AsyncRead + Unpin>(reader: &mut R, rbuf: &mut BytesMut) -> io::Result<usize> {
     rbuf.reserve(READ_CHUNK);
     reader.read_buf(rbuf).await
 }

@@ -9,9 +9,11 @@
 //! - [`frame`]: the wire codec, pure (no I/O): framing, the per-opcode size limits, and the
 //!   fields of each opcode. It checks a frame's announced length before any of its body is
 //!   buffered.
-//! - [`broker`]: the TCP listener ([`serve`]), authentication against the engine's hpfeeds
+//! - [`broker`]: the TCP (or TLS) listener ([`serve`]), authentication against the engine's hpfeeds
 //!   identities, the publish / subscribe loop, back-pressure and metrics. Its documentation
 //!   lists every behaviour and where it departs from the Python broker.
+//! - [`tls`]: the certificate and key of a TLS listener ([`HpfeedsConfig::tls`]), reloaded
+//!   when their files change.
 //!
 //! # Example
 //! ```no_run
@@ -29,5 +31,7 @@
 
 pub mod broker;
 pub mod frame;
+pub mod tls;
 
 pub use broker::{BrokerError, HpfeedsConfig, PUBLISH_SIZE_BUCKETS, serve};
+pub use tls::TlsFiles;
