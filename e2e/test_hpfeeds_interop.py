@@ -28,6 +28,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -664,3 +665,83 @@ def test_tls_certificate_reload(hp_tls_server: tuple[HeraldServer, Path], tmp_pa
         assert served_certificate(server) == pem_to_der(second)
     finally:
         kept.close()
+
+
+# =====================================================================
+# the PyPI package's own command-line client, and read rights across protocols
+# =====================================================================
+def hpfeeds_cli(server: HeraldServer, ident: str, *args: str) -> list[str]:
+    host, port = address(server)
+    exe = Path(sys.executable).with_name("hpfeeds")
+    return [str(exe), *args[:1], "--host", host, "-p", str(port), "-i", ident, "-s", IDENTITIES[ident][0], *args[1:]]
+
+
+def test_hpfeeds_command_line_client(hp_server: HeraldServer):
+    reader = client(hp_server, "reader")
+    subscriber = None
+    try:
+        subscribe_synced(reader, "events")
+        out = subprocess.run(
+            hpfeeds_cli(hp_server, "sensor", "publish", "-c", "events", "hello", "from", "cli"),
+            capture_output=True, text=True, timeout=30,
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "got error" not in out.stdout, out.stdout
+        assert next_publish(reader) == ("sensor", "events", b"hello from cli")
+
+        refused = subprocess.run(
+            hpfeeds_cli(hp_server, "limited", "publish", "-c", "events", "nope"),
+            capture_output=True, text=True, timeout=30,
+        )
+        assert "Authkey not allowed to pub here. ident=limited, chan=events" in refused.stdout, (
+            refused.stdout + refused.stderr
+        )
+
+        # `hpfeeds subscribe` prints every publish it receives.
+        subscriber = subprocess.Popen(
+            hpfeeds_cli(hp_server, "reader", "subscribe", "-c", "events"),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        lines: "queue.Queue[str]" = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(l) for l in subscriber.stdout], daemon=True).start()
+        deadline = time.monotonic() + IO_TIMEOUT * 2
+        sensor = client(hp_server, "sensor")
+        try:
+            seen = ""
+            while "publish to events by sensor" not in seen:
+                assert time.monotonic() < deadline, f"hpfeeds subscribe printed {seen!r}"
+                # Publish until the subscriber (whose SUBSCRIBE races this) shows one.
+                sensor.publish("events", b"to the cli")
+                try:
+                    seen += lines.get(timeout=0.3)
+                except queue.Empty:
+                    pass
+            assert "to the cli" in seen, seen
+        finally:
+            sensor.close()
+    finally:
+        reader.close()
+        if subscriber is not None:
+            subscriber.kill()
+            subscriber.wait(timeout=10)
+
+
+def test_hpfeeds_traffic_needs_read_rights_on_other_protocols(hp_server: HeraldServer):
+    conn = admin(hp_server)
+    resp = conn.create_user("outsider", "outsider-pw")
+    assert resp.status_code == 201, resp.text
+    outsider = Connection(hp_server.http_url)
+    assert outsider.authenticate("outsider", "outsider-pw").status_code == 201
+    sensor = client(hp_server, "sensor")
+    try:
+        sensor.publish("events", b"private")
+        # Without `get` on bucket hpfeeds: no history, and a listen skips the stream.
+        assert outsider.query("hpfeeds", "events").status_code == 401
+        resp = outsider.listen(Subscriptions().add("hpfeeds", "events", 1), timeout=LONG_POLL_TIMEOUT + IO_TIMEOUT)
+        assert resp.status_code == 204, resp.text
+        # With it, the same listen replays the publish.
+        assert conn.grant("outsider", "get", "hpfeeds").status_code == 200
+        entries = long_poll_until(outsider, Subscriptions().add("hpfeeds", "events", 1), lambda g: len(g) >= 1)
+        assert entries[0]["data"] == "private" and entries[0]["meta"]["origin"] == "sensor", entries
+    finally:
+        sensor.close()
