@@ -6,7 +6,7 @@ use std::fmt::Display;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use herald_bench::scenario::{docs_fanout, docs_put, streams_append, ws_idle};
+use herald_bench::scenario::{docs_fanout, docs_put, hpfeeds_fanout, streams_append, ws_idle};
 use serde::Serialize;
 
 /// Load generator for Herald's benchmarks. Loopback targets only make sense: the scenarios
@@ -37,6 +37,8 @@ enum Scenario {
     WsIdle(ws_idle::Options),
     /// Durable event appends to IorioDB-compatible streams: events/s and latency.
     StreamsAppend(streams_append::Options),
+    /// hpfeeds publish-to-subscriber fan-out: deliveries/s, loss and latency.
+    HpfeedsFanout(hpfeeds_fanout::Options),
 }
 
 fn main() -> std::process::ExitCode {
@@ -63,6 +65,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Scenario::DocsFanout(o) => emit(&docs_fanout::run(o).await?, &cli),
             Scenario::WsIdle(o) => emit(&ws_idle::run(o).await?, &cli),
             Scenario::StreamsAppend(o) => emit(&streams_append::run(o).await?, &cli),
+            Scenario::HpfeedsFanout(o) => emit(&hpfeeds_fanout::run(o).await?, &cli),
         }
     })
 }

@@ -8,6 +8,7 @@
 
 pub mod docs_fanout;
 pub mod docs_put;
+pub mod hpfeeds_fanout;
 pub mod streams_append;
 pub mod ws_idle;
 
