@@ -56,9 +56,12 @@
 //!   is treated as not allowed: the same error and close as a channel missing from the lists
 //!   (identities cannot list such channels anyway).
 //! - Events too large for one `OP_PUBLISH` frame (appended by another protocol), or whose
-//!   origin does not fit a `str8`, are skipped with a debug log. Gaps (events removed by
-//!   retention before they were sent) and resets (the topic deleted and created again) are
-//!   ignored, with a debug log: hpfeeds has no way to tell a subscriber about them.
+//!   origin does not fit a `str8`, are skipped with a debug log. A subscriber that falls
+//!   further behind than the channel's topic retains (a memory-only channel keeps only a small
+//!   in-memory window) gets `OP_ERROR "Subscriber fell behind: N messages on channel C are no
+//!   longer retained"` (metric category `messages-lost`) and is disconnected: it is never left
+//!   to miss messages silently. Resets (the topic deleted and created again) are ignored with a
+//!   debug log.
 //! - Metric labels never carry an ident nobody authenticated as: failures for an unknown ident
 //!   and for protocol errors before authentication are labelled with an empty ident, and an
 //!   ident mismatch on `OP_PUBLISH` with the authenticated ident (the Python broker labels
@@ -661,7 +664,9 @@ impl Conn {
             if eof {
                 return End::Eof;
             }
-            self.encode_deliveries(high);
+            if let Some(end) = self.encode_deliveries(high) {
+                return end;
+            }
             self.out.seal();
             let queued = self.out.queued();
             if queued >= high {
@@ -874,10 +879,11 @@ impl Conn {
         None
     }
 
-    /// Encodes deliveries from the backlog while the output buffer is below `high`.
-    fn encode_deliveries(&mut self, high: usize) {
+    /// Encodes deliveries from the backlog while the output buffer is below `high`. Returns
+    /// the end of the connection when the subscriber lost events (a gap).
+    fn encode_deliveries(&mut self, high: usize) -> Option<End> {
         let Some(session) = &self.session else {
-            return;
+            return None;
         };
         while self.out.queued() < high {
             let Some(delivery) = self.backlog.pop_front() else {
@@ -908,13 +914,27 @@ impl Conn {
                     }
                 }
                 Delivery::Gap { topic, from, to } => {
-                    tracing::debug!(peer = %self.peer, topic = %topic, from, to, "hpfeeds: events no longer retained; skipped");
+                    // The subscriber fell further behind than the topic retains (a memory-only
+                    // channel's window, or retention): hpfeeds cannot say which messages are
+                    // missing, so the subscriber is told and disconnected rather than left to
+                    // miss them silently.
+                    let channel = session.subs.get(&topic).cloned().unwrap_or_default();
+                    let lost = to.saturating_sub(from).saturating_add(1);
+                    return Some(End::Refused {
+                        text: format!(
+                            "Subscriber fell behind: {lost} messages on channel {channel} are \
+                             no longer retained"
+                        ),
+                        category: "messages-lost",
+                        label: session.identity.ident.clone(),
+                    });
                 }
                 Delivery::Reset { topic, epoch } => {
                     tracing::debug!(peer = %self.peer, topic = %topic, epoch, "hpfeeds: topic was recreated");
                 }
             }
         }
+        None
     }
 
     /// Sends what is queued (the error last), closes the write side, and drains the input for

@@ -34,10 +34,16 @@ impl Broker {
     }
 
     async fn start_with(config: HpfeedsConfig, options: HpfeedsOptions) -> Broker {
+        Broker::start_full(config, options, TopicsOptions::default()).await
+    }
+
+    async fn start_full(
+        config: HpfeedsConfig,
+        options: HpfeedsOptions,
+        topics_options: TopicsOptions,
+    ) -> Broker {
         let store = Arc::new(MemoryStore::default());
-        let (topics, _actor) = Topics::open(store.clone(), TopicsOptions::default())
-            .await
-            .unwrap();
+        let (topics, _actor) = Topics::open(store.clone(), topics_options).await.unwrap();
         let identities = HpfeedsIdentities::open(store, options).await.unwrap();
         let all = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
         for (ident, pubs, subs) in [
@@ -812,4 +818,68 @@ async fn shutdown_closes_connections_and_returns() {
     assert_eq!(alice.recv().await, None);
     assert_eq!(fresh.recv().await, None);
     assert!(TcpStream::connect(broker.addr).await.is_err());
+}
+
+#[tokio::test]
+async fn a_subscriber_that_falls_behind_a_memory_only_channel_is_told_and_closed() {
+    // `/hpfeeds/bulk` keeps no history: only an in-memory window of 8 events.
+    let rules = herald_core::topic::RetentionRules::new(vec![(
+        herald_core::PathPattern::parse("/hpfeeds/bulk", &herald_core::PathLimits::default())
+            .unwrap(),
+        herald_core::topic::Retention {
+            memory_only: true,
+            ..Default::default()
+        },
+    )]);
+    let broker = Broker::start_full(
+        HpfeedsConfig {
+            send_buffer_bytes: 16 * 1024,
+            ..HpfeedsConfig::default()
+        },
+        HpfeedsOptions::default(),
+        TopicsOptions {
+            rules,
+            window_events: 8,
+            ..TopicsOptions::default()
+        },
+    )
+    .await;
+    // A subscriber that stops reading once subscribed, with a small receive buffer, so the
+    // broker stops pulling events for it while the publisher goes on.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(broker.addr).await.unwrap();
+    let mut slow = Client::from_stream(stream).await;
+    slow.auth("slow", &secret("slow")).await;
+    slow.subscribe_synced("slow", &["bulk"]).await;
+
+    let mut carol = broker.login("carol").await;
+    for i in 0..400u32 {
+        carol
+            .publish(
+                "carol",
+                "bulk",
+                &[vec![0; 4096], i.to_be_bytes().to_vec()].concat(),
+            )
+            .await;
+    }
+    // What the stuck subscriber gets: some publishes, then the error, then the close.
+    let last = loop {
+        match tokio::time::timeout(IO, slow.recv())
+            .await
+            .expect("an answer")
+        {
+            Some(Frame::Publish { .. }) => continue,
+            other => break other,
+        }
+    };
+    match last {
+        Some(Frame::Error(text)) => assert!(
+            text.starts_with("Subscriber fell behind: ")
+                && text.ends_with("messages on channel bulk are no longer retained"),
+            "{text}"
+        ),
+        other => panic!("expected the fell-behind error, got {other:?}"),
+    }
+    assert_eq!(slow.recv().await, None, "closed after the error");
 }
