@@ -1,10 +1,10 @@
-//! `herald hpfeeds`: manages the hpfeeds identities of a data directory, offline.
+//! `herald hpfeeds`: manages the hpfeeds identities of a data directory, offline, or of a
+//! running server (`add`, `remove`, `list` and `show` with `--server URL`, see [`remote`]).
 //!
-//! Like `herald user`, it opens the store directly, so it runs before the server starts (or
-//! while it is stopped); while a server holds the data directory the store says it is in use
-//! and nothing changes. Secrets are never printed.
+//! Offline, like `herald user`, it opens the store directly, so it runs before the server
+//! starts (or while it is stopped); while a server holds the data directory the store says it
+//! is in use and nothing changes: use `--server` then. Secrets are never printed.
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,9 +13,11 @@ use clap::{Args, Subcommand};
 use herald_auth::hpfeeds::{self, Identity};
 use herald_engine::{HpfeedsIdentities, HpfeedsOptions};
 use herald_store::Store;
+use serde_json::Value;
 
 use crate::config;
 
+mod remote;
 mod sqlite;
 
 /// Options of `herald hpfeeds`.
@@ -43,7 +45,8 @@ enum HpfeedsCommand {
             conflicts_with = "secret_stdin"
         )]
         secret: Option<String>,
-        /// Read the secret from the first line of standard input (its line ending is dropped).
+        /// Read the secret from the first line of standard input (its line ending is dropped;
+        /// the second line with --server --password-stdin).
         #[arg(long)]
         secret_stdin: bool,
         /// Channels the identity may publish to, comma-separated (may be repeated).
@@ -57,6 +60,8 @@ enum HpfeedsCommand {
         owner: Option<String>,
         #[command(flatten)]
         dir: DataDir,
+        #[command(flatten)]
+        server: remote::ServerArgs,
     },
     /// Remove an identity.
     Remove {
@@ -64,11 +69,15 @@ enum HpfeedsCommand {
         ident: String,
         #[command(flatten)]
         dir: DataDir,
+        #[command(flatten)]
+        server: remote::ServerArgs,
     },
     /// List the identities: ident, owner, publish and subscribe channels (never secrets).
     List {
         #[command(flatten)]
         dir: DataDir,
+        #[command(flatten)]
+        server: remote::ServerArgs,
     },
     /// Show one identity as JSON, without its secret.
     Show {
@@ -76,6 +85,8 @@ enum HpfeedsCommand {
         ident: String,
         #[command(flatten)]
         dir: DataDir,
+        #[command(flatten)]
+        server: remote::ServerArgs,
     },
     /// Import an hpfeeds JSON users file
     /// (`{"IDENT": {"owner": .., "secret": .., "pubchans": [..], "subchans": [..]}}`).
@@ -105,7 +116,7 @@ enum HpfeedsCommand {
     },
 }
 
-/// Where the data directory is.
+/// Where the data directory is (ignored with --server).
 #[derive(Debug, Args)]
 struct DataDir {
     /// Data directory of the server (the store is DIR/store). [default: the config file's
@@ -167,10 +178,16 @@ pub(crate) fn run(args: HpfeedsArgs) -> anyhow::Result<()> {
                 subchans,
                 owner,
                 dir,
+                server,
             } => {
+                // With --server --password-stdin, the password is the first line of stdin.
+                let session = match server.url() {
+                    Some(_) => Some(remote::Remote::login(&server).await?),
+                    None => None,
+                };
                 let secret = match secret {
                     Some(secret) => secret,
-                    None => read_secret()?,
+                    None => remote::read_line("secret")?,
                 };
                 let owner = owner.unwrap_or_else(|| ident.clone());
                 let identity = Identity::new(
@@ -180,6 +197,15 @@ pub(crate) fn run(args: HpfeedsArgs) -> anyhow::Result<()> {
                     channels(&pubchans),
                     channels(&subchans),
                 )?;
+                if let Some(session) = session {
+                    let done = if session.put(&identity).await? {
+                        "replaced"
+                    } else {
+                        "created"
+                    };
+                    println!("{done} hpfeeds identity {ident} on {}", session.base());
+                    return Ok(());
+                }
                 let data_dir = dir.create()?;
                 let (ids, store) = open(&data_dir).await?;
                 let replaced = ids
@@ -194,7 +220,18 @@ pub(crate) fn run(args: HpfeedsArgs) -> anyhow::Result<()> {
                 };
                 println!("{done} hpfeeds identity {ident} in {}", data_dir.display());
             }
-            HpfeedsCommand::Remove { ident, dir } => {
+            HpfeedsCommand::Remove { ident, dir, server } => {
+                if server.url().is_some() {
+                    let session = remote::Remote::login(&server).await?;
+                    if !session.remove(&ident).await? {
+                        bail!(
+                            "there is no hpfeeds identity {ident:?} on {}",
+                            session.base()
+                        );
+                    }
+                    println!("removed hpfeeds identity {ident} from {}", session.base());
+                    return Ok(());
+                }
                 let data_dir = dir.existing()?;
                 let (ids, store) = open(&data_dir).await?;
                 let removed = ids
@@ -213,7 +250,30 @@ pub(crate) fn run(args: HpfeedsArgs) -> anyhow::Result<()> {
                     data_dir.display()
                 );
             }
-            HpfeedsCommand::List { dir } => {
+            HpfeedsCommand::List { dir, server } => {
+                if server.url().is_some() {
+                    let session = remote::Remote::login(&server).await?;
+                    let all = session.list().await?;
+                    if all.is_empty() {
+                        eprintln!("no hpfeeds identities on {}", session.base());
+                    }
+                    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+                    let chans = |v: &Value| {
+                        v.as_array()
+                            .map(|a| a.iter().map(text).collect::<Vec<_>>().join(","))
+                            .unwrap_or_default()
+                    };
+                    for id in all {
+                        println!(
+                            "{}\towner={}\tpubchans={}\tsubchans={}",
+                            text(&id["ident"]),
+                            text(&id["owner"]),
+                            chans(&id["pubchans"]),
+                            chans(&id["subchans"])
+                        );
+                    }
+                    return Ok(());
+                }
                 let data_dir = dir.existing()?;
                 let (ids, store) = open(&data_dir).await?;
                 let all = ids.list();
@@ -231,7 +291,18 @@ pub(crate) fn run(args: HpfeedsArgs) -> anyhow::Result<()> {
                     );
                 }
             }
-            HpfeedsCommand::Show { ident, dir } => {
+            HpfeedsCommand::Show { ident, dir, server } => {
+                if server.url().is_some() {
+                    let session = remote::Remote::login(&server).await?;
+                    let Some(shown) = session.get(&ident).await? else {
+                        bail!(
+                            "there is no hpfeeds identity {ident:?} on {}",
+                            session.base()
+                        );
+                    };
+                    println!("{}", serde_json::to_string_pretty(&shown)?);
+                    return Ok(());
+                }
                 let data_dir = dir.existing()?;
                 let (ids, store) = open(&data_dir).await?;
                 let found = ids.get(&ident);
@@ -309,20 +380,6 @@ fn channels(values: &[String]) -> Vec<String> {
         .flat_map(|v| v.split(','))
         .map(str::to_owned)
         .collect()
-}
-
-/// The first line of standard input, without its line ending.
-fn read_secret() -> anyhow::Result<String> {
-    let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .context("cannot read the secret from standard input")?;
-    let secret = line
-        .strip_suffix('\n')
-        .map(|l| l.strip_suffix('\r').unwrap_or(l))
-        .unwrap_or(&line);
-    Ok(secret.to_owned())
 }
 
 async fn open(data_dir: &Path) -> anyhow::Result<(HpfeedsIdentities, Arc<dyn Store>)> {

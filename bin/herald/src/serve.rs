@@ -98,6 +98,18 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     .await
     .context("cannot load the topics")?;
     let accounts = open_accounts(&settings, store.clone()).await?;
+    // One handle for the hpfeeds broker and the admin API on --http, so that changes made
+    // through the API apply to the next hpfeeds authentication at once.
+    let hpfeeds_ids = HpfeedsIdentities::open(
+        store.clone(),
+        if settings.hpfeeds_env_auth {
+            HpfeedsOptions::with_process_env()
+        } else {
+            HpfeedsOptions::default()
+        },
+    )
+    .await
+    .context("cannot load the hpfeeds identities")?;
 
     let jwt = settings.enable_jwt_auth.then(|| JwtConfig {
         secret: settings.jwt_secret.clone().map(String::into_bytes),
@@ -152,16 +164,30 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             shutdown: shutdown.clone(),
             ..Default::default()
         };
-        let app = herald_transport_http::router(docs.clone(), config).merge(
-            herald_transport_iorio::router(topics.clone(), accounts.clone(), iorio),
-        );
+        let app = herald_transport_http::router(docs.clone(), config)
+            .merge(herald_transport_iorio::router(
+                topics.clone(),
+                accounts.clone(),
+                iorio,
+            ))
+            .merge(herald_transport_hpfeeds::admin::router(
+                hpfeeds_ids.clone(),
+                accounts.clone(),
+            ));
         let app = with_http_metrics(app, "http", metrics.is_some());
         let local = start(&mut servers, "http", addr, app, &shutdown, Some(&limit)).await?;
         bound.insert("http", local);
     }
     if let Listen::On(addr) = settings.hpfeeds {
-        let local =
-            start_hpfeeds(&mut servers, &settings, addr, &store, &topics, &shutdown).await?;
+        let local = start_hpfeeds(
+            &mut servers,
+            &settings,
+            addr,
+            &hpfeeds_ids,
+            &topics,
+            &shutdown,
+        )
+        .await?;
         bound.insert("hpfeeds", local);
     }
     if let (Listen::On(addr), Some(handle)) = (settings.metrics, metrics) {
@@ -205,6 +231,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let _ = topics_task.await;
     drop(topics);
     drop(accounts);
+    drop(hpfeeds_ids);
     store.sync().context("final sync of the store failed")?;
     tracing::info!("stopped cleanly");
     Ok(())
@@ -247,24 +274,17 @@ async fn open_accounts(settings: &Settings, store: Arc<dyn Store>) -> anyhow::Re
     Ok(accounts)
 }
 
-/// Opens the hpfeeds identities, binds `addr` and runs the hpfeeds broker until `shutdown` is
+/// Binds `addr` and runs the hpfeeds broker until `shutdown` is
 /// cancelled.
 async fn start_hpfeeds(
     servers: &mut tokio::task::JoinSet<()>,
     settings: &Settings,
     addr: SocketAddr,
-    store: &Arc<dyn Store>,
+    identities: &HpfeedsIdentities,
     topics: &Topics,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
-    let options = if settings.hpfeeds_env_auth {
-        HpfeedsOptions::with_process_env()
-    } else {
-        HpfeedsOptions::default()
-    };
-    let identities = HpfeedsIdentities::open(store.clone(), options)
-        .await
-        .context("cannot load the hpfeeds identities")?;
+    let identities = identities.clone();
     let stored = identities.list().len();
     if stored == 0 && !settings.hpfeeds_env_auth {
         tracing::warn!(

@@ -1,5 +1,6 @@
 //! `herald hpfeeds add|remove|list|show|import-json|import-sqlite` on a real data directory, checked by
-//! opening the same store with `HpfeedsIdentities` afterwards.
+//! opening the same store with `HpfeedsIdentities` afterwards; and `add|remove|list|show
+//! --server` against a running server, checked over hpfeeds.
 
 use std::path::Path;
 use std::process::{Output, Stdio};
@@ -17,13 +18,22 @@ const RUN: Duration = Duration::from_secs(60);
 
 /// Runs `herald ARGS` with no inherited Herald settings and `stdin` piped in.
 async fn herald(args: &[&str], stdin: Option<&str>) -> Output {
+    herald_env(args, stdin, &[]).await
+}
+
+/// As [`herald`], with `env` set (and no proxy settings inherited).
+async fn herald_env(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Output {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"));
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy().into_owned();
-        if k.starts_with("HERALD_") || k.starts_with("HPFEEDS_") {
+        if k.starts_with("HERALD_")
+            || k.starts_with("HPFEEDS_")
+            || k.to_ascii_lowercase().ends_with("_proxy")
+        {
             cmd.env_remove(k);
         }
     }
+    cmd.envs(env.iter().copied());
     cmd.args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -476,4 +486,231 @@ async fn import_an_hpfeeds_sqlite_database() {
         "cannot read the authkeys table",
     );
     assert_eq!(stored(&data).await.len(), 2);
+}
+
+/// Authenticates over hpfeeds as `ident` and, when that works, subscribes to `chan`, publishes
+/// on it and waits for its own message. `false` when authentication failed.
+async fn hpfeeds_roundtrip(
+    addr: std::net::SocketAddr,
+    ident: &str,
+    secret: &str,
+    chan: &str,
+) -> bool {
+    use bytes::{Bytes, BytesMut};
+    use herald_transport_hpfeeds::frame::{Decoder, Frame};
+    use tokio::io::AsyncReadExt;
+
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = BytesMut::new();
+    let mut decoder = Decoder::new();
+    let mut next = async |stream: &mut tokio::net::TcpStream| -> Option<Frame> {
+        loop {
+            if let Some(f) = decoder.decode(&mut buf).unwrap() {
+                return Some(f);
+            }
+            match stream.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    };
+    let io = Duration::from_secs(10);
+    let Ok(Some(Frame::Info { nonce, .. })) = tokio::time::timeout(io, next(&mut stream)).await
+    else {
+        panic!("expected OP_INFO first");
+    };
+    let hash = auth_hash(&nonce, secret);
+    for frame in [
+        Frame::auth(ident, Bytes::copy_from_slice(&hash)),
+        Frame::subscribe(ident, chan),
+        Frame::publish(ident, chan, Bytes::from_static(b"hello")),
+    ] {
+        stream.write_all(&frame.to_bytes().unwrap()).await.unwrap();
+    }
+    match tokio::time::timeout(io, next(&mut stream)).await {
+        Ok(Some(Frame::Publish {
+            ident: from,
+            channel,
+            payload,
+        })) => {
+            assert_eq!((from.as_str(), channel.as_str()), (ident, chan));
+            assert_eq!(&payload[..], b"hello");
+            true
+        }
+        Ok(Some(Frame::Error(message))) => {
+            assert_eq!(message, format!("Authentication failed for {ident}"));
+            false
+        }
+        other => panic!("unexpected answer: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn add_list_show_remove_against_a_running_server() {
+    const PASSWORD: &str = "admin-password";
+    let mut server = herald_testkit::Server::start(
+        Path::new(env!("CARGO_BIN_EXE_herald")),
+        &["--session-attempts-per-minute", "1000"],
+    )
+    .await
+    .unwrap();
+    // The testkit passes the server no environment (so no HERALD_ADMIN_PASSWORD): add the
+    // users offline on the data directory of the first start, then start again.
+    server.kill9().await.unwrap();
+    let d = server.data_dir().to_str().unwrap().to_owned();
+    for (user, admin) in [("admin", true), ("joe", false)] {
+        let mut args = vec![
+            "user",
+            "add",
+            user,
+            "--password",
+            PASSWORD,
+            "--data-dir",
+            &d,
+        ];
+        if admin {
+            args.push("--admin");
+        }
+        assert_ok(&herald(&args, None).await);
+    }
+    server.start_again().await.unwrap();
+    let url = server.http_url();
+    let url = url.trim_end_matches('/');
+    let hp = server.hpfeeds_addr();
+    let pw = [("HERALD_PASSWORD", PASSWORD)];
+
+    assert!(!hpfeeds_roundtrip(hp, "sensor", "s3cret", "events").await);
+    // Password then secret, both on standard input.
+    let out = herald(
+        &[
+            "hpfeeds",
+            "add",
+            "sensor",
+            "--secret-stdin",
+            "--pubchans",
+            "events",
+            "--subchans",
+            "events,other",
+            "--owner",
+            "Lab",
+            "--server",
+            url,
+            "--user",
+            "admin",
+            "--password-stdin",
+        ],
+        Some(&format!("{PASSWORD}\ns3cret\n")),
+    )
+    .await;
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains("created hpfeeds identity sensor on"),
+        "{}",
+        stdout(&out)
+    );
+    // Usable over hpfeeds at once, without a restart.
+    assert!(hpfeeds_roundtrip(hp, "sensor", "s3cret", "events").await);
+
+    let out = herald_env(&["hpfeeds", "list", "--server", url], None, &pw).await;
+    assert_ok(&out);
+    assert_eq!(
+        stdout(&out),
+        "sensor\towner=Lab\tpubchans=events\tsubchans=events,other\n"
+    );
+    let out = herald_env(&["hpfeeds", "show", "sensor", "--server", url], None, &pw).await;
+    assert_ok(&out);
+    let shown: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(
+        shown,
+        serde_json::json!({"ident": "sensor", "owner": "Lab", "pubchans": ["events"],
+                           "subchans": ["events", "other"]})
+    );
+    assert!(!stdout(&out).contains("s3cret"));
+
+    // Replacing rotates the secret at once (password from the environment, secret on stdin).
+    let out = herald_env(
+        &[
+            "hpfeeds",
+            "add",
+            "sensor",
+            "--secret-stdin",
+            "--pubchans",
+            "events",
+            "--subchans",
+            "events",
+            "--server",
+            url,
+        ],
+        Some("rotated\n"),
+        &pw,
+    )
+    .await;
+    assert_ok(&out);
+    assert!(stdout(&out).contains("replaced hpfeeds identity sensor on"));
+    assert!(!hpfeeds_roundtrip(hp, "sensor", "s3cret", "events").await);
+    assert!(hpfeeds_roundtrip(hp, "sensor", "rotated", "events").await);
+
+    // Refusals: no password, a wrong one, a user who is not an admin, bad input.
+    assert_fails(
+        &herald(&["hpfeeds", "list", "--server", url], None).await,
+        "HERALD_PASSWORD",
+    );
+    assert_fails(
+        &herald_env(
+            &["hpfeeds", "list", "--server", url],
+            None,
+            &[("HERALD_PASSWORD", "no")],
+        )
+        .await,
+        "wrong user name or password",
+    );
+    assert_fails(
+        &herald_env(
+            &["hpfeeds", "list", "--server", url, "--user", "joe"],
+            None,
+            &pw,
+        )
+        .await,
+        "is not an admin",
+    );
+    assert_fails(
+        &herald_env(
+            &[
+                "hpfeeds",
+                "add",
+                "x",
+                "--secret",
+                "s",
+                "--pubchans",
+                "..",
+                "--server",
+                url,
+            ],
+            None,
+            &pw,
+        )
+        .await,
+        "invalid channel",
+    );
+    assert_fails(
+        &herald(&["hpfeeds", "list", "--password-stdin"], Some("x\n")).await,
+        "--server",
+    );
+    assert_fails(
+        &herald_env(&["hpfeeds", "show", "nobody", "--server", url], None, &pw).await,
+        "no hpfeeds identity \"nobody\"",
+    );
+
+    let out = herald_env(&["hpfeeds", "remove", "sensor", "--server", url], None, &pw).await;
+    assert_ok(&out);
+    assert!(stdout(&out).contains("removed hpfeeds identity sensor from"));
+    assert!(!hpfeeds_roundtrip(hp, "sensor", "rotated", "events").await);
+    assert_fails(
+        &herald_env(&["hpfeeds", "remove", "sensor", "--server", url], None, &pw).await,
+        "no hpfeeds identity \"sensor\"",
+    );
+    let out = herald_env(&["hpfeeds", "list", "--server", url], None, &pw).await;
+    assert_ok(&out);
+    assert!(stderr(&out).contains("no hpfeeds identities on"));
+    server.stop().await.unwrap();
 }

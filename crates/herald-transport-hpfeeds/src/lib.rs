@@ -12,6 +12,18 @@
 //! - [`broker`]: the TCP (or TLS) listener ([`serve`]), authentication against the engine's hpfeeds
 //!   identities, the publish / subscribe loop, back-pressure and metrics. Its documentation
 //!   lists every behaviour and where it departs from the Python broker.
+//! - [`admin`]: the HTTP admin API of the identities ([`admin::router`], merged into the
+//!   main `--http` listener): list, show, create or replace, and remove identities, for
+//!   admin sessions only.
+//!
+//!   | Method | Path | Answer |
+//!   |---|---|---|
+//!   | GET | `/hpfeeds/identities` | 200 `{"identities": [..]}` (never secrets) |
+//!   | GET | `/hpfeeds/identities/{ident}` | 200 the identity, 404 |
+//!   | PUT | `/hpfeeds/identities/{ident}` | body `{"secret","owner"?,"pubchans"?,"subchans"?}`: 201 created, 200 replaced, 400 invalid |
+//!   | DELETE | `/hpfeeds/identities/{ident}` | 204, 404 |
+//!
+//!   No or an invalid session token is 401, a non-admin session 403.
 //! - [`tls`]: the certificate and key of a TLS listener ([`HpfeedsConfig::tls`]), reloaded
 //!   when their files change.
 //!
@@ -29,6 +41,7 @@
 //! ```
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::indexing_slicing))]
 
+pub mod admin;
 pub mod broker;
 pub mod frame;
 pub mod tls;
