@@ -53,7 +53,7 @@
 
 use std::fmt;
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use herald_auth::session::{self, SessionError};
@@ -61,6 +61,8 @@ use herald_auth::users::{self, PasswordCost};
 use herald_auth::{Acl, Permission, Registry, Resource, UsersError};
 use herald_core::Access;
 use herald_store::{Durability, Store, StoreError};
+
+use crate::durable::DurableValue;
 use tokio::sync::Semaphore;
 
 /// The name of the store snapshot holding the registry.
@@ -145,11 +147,8 @@ pub struct Accounts {
 }
 
 struct Inner {
-    store: Arc<dyn Store>,
     /// The current, durable registry.
-    registry: RwLock<Arc<Registry>>,
-    /// Serialises writers; holds the sequence number of the last snapshot written.
-    writer: Mutex<u64>,
+    registry: DurableValue<Registry>,
     secret: Vec<u8>,
     session_ttl: Duration,
     cost: PasswordCost,
@@ -209,9 +208,7 @@ impl Accounts {
         };
         Ok(Accounts {
             inner: Arc::new(Inner {
-                store,
-                registry: RwLock::new(Arc::new(registry)),
-                writer: Mutex::new(seq),
+                registry: DurableValue::new(store, SNAPSHOT, registry, seq),
                 secret,
                 session_ttl: options.session_ttl,
                 cost: options.password_cost,
@@ -435,33 +432,17 @@ impl Accounts {
 
 impl Inner {
     fn current(&self) -> Arc<Registry> {
-        self.registry
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.registry.current()
     }
 
     fn change<T>(
         &self,
         f: impl FnOnce(&mut Registry) -> Result<T, UsersError>,
     ) -> Result<T, AccountsError> {
-        // A panic while holding the lock leaves a plain counter behind; keep using it.
-        let mut seq = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let current = self.current();
-        let mut next = Registry::clone(&current);
-        let out = f(&mut next)?;
-        if next != *current {
-            let bytes = next.to_bytes()?;
-            let next_seq = seq.saturating_add(1);
-            self.store
-                .put_snapshot(SNAPSHOT, next_seq, &bytes, Durability::Sync)?;
-            *seq = next_seq;
-            *self
-                .registry
-                .write()
-                .unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
-        }
-        Ok(out)
+        self.registry.change(
+            |r| f(r).map_err(AccountsError::from),
+            |r| r.to_bytes().map_err(AccountsError::from),
+        )
     }
 }
 

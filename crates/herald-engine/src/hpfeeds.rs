@@ -42,10 +42,12 @@
 //! ```
 
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::Arc;
 
 use herald_auth::hpfeeds::{self, Identity, IdentityError, IdentityRegistry};
-use herald_store::{Durability, Store, StoreError};
+use herald_store::{Store, StoreError};
+
+use crate::durable::DurableValue;
 
 /// The name of the store snapshot holding the identities.
 pub const SNAPSHOT: &str = "hpfeeds-identities";
@@ -122,11 +124,8 @@ pub struct HpfeedsIdentities {
 }
 
 struct Inner {
-    store: Arc<dyn Store>,
     /// The current, durable registry.
-    registry: RwLock<Arc<IdentityRegistry>>,
-    /// Serialises writers; holds the sequence number of the last snapshot written.
-    writer: Mutex<u64>,
+    registry: DurableValue<IdentityRegistry>,
     env: Option<EnvLookup>,
 }
 
@@ -160,9 +159,7 @@ impl HpfeedsIdentities {
         };
         Ok(HpfeedsIdentities {
             inner: Arc::new(Inner {
-                store,
-                registry: RwLock::new(Arc::new(registry)),
-                writer: Mutex::new(seq),
+                registry: DurableValue::new(store, SNAPSHOT, registry, seq),
                 env: options.env,
             }),
         })
@@ -260,33 +257,17 @@ impl HpfeedsIdentities {
 
 impl Inner {
     fn current(&self) -> Arc<IdentityRegistry> {
-        self.registry
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.registry.current()
     }
 
     fn change<T>(
         &self,
         f: impl FnOnce(&mut IdentityRegistry) -> Result<T, IdentityError>,
     ) -> Result<T, HpfeedsError> {
-        // A panic while holding the lock leaves a plain counter behind; keep using it.
-        let mut seq = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let current = self.current();
-        let mut next = IdentityRegistry::clone(&current);
-        let out = f(&mut next)?;
-        if next != *current {
-            let bytes = next.to_bytes()?;
-            let next_seq = seq.saturating_add(1);
-            self.store
-                .put_snapshot(SNAPSHOT, next_seq, &bytes, Durability::Sync)?;
-            *seq = next_seq;
-            *self
-                .registry
-                .write()
-                .unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
-        }
-        Ok(out)
+        self.registry.change(
+            |r| f(r).map_err(HpfeedsError::from),
+            |r| r.to_bytes().map_err(HpfeedsError::from),
+        )
     }
 }
 

@@ -41,6 +41,7 @@
 
 pub mod accounts;
 pub mod docs;
+mod durable;
 pub mod hpfeeds;
 pub mod inbox;
 pub mod topics;
