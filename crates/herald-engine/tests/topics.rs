@@ -241,6 +241,7 @@ fn fast_retention(rules: Vec<(&str, Retention)>) -> TopicsOptions {
         ),
         retention_interval: Duration::from_millis(20),
         window_events: 4,
+        memory_window_events: 4,
         ..TopicsOptions::default()
     }
 }

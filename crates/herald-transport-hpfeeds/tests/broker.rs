@@ -839,7 +839,7 @@ async fn a_subscriber_that_falls_behind_a_memory_only_channel_is_told_and_closed
         HpfeedsOptions::default(),
         TopicsOptions {
             rules,
-            window_events: 8,
+            memory_window_events: 8,
             ..TopicsOptions::default()
         },
     )

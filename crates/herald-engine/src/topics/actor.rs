@@ -364,8 +364,13 @@ impl Actor {
                 state.window_bytes += e.data.len();
                 state.window.push_back(e);
             }
-            while state.window.len() > opts.window_events
-                || (state.window_bytes > opts.window_bytes && state.window.len() > 1)
+            let (max_events, max_bytes) = if topic.memory_only {
+                (opts.memory_window_events, opts.memory_window_bytes)
+            } else {
+                (opts.window_events, opts.window_bytes)
+            };
+            while state.window.len() > max_events
+                || (state.window_bytes > max_bytes && state.window.len() > 1)
             {
                 if let Some(old) = state.window.pop_front() {
                     state.window_bytes -= old.data.len();

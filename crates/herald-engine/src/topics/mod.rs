@@ -68,6 +68,12 @@ pub struct TopicsOptions {
     pub window_events: usize,
     /// Bytes (of event data) kept in memory per topic, at most.
     pub window_bytes: usize,
+    /// The window of a memory-only topic, which is its whole history: a listener further
+    /// behind loses events (and is told, with [`Delivery::Gap`]). Larger than a durable
+    /// topic's window, whose older events are still on disk.
+    pub memory_window_events: usize,
+    /// Bytes (of event data) a memory-only topic keeps, at most.
+    pub memory_window_bytes: usize,
     /// How often retention is enforced.
     pub retention_interval: Duration,
     /// The most events one [`Listener::next`] returns.
@@ -82,6 +88,8 @@ impl Default for TopicsOptions {
             rules: RetentionRules::default(),
             window_events: 256,
             window_bytes: 256 * 1024,
+            memory_window_events: 65_536,
+            memory_window_bytes: 16 * 1024 * 1024,
             retention_interval: Duration::from_secs(1),
             listener_batch: 1000,
         }
