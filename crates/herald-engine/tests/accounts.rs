@@ -1,18 +1,20 @@
 //! The durable accounts: persistence across reopen (memory and fjall), logins and sessions,
 //! grants, and that a failed store write leaves the accounts unchanged.
 
+mod common;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::{Backend, FailingStore, wait_released};
 use herald_auth::session::{self, SessionError};
 use herald_auth::users::{ANONYMOUS, GROUP_AUTHENTICATED, PERMISSIONS_BUCKET};
 use herald_auth::{Acl, PasswordCost, Permission, Resource, UsersError};
 use herald_core::{Access, Modes, Path, PathLimits};
 use herald_engine::accounts::SNAPSHOT;
 use herald_engine::{Accounts, AccountsError, AccountsOptions};
-use herald_store::{Append, Durability, LogBounds, MemoryStore, Store, StoreError};
-use herald_store_fjall::FjallStore;
+use herald_store::{Durability, MemoryStore, Store};
 
 /// How long any single wait may take before the test fails instead of hanging.
 const WAIT: Duration = Duration::from_secs(10);
@@ -55,67 +57,6 @@ fn now() -> u64 {
 
 /// Waits until `store` is referenced only by the caller (the accounts were dropped and no
 /// blocking job still holds them).
-async fn wait_released<T: ?Sized>(store: &Arc<T>) {
-    tokio::time::timeout(WAIT, async {
-        while Arc::strong_count(store) > 1 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    })
-    .await
-    .expect("store still referenced");
-}
-
-/// A store that can be closed and opened again: a shared `MemoryStore`, or a fjall directory.
-enum Backend {
-    Memory(Arc<MemoryStore>),
-    Fjall {
-        dir: tempfile::TempDir,
-        store: Option<Arc<FjallStore>>,
-    },
-}
-
-impl Backend {
-    fn all() -> Vec<Backend> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = FjallStore::open(dir.path()).expect("open fjall");
-        vec![
-            Backend::Memory(Arc::new(MemoryStore::default())),
-            Backend::Fjall {
-                dir,
-                store: Some(Arc::new(store)),
-            },
-        ]
-    }
-
-    fn name(&self) -> &'static str {
-        match self {
-            Backend::Memory(_) => "memory",
-            Backend::Fjall { .. } => "fjall",
-        }
-    }
-
-    fn store(&self) -> Arc<dyn Store> {
-        match self {
-            Backend::Memory(s) => s.clone(),
-            Backend::Fjall { store, .. } => store.clone().expect("store is open"),
-        }
-    }
-
-    /// Drop every `Accounts` first.
-    async fn restart(&mut self) {
-        match self {
-            Backend::Memory(s) => wait_released(s).await,
-            Backend::Fjall { dir, store } => {
-                let current = store.take().expect("store is open");
-                wait_released(&current).await;
-                drop(current);
-                *store = Some(Arc::new(
-                    FjallStore::open(dir.path()).expect("reopen fjall"),
-                ));
-            }
-        }
-    }
-}
 
 #[tokio::test]
 async fn accounts_survive_a_restart() {
@@ -461,57 +402,9 @@ async fn a_dropped_change_still_completes_visibly_and_durably() {
     assert!(accounts.access(Some("bob")).allows(&p("/b"), Modes::READ));
 }
 
-/// A `MemoryStore` whose snapshot writes fail while `fail` is set.
-#[derive(Default)]
-struct FailingSnapshots {
-    inner: MemoryStore,
-    fail: AtomicBool,
-}
-
-impl Store for FailingSnapshots {
-    fn append(&self, records: &[Append<'_>], durability: Durability) -> Result<(), StoreError> {
-        self.inner.append(records, durability)
-    }
-    fn read(&self, log: &str, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        self.inner.read(log, from, limit)
-    }
-    fn bounds(&self, log: &str) -> Result<Option<LogBounds>, StoreError> {
-        self.inner.bounds(log)
-    }
-    fn trim(&self, log: &str, before: u64, durability: Durability) -> Result<(), StoreError> {
-        self.inner.trim(log, before, durability)
-    }
-    fn list_logs(&self, prefix: &str) -> Result<Vec<(String, LogBounds)>, StoreError> {
-        self.inner.list_logs(prefix)
-    }
-    fn delete_log(&self, log: &str, durability: Durability) -> Result<(), StoreError> {
-        self.inner.delete_log(log, durability)
-    }
-    fn put_snapshot(
-        &self,
-        name: &str,
-        seq: u64,
-        data: &[u8],
-        durability: Durability,
-    ) -> Result<(), StoreError> {
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(StoreError::Engine(Box::new(std::io::Error::other(
-                "injected snapshot failure",
-            ))));
-        }
-        self.inner.put_snapshot(name, seq, data, durability)
-    }
-    fn snapshot(&self, name: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        self.inner.snapshot(name)
-    }
-    fn sync(&self) -> Result<(), StoreError> {
-        self.inner.sync()
-    }
-}
-
 #[tokio::test]
 async fn a_failed_write_leaves_the_accounts_unchanged() {
-    let store = Arc::new(FailingSnapshots::default());
+    let store = Arc::new(FailingStore::default());
     let accounts = open(store.clone(), cheap()).await;
     accounts.add_user("bob", "pw", false).await.unwrap();
     accounts
@@ -521,7 +414,7 @@ async fn a_failed_write_leaves_the_accounts_unchanged() {
     let (_, durable) = store.snapshot(SNAPSHOT).unwrap().unwrap();
     let bob_before = accounts.access(Some("bob"));
 
-    store.fail.store(true, Ordering::SeqCst);
+    store.fail_snapshots.store(true, Ordering::SeqCst);
     assert!(matches!(
         accounts.add_user("carol", "pw", false).await,
         Err(AccountsError::Store(_))
@@ -558,13 +451,13 @@ async fn a_failed_write_leaves_the_accounts_unchanged() {
     assert_eq!(store.snapshot(SNAPSHOT).unwrap().unwrap().1, durable);
 
     // Once the store works again, so do changes.
-    store.fail.store(false, Ordering::SeqCst);
+    store.fail_snapshots.store(false, Ordering::SeqCst);
     accounts.add_user("carol", "pw", false).await.unwrap();
     assert_eq!(accounts.user_names(), ["bob", "carol"]);
 
     // Opening fails cleanly when the generated secret cannot be stored.
-    let fresh = Arc::new(FailingSnapshots::default());
-    fresh.fail.store(true, Ordering::SeqCst);
+    let fresh = Arc::new(FailingStore::default());
+    fresh.fail_snapshots.store(true, Ordering::SeqCst);
     assert!(matches!(
         Accounts::open(fresh, cheap()).await,
         Err(AccountsError::Store(_))

@@ -1,16 +1,18 @@
 //! The durable hpfeeds identities: persistence across reopen (memory and fjall), the `env`
 //! backend behind the stored identities, and that a failed store write changes nothing.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use common::{Backend, FailingStore, wait_released};
 use herald_auth::hpfeeds::{Identity, IdentityError, auth_hash};
 use herald_engine::hpfeeds::{PutAll, SNAPSHOT};
 use herald_engine::{HpfeedsError, HpfeedsIdentities, HpfeedsOptions};
-use herald_store::{Append, Durability, LogBounds, MemoryStore, Store, StoreError};
-use herald_store_fjall::FjallStore;
+use herald_store::{Durability, MemoryStore, Store};
 
 /// How long any single wait may take before the test fails instead of hanging.
 const WAIT: Duration = Duration::from_secs(10);
@@ -37,69 +39,6 @@ fn env(vars: &[(&str, &str)]) -> HpfeedsOptions {
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
     HpfeedsOptions::with_env(move |name| vars.get(name).cloned())
-}
-
-/// Waits until `store` is referenced only by the caller.
-async fn wait_released<T: ?Sized>(store: &Arc<T>) {
-    tokio::time::timeout(WAIT, async {
-        while Arc::strong_count(store) > 1 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    })
-    .await
-    .expect("store still referenced");
-}
-
-/// A store that can be closed and opened again: a shared `MemoryStore`, or a fjall directory.
-enum Backend {
-    Memory(Arc<MemoryStore>),
-    Fjall {
-        dir: tempfile::TempDir,
-        store: Option<Arc<FjallStore>>,
-    },
-}
-
-impl Backend {
-    fn all() -> Vec<Backend> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = FjallStore::open(dir.path()).expect("open fjall");
-        vec![
-            Backend::Memory(Arc::new(MemoryStore::default())),
-            Backend::Fjall {
-                dir,
-                store: Some(Arc::new(store)),
-            },
-        ]
-    }
-
-    fn name(&self) -> &'static str {
-        match self {
-            Backend::Memory(_) => "memory",
-            Backend::Fjall { .. } => "fjall",
-        }
-    }
-
-    fn store(&self) -> Arc<dyn Store> {
-        match self {
-            Backend::Memory(s) => s.clone(),
-            Backend::Fjall { store, .. } => store.clone().expect("store is open"),
-        }
-    }
-
-    /// Drop every handle first.
-    async fn restart(&mut self) {
-        match self {
-            Backend::Memory(s) => wait_released(s).await,
-            Backend::Fjall { dir, store } => {
-                let current = store.take().expect("store is open");
-                wait_released(&current).await;
-                drop(current);
-                *store = Some(Arc::new(
-                    FjallStore::open(dir.path()).expect("reopen fjall"),
-                ));
-            }
-        }
-    }
 }
 
 #[tokio::test]
@@ -275,63 +214,15 @@ async fn a_corrupt_snapshot_is_refused() {
     assert!(matches!(err, HpfeedsError::Corrupt(_)), "{err:?}");
 }
 
-/// A `MemoryStore` whose snapshot writes fail while `fail` is set.
-#[derive(Default)]
-struct FailingSnapshots {
-    inner: MemoryStore,
-    fail: AtomicBool,
-}
-
-impl Store for FailingSnapshots {
-    fn append(&self, records: &[Append<'_>], durability: Durability) -> Result<(), StoreError> {
-        self.inner.append(records, durability)
-    }
-    fn read(&self, log: &str, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        self.inner.read(log, from, limit)
-    }
-    fn bounds(&self, log: &str) -> Result<Option<LogBounds>, StoreError> {
-        self.inner.bounds(log)
-    }
-    fn trim(&self, log: &str, before: u64, durability: Durability) -> Result<(), StoreError> {
-        self.inner.trim(log, before, durability)
-    }
-    fn list_logs(&self, prefix: &str) -> Result<Vec<(String, LogBounds)>, StoreError> {
-        self.inner.list_logs(prefix)
-    }
-    fn delete_log(&self, log: &str, durability: Durability) -> Result<(), StoreError> {
-        self.inner.delete_log(log, durability)
-    }
-    fn put_snapshot(
-        &self,
-        name: &str,
-        seq: u64,
-        data: &[u8],
-        durability: Durability,
-    ) -> Result<(), StoreError> {
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(StoreError::Engine(Box::new(std::io::Error::other(
-                "injected snapshot failure",
-            ))));
-        }
-        self.inner.put_snapshot(name, seq, data, durability)
-    }
-    fn snapshot(&self, name: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        self.inner.snapshot(name)
-    }
-    fn sync(&self) -> Result<(), StoreError> {
-        self.inner.sync()
-    }
-}
-
 #[tokio::test]
 async fn a_failed_write_leaves_the_identities_unchanged() {
-    let store = Arc::new(FailingSnapshots::default());
+    let store = Arc::new(FailingStore::default());
     let ids = open(store.clone(), HpfeedsOptions::default()).await;
     ids.add(identity("bob", "pw", &["a"], &[])).await.unwrap();
     let (_, durable) = store.snapshot(SNAPSHOT).unwrap().unwrap();
     let before = ids.list();
 
-    store.fail.store(true, Ordering::SeqCst);
+    store.fail_snapshots.store(true, Ordering::SeqCst);
     assert!(matches!(
         ids.add(identity("carol", "pw", &[], &[])).await,
         Err(HpfeedsError::Store(_))
@@ -360,7 +251,7 @@ async fn a_failed_write_leaves_the_identities_unchanged() {
     );
     assert!(!ids.remove("nobody").await.unwrap());
 
-    store.fail.store(false, Ordering::SeqCst);
+    store.fail_snapshots.store(false, Ordering::SeqCst);
     ids.add(identity("carol", "pw", &[], &[])).await.unwrap();
     drop(ids);
     wait_released(&store).await;

@@ -137,6 +137,18 @@ pub(crate) enum Backend {
 }
 
 impl Backend {
+    /// One of each kind.
+    pub(crate) fn all() -> Vec<Backend> {
+        vec![Backend::memory(), Backend::fjall()]
+    }
+
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Backend::Memory(_) => "memory",
+            Backend::Fjall { .. } => "fjall",
+        }
+    }
+
     pub(crate) fn memory() -> Self {
         Backend::Memory(Arc::new(MemoryStore::default()))
     }
@@ -194,11 +206,13 @@ fn injected() -> StoreError {
     StoreError::Engine(Box::new(std::io::Error::other("injected append failure")))
 }
 
-/// A `MemoryStore` whose `append` fails while `fail` is set.
+/// A `MemoryStore` whose `append` fails while `fail` is set, and whose `put_snapshot` fails
+/// while `fail_snapshots` is set.
 #[derive(Default)]
 pub(crate) struct FailingStore {
     pub(crate) inner: MemoryStore,
     pub(crate) fail: AtomicBool,
+    pub(crate) fail_snapshots: AtomicBool,
 }
 
 impl Store for FailingStore {
@@ -230,6 +244,11 @@ impl Store for FailingStore {
         data: &[u8],
         durability: Durability,
     ) -> Result<(), StoreError> {
+        if self.fail_snapshots.load(Ordering::SeqCst) {
+            return Err(StoreError::Engine(Box::new(std::io::Error::other(
+                "injected snapshot failure",
+            ))));
+        }
         self.inner.put_snapshot(name, seq, data, durability)
     }
     fn snapshot(&self, name: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
