@@ -15,7 +15,7 @@ use herald_engine::{HpfeedsIdentities, HpfeedsOptions};
 use herald_store::Store;
 use serde_json::Value;
 
-use crate::config;
+use crate::datadir::{self, DataDir};
 
 mod remote;
 mod sqlite;
@@ -116,53 +116,6 @@ enum HpfeedsCommand {
     },
 }
 
-/// Where the data directory is (ignored with --server).
-#[derive(Debug, Args)]
-struct DataDir {
-    /// Data directory of the server (the store is DIR/store). [default: the config file's
-    /// data-dir, else ./herald-data]
-    #[arg(long, env = "HERALD_DATA_DIR", value_name = "DIR")]
-    data_dir: Option<PathBuf>,
-
-    /// A `herald serve` TOML configuration file to take data-dir from.
-    #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
-    config: Option<PathBuf>,
-}
-
-impl DataDir {
-    /// The data directory, as `herald user` finds it.
-    fn resolve(&self) -> anyhow::Result<PathBuf> {
-        if let Some(dir) = &self.data_dir {
-            return Ok(dir.clone());
-        }
-        let from_file = match &self.config {
-            Some(path) => config::data_dir_from_file(path)?,
-            None => None,
-        };
-        Ok(from_file.unwrap_or_else(|| PathBuf::from(config::DEFAULT_DATA_DIR)))
-    }
-
-    /// The data directory, created if missing.
-    fn create(&self) -> anyhow::Result<PathBuf> {
-        let data_dir = self.resolve()?;
-        std::fs::create_dir_all(&data_dir)
-            .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
-        Ok(data_dir)
-    }
-
-    /// The data directory, which must hold a store already.
-    fn existing(&self) -> anyhow::Result<PathBuf> {
-        let data_dir = self.resolve()?;
-        if !data_dir.join("store").is_dir() {
-            bail!(
-                "there is no Herald store in {} (is the data directory right?)",
-                data_dir.display()
-            );
-        }
-        Ok(data_dir)
-    }
-}
-
 pub(crate) fn run(args: HpfeedsArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -187,7 +140,7 @@ pub(crate) fn run(args: HpfeedsArgs) -> anyhow::Result<()> {
                 };
                 let secret = match secret {
                     Some(secret) => secret,
-                    None => remote::read_line("secret")?,
+                    None => datadir::read_stdin_line("secret")?,
                 };
                 let owner = owner.unwrap_or_else(|| ident.clone());
                 let identity = Identity::new(
@@ -383,21 +336,16 @@ fn channels(values: &[String]) -> Vec<String> {
 }
 
 async fn open(data_dir: &Path) -> anyhow::Result<(HpfeedsIdentities, Arc<dyn Store>)> {
-    let store_dir = data_dir.join("store");
-    let store: Arc<dyn Store> = Arc::new(
-        herald_store_fjall::FjallStore::open(&store_dir)
-            .with_context(|| format!("cannot open the store in {}", store_dir.display()))?,
-    );
+    let store = datadir::open_store(data_dir)?;
     let ids = HpfeedsIdentities::open(store.clone(), HpfeedsOptions::default())
         .await
         .context("cannot load the hpfeeds identities")?;
     Ok((ids, store))
 }
 
-/// Every change is already durable; the final sync mirrors `serve`'s clean shutdown.
 fn close(ids: HpfeedsIdentities, store: Arc<dyn Store>) -> anyhow::Result<()> {
     drop(ids);
-    store.sync().context("final sync of the store failed")
+    datadir::close_store(store)
 }
 
 #[cfg(test)]

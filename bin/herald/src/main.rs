@@ -9,6 +9,7 @@
 use clap::{Parser, Subcommand};
 
 mod config;
+mod datadir;
 mod hpfeeds_cli;
 mod limit;
 mod serve;

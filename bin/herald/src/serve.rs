@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Listen, ServeArgs, Settings};
+use crate::datadir;
 use crate::limit::{ConnectionLimit, PeerAddr, peer_as_socket_addr};
 
 /// How long listeners get to finish in-flight requests after a shutdown signal.
@@ -54,20 +55,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         Listen::Off => None,
     };
 
-    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
-        format!(
-            "cannot create data directory {}",
-            settings.data_dir.display()
-        )
-    })?;
-    let store_dir = settings.data_dir.join("store");
+    datadir::create(&settings.data_dir)?;
     let opened = Instant::now();
-    let store: Arc<dyn Store> = Arc::new(
-        herald_store_fjall::FjallStore::open(&store_dir)
-            .with_context(|| format!("cannot open the store in {}", store_dir.display()))?,
-    );
+    let store = datadir::open_store(&settings.data_dir)?;
     tracing::info!(
-        dir = %store_dir.display(),
+        dir = %settings.data_dir.join("store").display(),
         elapsed_ms = opened.elapsed().as_millis() as u64,
         "store opened"
     );

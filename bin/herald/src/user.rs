@@ -3,16 +3,14 @@
 //! It opens the store directly, so it runs before the server starts (or while it is stopped);
 //! while a server holds the data directory the store says it is in use and nothing changes.
 
-use std::io::BufRead;
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use herald_engine::{Accounts, AccountsOptions};
 use herald_store::Store;
 
-use crate::config;
+use crate::datadir::{self, DataDir};
 
 /// Options of `herald user`.
 #[derive(Debug, Args)]
@@ -62,42 +60,16 @@ struct Common {
     #[arg(long)]
     password_stdin: bool,
 
-    /// Data directory of the server (the store is DIR/store). [default: the config file's
-    /// data-dir, else ./herald-data]
-    #[arg(long, env = "HERALD_DATA_DIR", value_name = "DIR")]
-    data_dir: Option<PathBuf>,
-
-    /// A `herald serve` TOML configuration file to take data-dir from.
-    #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    dir: DataDir,
 }
 
 impl Common {
     fn password(&self) -> anyhow::Result<String> {
-        if let Some(password) = &self.password {
-            return Ok(password.clone());
+        match &self.password {
+            Some(password) => Ok(password.clone()),
+            None => datadir::read_stdin_line("password"),
         }
-        let mut line = String::new();
-        std::io::stdin()
-            .lock()
-            .read_line(&mut line)
-            .context("cannot read the password from standard input")?;
-        let password = line
-            .strip_suffix('\n')
-            .map(|l| l.strip_suffix('\r').unwrap_or(l))
-            .unwrap_or(&line);
-        Ok(password.to_owned())
-    }
-
-    fn data_dir(&self) -> anyhow::Result<PathBuf> {
-        if let Some(dir) = &self.data_dir {
-            return Ok(dir.clone());
-        }
-        let from_file = match &self.config {
-            Some(path) => config::data_dir_from_file(path)?,
-            None => None,
-        };
-        Ok(from_file.unwrap_or_else(|| PathBuf::from(config::DEFAULT_DATA_DIR)))
     }
 }
 
@@ -114,10 +86,7 @@ pub(crate) fn run(args: UserArgs) -> anyhow::Result<()> {
                 common,
             } => {
                 let password = common.password()?;
-                let data_dir = common.data_dir()?;
-                std::fs::create_dir_all(&data_dir).with_context(|| {
-                    format!("cannot create data directory {}", data_dir.display())
-                })?;
+                let data_dir = common.dir.create()?;
                 let (accounts, store) = open(&data_dir).await?;
                 accounts
                     .add_user(&name, &password, admin)
@@ -129,13 +98,7 @@ pub(crate) fn run(args: UserArgs) -> anyhow::Result<()> {
             }
             UserCommand::Passwd { name, common } => {
                 let password = common.password()?;
-                let data_dir = common.data_dir()?;
-                if !data_dir.join("store").is_dir() {
-                    bail!(
-                        "there is no Herald store in {} (is the data directory right?)",
-                        data_dir.display()
-                    );
-                }
+                let data_dir = common.dir.existing()?;
                 let (accounts, store) = open(&data_dir).await?;
                 accounts
                     .set_password(&name, &password)
@@ -150,19 +113,14 @@ pub(crate) fn run(args: UserArgs) -> anyhow::Result<()> {
 }
 
 async fn open(data_dir: &std::path::Path) -> anyhow::Result<(Accounts, Arc<dyn Store>)> {
-    let store_dir = data_dir.join("store");
-    let store: Arc<dyn Store> = Arc::new(
-        herald_store_fjall::FjallStore::open(&store_dir)
-            .with_context(|| format!("cannot open the store in {}", store_dir.display()))?,
-    );
+    let store = datadir::open_store(data_dir)?;
     let accounts = Accounts::open(store.clone(), AccountsOptions::default())
         .await
         .context("cannot load the accounts")?;
     Ok((accounts, store))
 }
 
-/// Every change is already durable; the final sync mirrors `serve`'s clean shutdown.
 fn close(accounts: Accounts, store: Arc<dyn Store>) -> anyhow::Result<()> {
     drop(accounts);
-    store.sync().context("final sync of the store failed")
+    datadir::close_store(store)
 }

@@ -6,8 +6,6 @@
 //! token in `X-Session`. The user must be an admin. Only `http://` URLs are supported (this
 //! build has no TLS client): use it on the server's host or over a trusted network.
 
-use std::io::BufRead;
-
 use anyhow::{Context, bail};
 use clap::Args;
 use herald_auth::hpfeeds::Identity;
@@ -62,7 +60,7 @@ impl Remote {
         };
         let base = base_url(server)?;
         let password = if args.password_stdin {
-            read_line("password")?
+            crate::datadir::read_stdin_line("password")?
         } else {
             match std::env::var(PASSWORD_ENV) {
                 Ok(p) => p,
@@ -253,20 +251,6 @@ fn error_text(body: &Value) -> String {
         None if body.is_null() => "(no details)".to_owned(),
         None => body.to_string(),
     }
-}
-
-/// The next line of standard input, without its line ending.
-pub(super) fn read_line(what: &str) -> anyhow::Result<String> {
-    let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .with_context(|| format!("cannot read the {what} from standard input"))?;
-    let value = line
-        .strip_suffix('\n')
-        .map(|l| l.strip_suffix('\r').unwrap_or(l))
-        .unwrap_or(&line);
-    Ok(value.to_owned())
 }
 
 #[cfg(test)]
