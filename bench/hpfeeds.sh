@@ -55,29 +55,8 @@ export HPFEEDS_BENCH_SECRET
 # 1,000 sensors are 1,000 sockets in each process.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-SERVER_PID=""
-
-log() { printf '\n== %s\n' "$*"; }
-
-stop_server() {
-  if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 300); do
-      kill -0 "$SERVER_PID" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$SERVER_PID" 2>/dev/null; then
-      echo "broker $SERVER_PID did not stop in 30 s; killing it" >&2
-      kill -KILL "$SERVER_PID" 2>/dev/null || true
-    fi
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
-  SERVER_PID=""
-}
-trap stop_server EXIT
-trap 'stop_server; exit 130' INT TERM
-
-field() { grep -o "\"$1\":\"[^\"]*\"" "$2" | cut -d'"' -f4; }
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -128,39 +107,18 @@ start_herald() {
   "$HERALD" serve --data-dir "$dir/data" "${config[@]}" --icepeak off --http 127.0.0.1:0 \
     --metrics off --hpfeeds 127.0.0.1:0 --ready-file "$dir/ready.json" >"$dir/server.log" 2>&1 &
   SERVER_PID=$!
-  for _ in $(seq 300); do
-    [[ -s "$dir/ready.json" ]] && break
-    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-      echo "herald exited before it was ready; see $dir/server.log" >&2
-      tail -5 "$dir/server.log" >&2
-      exit 1
-    fi
-    sleep 0.1
-  done
-  [[ -s "$dir/ready.json" ]] || { echo "herald not ready after 30 s" >&2; exit 1; }
+  wait_ready "$dir"
   TARGET=$(field hpfeeds "$dir/ready.json")
 }
 
-bench() { timeout --signal=INT --kill-after=10 "$RUN_TIMEOUT" "$BENCH" "$@"; }
-
-machine() {
-  log "machine"
-  echo "  nproc:  $(nproc)"
-  echo "  cpu:    $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
-  echo "  kernel: $(uname -r)"
-  echo "  load:   $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min, before the runs)"
-  echo "  commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
-  echo "  ref:    hpfeeds $("$REF_VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("hpfeeds"))' 2>/dev/null || echo '?'), $("$REF_VENV/bin/python" --version 2>&1)"
-  echo "  ulimit: $(ulimit -n)"
-  echo "  output: $OUT"
-}
 
 if [[ "$SKIP_BUILD" != 1 ]]; then
   log "cargo build --release -p herald -p herald-bench"
   (cd "$ROOT" && cargo build --release -p herald -p herald-bench)
 fi
 [[ " $BROKERS " == *" ref "* ]] && install_ref
-machine
+machine "ref:    hpfeeds $("$REF_VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("hpfeeds"))' 2>/dev/null || echo '?'), $("$REF_VENV/bin/python" --version 2>&1)" \
+  "ulimit: $(ulimit -n)"
 
 for broker in $BROKERS; do
   for scenario in $SCENARIOS; do

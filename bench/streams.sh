@@ -47,37 +47,8 @@ RUN_TIMEOUT=600
 HERALD_ADMIN_PASSWORD=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
 export HERALD_ADMIN_PASSWORD
 
-SERVER_PID=""
-PERF_PID=""
-
-log() { printf '\n== %s\n' "$*"; }
-
-stop_server() {
-  if [[ -n "$PERF_PID" ]] && kill -0 "$PERF_PID" 2>/dev/null; then
-    kill -INT "$PERF_PID" 2>/dev/null || true
-    wait "$PERF_PID" 2>/dev/null || true
-  fi
-  PERF_PID=""
-  if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    # SIGTERM: drain, final snapshot, exit. Give it 30 s, then force.
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 300); do
-      kill -0 "$SERVER_PID" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$SERVER_PID" 2>/dev/null; then
-      echo "server $SERVER_PID did not stop in 30 s; killing it" >&2
-      kill -KILL "$SERVER_PID" 2>/dev/null || true
-    fi
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
-  SERVER_PID=""
-}
-trap stop_server EXIT
-trap 'stop_server; exit 130' INT TERM
-
-# field NAME FILE: the value of "NAME":"..." in a one-line JSON file.
-field() { grep -o "\"$1\":\"[^\"]*\"" "$2" | cut -d'"' -f4; }
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 # start_server NAME METRICS: fresh data dir, ephemeral loopback ports, metrics listener METRICS
 # (`off` or `127.0.0.1:0`); sets HTTP and METRICS (empty when off).
@@ -89,21 +60,10 @@ start_server() {
     --icepeak off --http 127.0.0.1:0 --metrics "$2" \
     --ready-file "$dir/ready.json" >"$dir/server.log" 2>&1 &
   SERVER_PID=$!
-  for _ in $(seq 300); do
-    [[ -s "$dir/ready.json" ]] && break
-    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-      echo "herald exited before it was ready; see $dir/server.log" >&2
-      tail -5 "$dir/server.log" >&2
-      exit 1
-    fi
-    sleep 0.1
-  done
-  [[ -s "$dir/ready.json" ]] || { echo "herald not ready after 30 s" >&2; exit 1; }
+  wait_ready "$dir"
   HTTP=$(field http "$dir/ready.json")
   METRICS=$(field metrics "$dir/ready.json" || true)
 }
-
-bench() { timeout --signal=INT --kill-after=10 "$RUN_TIMEOUT" "$BENCH" "$@"; }
 
 # metrics NAME: scrape once, keep the file, print the group-commit figures.
 metrics() {
@@ -118,15 +78,6 @@ metrics() {
   grep -E '^herald_topic_commit_(seconds|batch_events)\{quantile' "$file" | sed 's/^/  /' || true
 }
 
-machine() {
-  log "machine"
-  echo "  nproc:  $(nproc)"
-  echo "  cpu:    $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
-  echo "  kernel: $(uname -r)"
-  echo "  load:   $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min, before the runs)"
-  echo "  commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
-  echo "  output: $OUT"
-}
 
 if [[ "$SKIP_BUILD" != 1 ]]; then
   log "cargo build --release -p herald -p herald-bench"
