@@ -62,7 +62,7 @@ fn method_not_allowed(allow: &'static str) -> Response {
 
 fn topics_error(e: &TopicsError) -> Response {
     let status = match e {
-        TopicsError::QueueFull | TopicsError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+        TopicsError::Closed => StatusCode::SERVICE_UNAVAILABLE,
         TopicsError::Invalid(_) => StatusCode::BAD_REQUEST,
         TopicsError::Conflict { .. } => StatusCode::CONFLICT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,

@@ -88,7 +88,7 @@ pub(crate) fn rate_limited() -> Response {
 /// `error` as IorioDB answers it; an overloaded or stopped engine is 503.
 pub(crate) fn topics_error(e: &TopicsError) -> Response {
     let status = match e {
-        TopicsError::QueueFull | TopicsError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+        TopicsError::Closed => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_REQUEST,
     };
     if status.is_server_error() {

@@ -182,9 +182,6 @@ pub struct TopicInfo {
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum TopicsError {
-    /// The request queue is full; try again later.
-    #[error("the append queue is full")]
-    QueueFull,
     /// The engine has stopped (shutdown or a fatal storage error).
     #[error("the topics engine has stopped")]
     Closed,
@@ -599,14 +596,7 @@ impl Topics {
         events: Vec<NewEvent>,
         expect_last: Option<u64>,
     ) -> Result<Appended, TopicsError> {
-        validate(&topic, &events)?;
-        self.request(|reply| Command::Append {
-            topic,
-            events,
-            expect_last,
-            reply,
-        })
-        .await
+        self.queue(topic, events, expect_last).await?.await
     }
 
     /// Queues an append without waiting for its commit, so that one connection can have many
@@ -622,45 +612,28 @@ impl Topics {
         topic: Path,
         events: Vec<NewEvent>,
     ) -> Result<PendingAppend, TopicsError> {
+        self.queue(topic, events, None).await
+    }
+
+    /// Validates and queues an append; the returned future resolves once it is committed.
+    async fn queue(
+        &self,
+        topic: Path,
+        events: Vec<NewEvent>,
+        expect_last: Option<u64>,
+    ) -> Result<PendingAppend, TopicsError> {
         validate(&topic, &events)?;
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Append {
                 topic,
                 events,
-                expect_last: None,
+                expect_last,
                 reply,
             })
             .await
             .map_err(|_| TopicsError::Closed)?;
         Ok(PendingAppend(rx))
-    }
-
-    /// Like [`Topics::append`], but fails with [`TopicsError::QueueFull`] instead of waiting
-    /// for queue space.
-    ///
-    /// # Errors
-    /// As [`Topics::append`], plus [`TopicsError::QueueFull`].
-    pub async fn try_append(
-        &self,
-        topic: Path,
-        events: Vec<NewEvent>,
-        expect_last: Option<u64>,
-    ) -> Result<Appended, TopicsError> {
-        validate(&topic, &events)?;
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .try_send(Command::Append {
-                topic,
-                events,
-                expect_last,
-                reply,
-            })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => TopicsError::QueueFull,
-                mpsc::error::TrySendError::Closed(_) => TopicsError::Closed,
-            })?;
-        rx.await.unwrap_or(Err(TopicsError::Closed))
     }
 
     /// Reads up to `limit` retained events with `seq >= from`, oldest first.
