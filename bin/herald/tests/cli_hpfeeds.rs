@@ -2,76 +2,23 @@
 //! opening the same store with `HpfeedsIdentities` afterwards; and `add|remove|list|show
 //! --server` against a running server, checked over hpfeeds.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{assert_fails, assert_ok, run_with, stderr, stdout};
 use herald_auth::hpfeeds::{Identity, auth_hash};
 use herald_engine::{HpfeedsIdentities, HpfeedsOptions};
 use herald_store::Store;
 use herald_store_fjall::FjallStore;
 use tokio::io::AsyncWriteExt;
 
-/// The bound on one `herald` run.
-const RUN: Duration = Duration::from_secs(60);
-
-/// Runs `herald ARGS` with no inherited Herald settings and `stdin` piped in.
+/// Runs `herald ARGS` (see [`run_with`]) with `stdin` piped in.
 async fn herald(args: &[&str], stdin: Option<&str>) -> Output {
-    herald_env(args, stdin, &[]).await
-}
-
-/// As [`herald`], with `env` set (and no proxy settings inherited).
-async fn herald_env(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"));
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy().into_owned();
-        if k.starts_with("HERALD_")
-            || k.starts_with("HPFEEDS_")
-            || k.to_ascii_lowercase().ends_with("_proxy")
-        {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.envs(env.iter().copied());
-    cmd.args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().expect("herald starts");
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().expect("stdin is piped");
-        pipe.write_all(input.as_bytes()).await.expect("write stdin");
-        drop(pipe);
-    }
-    tokio::time::timeout(RUN, child.wait_with_output())
-        .await
-        .expect("herald hpfeeds timed out")
-        .expect("herald ran")
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-#[track_caller]
-fn assert_ok(out: &Output) {
-    assert!(out.status.success(), "{}{}", stdout(out), stderr(out));
-}
-
-#[track_caller]
-fn assert_fails(out: &Output, message: &str) {
-    assert!(!out.status.success(), "unexpected success: {}", stdout(out));
-    assert!(stderr(out).contains(message), "{}", stderr(out));
+    run_with::<&str>(args, &[], stdin).await
 }
 
 fn chans(items: &[&str]) -> Vec<String> {
@@ -611,13 +558,13 @@ async fn add_list_show_remove_against_a_running_server() {
     // Usable over hpfeeds at once, without a restart.
     assert!(hpfeeds_roundtrip(hp, "sensor", "s3cret", "events").await);
 
-    let out = herald_env(&["hpfeeds", "list", "--server", url], None, &pw).await;
+    let out = run_with(&["hpfeeds", "list", "--server", url], &pw, None).await;
     assert_ok(&out);
     assert_eq!(
         stdout(&out),
         "sensor\towner=Lab\tpubchans=events\tsubchans=events,other\n"
     );
-    let out = herald_env(&["hpfeeds", "show", "sensor", "--server", url], None, &pw).await;
+    let out = run_with(&["hpfeeds", "show", "sensor", "--server", url], &pw, None).await;
     assert_ok(&out);
     let shown: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(
@@ -628,7 +575,7 @@ async fn add_list_show_remove_against_a_running_server() {
     assert!(!stdout(&out).contains("s3cret"));
 
     // Replacing rotates the secret at once (password from the environment, secret on stdin).
-    let out = herald_env(
+    let out = run_with(
         &[
             "hpfeeds",
             "add",
@@ -641,8 +588,8 @@ async fn add_list_show_remove_against_a_running_server() {
             "--server",
             url,
         ],
-        Some("rotated\n"),
         &pw,
+        Some("rotated\n"),
     )
     .await;
     assert_ok(&out);
@@ -656,25 +603,25 @@ async fn add_list_show_remove_against_a_running_server() {
         "HERALD_PASSWORD",
     );
     assert_fails(
-        &herald_env(
+        &run_with(
             &["hpfeeds", "list", "--server", url],
-            None,
             &[("HERALD_PASSWORD", "no")],
+            None,
         )
         .await,
         "wrong user name or password",
     );
     assert_fails(
-        &herald_env(
+        &run_with(
             &["hpfeeds", "list", "--server", url, "--user", "joe"],
-            None,
             &pw,
+            None,
         )
         .await,
         "is not an admin",
     );
     assert_fails(
-        &herald_env(
+        &run_with(
             &[
                 "hpfeeds",
                 "add",
@@ -686,8 +633,8 @@ async fn add_list_show_remove_against_a_running_server() {
                 "--server",
                 url,
             ],
-            None,
             &pw,
+            None,
         )
         .await,
         "invalid channel",
@@ -697,19 +644,19 @@ async fn add_list_show_remove_against_a_running_server() {
         "--server",
     );
     assert_fails(
-        &herald_env(&["hpfeeds", "show", "nobody", "--server", url], None, &pw).await,
+        &run_with(&["hpfeeds", "show", "nobody", "--server", url], &pw, None).await,
         "no hpfeeds identity \"nobody\"",
     );
 
-    let out = herald_env(&["hpfeeds", "remove", "sensor", "--server", url], None, &pw).await;
+    let out = run_with(&["hpfeeds", "remove", "sensor", "--server", url], &pw, None).await;
     assert_ok(&out);
     assert!(stdout(&out).contains("removed hpfeeds identity sensor from"));
     assert!(!hpfeeds_roundtrip(hp, "sensor", "rotated", "events").await);
     assert_fails(
-        &herald_env(&["hpfeeds", "remove", "sensor", "--server", url], None, &pw).await,
+        &run_with(&["hpfeeds", "remove", "sensor", "--server", url], &pw, None).await,
         "no hpfeeds identity \"sensor\"",
     );
-    let out = herald_env(&["hpfeeds", "list", "--server", url], None, &pw).await;
+    let out = run_with(&["hpfeeds", "list", "--server", url], &pw, None).await;
     assert_ok(&out);
     assert!(stderr(&out).contains("no hpfeeds identities on"));
     server.stop().await.unwrap();

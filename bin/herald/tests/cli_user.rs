@@ -1,67 +1,20 @@
 //! `herald user add` / `herald user passwd` on a real data directory, checked by opening the
 //! same store with `Accounts` afterwards.
 
-use std::path::Path;
-use std::process::{Output, Stdio};
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
+use std::path::Path;
+use std::process::Output;
+use std::sync::Arc;
+
+use common::{assert_fails, assert_ok, run_with, stderr, stdout};
 use herald_engine::{Accounts, AccountsOptions};
 use herald_store::Store;
 use herald_store_fjall::FjallStore;
-use tokio::io::AsyncWriteExt;
 
-/// The bound on one `herald` run (argon2 in a debug build takes a fraction of a second).
-const RUN: Duration = Duration::from_secs(60);
-
-/// Runs `herald ARGS` with no inherited Herald settings, `env` added and `stdin` piped in.
+/// Runs `herald ARGS` (see [`run_with`]) with `env` added and `stdin` piped in.
 async fn herald(args: &[&str], env: &[(&str, &Path)], stdin: Option<&str>) -> Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"));
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy().into_owned();
-        if k.starts_with("HERALD_") || k == "JWT_SECRET" {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.envs(env.iter().copied())
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().expect("herald starts");
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().expect("stdin is piped");
-        pipe.write_all(input.as_bytes()).await.expect("write stdin");
-        drop(pipe);
-    }
-    tokio::time::timeout(RUN, child.wait_with_output())
-        .await
-        .expect("herald user timed out")
-        .expect("herald ran")
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-#[track_caller]
-fn assert_ok(out: &Output) {
-    assert!(out.status.success(), "{}{}", stdout(out), stderr(out));
-}
-
-#[track_caller]
-fn assert_fails(out: &Output, message: &str) {
-    assert!(!out.status.success(), "unexpected success: {}", stdout(out));
-    assert!(stderr(out).contains(message), "{}", stderr(out));
+    run_with(args, env, stdin).await
 }
 
 /// Opens the accounts of `data_dir` the way the server does, runs `check`, and closes the

@@ -510,12 +510,70 @@ pub(crate) async fn run_cli(args: &[&str]) -> std::process::Output {
     .expect("herald runs")
 }
 
-/// A `herald` command without any inherited Herald or JWT settings.
+/// Runs `herald ARGS` to completion (bounded by 60 s) with a clean environment (see
+/// [`command`]) plus `env`, and `stdin` piped in when given.
+pub(crate) async fn run_with<E: AsRef<std::ffi::OsStr>>(
+    args: &[&str],
+    env: &[(&str, E)],
+    stdin: Option<&str>,
+) -> std::process::Output {
+    let mut cmd = command();
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("herald starts");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin is piped");
+        pipe.write_all(input.as_bytes()).await.expect("write stdin");
+        drop(pipe);
+    }
+    within_for(
+        Duration::from_secs(60),
+        "herald command",
+        child.wait_with_output(),
+    )
+    .await
+    .expect("herald ran")
+}
+
+pub(crate) fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub(crate) fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[track_caller]
+pub(crate) fn assert_ok(out: &std::process::Output) {
+    assert!(out.status.success(), "{}{}", stdout(out), stderr(out));
+}
+
+#[track_caller]
+pub(crate) fn assert_fails(out: &std::process::Output, message: &str) {
+    assert!(!out.status.success(), "unexpected success: {}", stdout(out));
+    assert!(stderr(out).contains(message), "{}", stderr(out));
+}
+
+/// A `herald` command without any inherited Herald, hpfeeds, JWT or proxy settings.
 pub(crate) fn command() -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(bin());
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy().into_owned();
-        if k.starts_with("HERALD_") || k == "JWT_SECRET" {
+        if k.starts_with("HERALD_")
+            || k.starts_with("HPFEEDS_")
+            || k == "JWT_SECRET"
+            || k.to_ascii_lowercase().ends_with("_proxy")
+        {
             cmd.env_remove(k);
         }
     }
