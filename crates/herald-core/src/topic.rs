@@ -17,7 +17,8 @@ mod retention;
 
 pub use pattern_index::PatternIndex;
 pub use record::{
-    MAX_CONTENT_TYPE_LEN, MAX_ORIGIN_LEN, RECORD_HEADER_LEN, RECORD_VERSION, RECORD_VERSION_ORIGIN,
-    RecordError, RecordRef, decode_record, encode_record,
+    MAX_ATTRS_LEN, MAX_CONTENT_TYPE_LEN, MAX_ORIGIN_LEN, RECORD_HEADER_LEN, RECORD_VERSION,
+    RECORD_VERSION_ATTRS, RECORD_VERSION_ORIGIN, RecordError, RecordRef, decode_record,
+    encode_record,
 };
 pub use retention::{Retention, RetentionRules, trim_point_by_count};

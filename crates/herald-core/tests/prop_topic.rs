@@ -35,10 +35,22 @@ fn content_type() -> impl Strategy<Value = String> {
 }
 
 /// Bytes that are often almost a record: a version byte of 1, a plausible content-type length.
+/// The bytes a record spends on its origin and attributes (none in version 1, the origin in
+/// version 2, both in version 3).
+fn optional_fields(origin: &str, attrs: &[u8]) -> usize {
+    if !attrs.is_empty() {
+        1 + origin.len() + 2 + attrs.len()
+    } else if !origin.is_empty() {
+        1 + origin.len()
+    } else {
+        0
+    }
+}
+
 fn record_like_bytes() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         vec(any::<u8>(), 0..64),
-        (1u8..=2, any::<u64>(), 0u8..20, vec(any::<u8>(), 0..40)).prop_map(
+        (1u8..=3, any::<u64>(), 0u8..20, vec(any::<u8>(), 0..40)).prop_map(
             |(v, t, ct_len, rest)| {
                 let mut b = vec![v];
                 b.extend_from_slice(&t.to_be_bytes());
@@ -61,20 +73,20 @@ proptest! {
         t_ms in any::<u64>(),
         ct in content_type(),
         origin in prop_oneof![Just(String::new()), content_type()],
+        attrs in prop_oneof![Just(Vec::new()), vec(any::<u8>(), 1..40)],
         data in vec(any::<u8>(), 0..100),
     ) {
-        match topic::encode_record(t_ms, &ct, &origin, &data) {
+        match topic::encode_record(t_ms, &ct, &origin, &attrs, &data) {
             Ok(bytes) => {
                 prop_assert!(ct.len() <= MAX_CONTENT_TYPE_LEN && origin.len() <= MAX_ORIGIN_LEN);
-                let origin_field = if origin.is_empty() { 0 } else { 1 + origin.len() };
                 prop_assert_eq!(
                     bytes.len(),
-                    RECORD_HEADER_LEN + ct.len() + origin_field + data.len()
+                    RECORD_HEADER_LEN + ct.len() + optional_fields(&origin, &attrs) + data.len()
                 );
                 let rec = topic::decode_record(&bytes).unwrap();
                 prop_assert_eq!(
                     rec,
-                    RecordRef { t_ms, content_type: &ct, origin: &origin, data: &data }
+                    RecordRef { t_ms, content_type: &ct, origin: &origin, attrs: &attrs, data: &data }
                 );
                 prop_assert_eq!(rec.encode().unwrap(), bytes);
             }
@@ -96,10 +108,12 @@ proptest! {
         match topic::decode_record(&bytes) {
             Ok(rec) => {
                 prop_assert_eq!(rec.encode().unwrap(), bytes.clone());
-                let origin_field = if rec.origin.is_empty() { 0 } else { 1 + rec.origin.len() };
                 prop_assert_eq!(
                     bytes.len(),
-                    RECORD_HEADER_LEN + rec.content_type.len() + origin_field + rec.data.len()
+                    RECORD_HEADER_LEN
+                        + rec.content_type.len()
+                        + optional_fields(rec.origin, rec.attrs)
+                        + rec.data.len()
                 );
             }
             Err(RecordError::UnknownVersion(v)) => prop_assert_eq!(bytes.first(), Some(&v)),
@@ -108,14 +122,21 @@ proptest! {
                 let origin_len = bytes
                     .get(RECORD_HEADER_LEN + ct_len)
                     .map_or(0, |l| 1 + usize::from(*l));
-                let origin_needed = if bytes.first() == Some(&2) { origin_len.max(1) } else { 0 };
-                let needed = RECORD_HEADER_LEN + ct_len + origin_needed;
+                let version = bytes.first().copied();
+                let origin_needed = if version >= Some(2) { origin_len.max(1) } else { 0 };
+                let mut needed = RECORD_HEADER_LEN + ct_len + origin_needed;
+                if version == Some(3) && bytes.len() >= needed + 2 {
+                    needed += 2 + usize::from(u16::from_be_bytes([bytes[needed], bytes[needed + 1]]));
+                } else if version == Some(3) {
+                    needed += 2;
+                }
                 prop_assert!(bytes.len() < needed, "{} bytes decode as truncated", bytes.len());
             }
             Err(RecordError::ContentTypeNotUtf8) => {
                 prop_assert!(bytes.len() > RECORD_HEADER_LEN);
             }
-            Err(RecordError::BadOrigin) => prop_assert_eq!(bytes.first(), Some(&2)),
+            Err(RecordError::BadOrigin) => prop_assert!(matches!(bytes.first(), Some(2 | 3))),
+            Err(RecordError::EmptyAttrs) => prop_assert_eq!(bytes.first(), Some(&3)),
             Err(e) => prop_assert!(false, "unexpected error {:?}", e),
         }
     }

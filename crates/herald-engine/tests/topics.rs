@@ -111,7 +111,8 @@ async fn content_type_is_kept_and_validated() {
         Arc::from("text/plain"),
         bytes::Bytes::from_static(b"\xff\x00raw"),
     )
-    .with_origin(Arc::from("sensor-1"));
+    .with_origin(Arc::from("sensor-1"))
+    .with_attrs(bytes::Bytes::from_static(b"\x01\x02"));
     topics
         .append(p("/x/y"), vec![e.clone()], None)
         .await
@@ -119,7 +120,13 @@ async fn content_type_is_kept_and_validated() {
     let got = topics.read(&p("/x/y"), 1, 1).await.unwrap();
     assert_eq!(&*got[0].content_type, "text/plain");
     assert_eq!(&*got[0].origin, "sensor-1");
+    assert_eq!(&got[0].attrs[..], b"\x01\x02");
     assert_eq!(got[0].data, e.data);
+    let long_attrs = NewEvent::json("1").with_attrs(bytes::Bytes::from(vec![0; 65_536]));
+    assert!(matches!(
+        topics.append(p("/x/y"), vec![long_attrs], None).await,
+        Err(TopicsError::Invalid(_))
+    ));
 
     let long = NewEvent::new(Arc::from("x".repeat(256)), bytes::Bytes::new());
     assert!(matches!(

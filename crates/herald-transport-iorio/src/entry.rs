@@ -187,6 +187,7 @@ mod tests {
             t_ms: 7,
             content_type: Arc::from(ct),
             origin: Arc::from(""),
+            attrs: Bytes::new(),
             data: Bytes::from_static(data),
         }
     }

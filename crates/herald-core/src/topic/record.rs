@@ -4,23 +4,37 @@
 //!
 //! | bytes | field |
 //! |---|---|
-//! | 1 | version: [`RECORD_VERSION`] (1) without an origin, [`RECORD_VERSION_ORIGIN`] (2) with one |
+//! | 1 | version: [`RECORD_VERSION`] (1) without an origin, [`RECORD_VERSION_ORIGIN`] (2) with one, [`RECORD_VERSION_ATTRS`] (3) with attributes |
 //! | 8 | `t_ms`, the append time in ms since the Unix epoch, big-endian |
 //! | 1 | `ct_len`, the content type's length in bytes |
 //! | `ct_len` | the content type, UTF-8 |
-//! | 1 | version 2 only: `origin_len`, the origin's length in bytes (1 to 255) |
-//! | `origin_len` | version 2 only: the origin, UTF-8 (who published the event, e.g. an hpfeeds ident) |
+//! | 1 | versions 2 and 3: `origin_len`, the origin's length in bytes (1 to 255; 0 allowed in version 3) |
+//! | `origin_len` | versions 2 and 3: the origin, UTF-8 (who published the event, e.g. an hpfeeds ident) |
+//! | 2 | version 3 only: `attrs_len`, the attributes' length in bytes (1 to 65,535), big-endian |
+//! | `attrs_len` | version 3 only: the attributes, opaque bytes |
 //! | rest | the event's data |
 //!
+//! Attributes are protocol metadata the core does not interpret (MQTT's QoS, retain flag and
+//! publish properties, for instance); the adapter that wrote them reads them back, others
+//! ignore them.
+//!
 //! The format is canonical: a record that decodes encodes back to the same bytes (an event
-//! without an origin is always written as version 1, so records written before origins existed
-//! read back unchanged; a version 2 record with an empty origin is refused).
+//! without an origin or attributes is always written as version 1, so records written before
+//! origins existed read back unchanged; one with an origin and no attributes as version 2; a
+//! version 2 record with an empty origin, or a version 3 one with empty attributes, is
+//! refused).
 
 /// The version byte of a record without an origin.
 pub const RECORD_VERSION: u8 = 1;
 
 /// The version byte of a record with an origin.
 pub const RECORD_VERSION_ORIGIN: u8 = 2;
+
+/// The version byte of a record with attributes.
+pub const RECORD_VERSION_ATTRS: u8 = 3;
+
+/// The longest attributes a record can hold, in bytes.
+pub const MAX_ATTRS_LEN: usize = u16::MAX as usize;
 
 /// The longest content type a record can hold, in bytes. Protocol adapters refuse longer ones
 /// before they reach [`encode_record`].
@@ -42,6 +56,8 @@ pub struct RecordRef<'a> {
     pub content_type: &'a str,
     /// Who published the event (an hpfeeds ident, a user); empty when not recorded.
     pub origin: &'a str,
+    /// Protocol attributes, opaque to the core; empty when none.
+    pub attrs: &'a [u8],
     /// The event's data.
     pub data: &'a [u8],
 }
@@ -52,7 +68,13 @@ impl RecordRef<'_> {
     /// # Errors
     /// As [`encode_record`].
     pub fn encode(&self) -> Result<Vec<u8>, RecordError> {
-        encode_record(self.t_ms, self.content_type, self.origin, self.data)
+        encode_record(
+            self.t_ms,
+            self.content_type,
+            self.origin,
+            self.attrs,
+            self.data,
+        )
     }
 }
 
@@ -63,7 +85,8 @@ pub enum RecordError {
     /// The bytes end before the header, the content type or the origin does.
     #[error("event record is truncated")]
     Truncated,
-    /// The version byte is not [`RECORD_VERSION`] or [`RECORD_VERSION_ORIGIN`].
+    /// The version byte is not one of [`RECORD_VERSION`], [`RECORD_VERSION_ORIGIN`] and
+    /// [`RECORD_VERSION_ATTRS`].
     #[error("event record has unknown version {0}")]
     UnknownVersion(u8),
     /// The content type is not valid UTF-8.
@@ -72,6 +95,9 @@ pub enum RecordError {
     /// The origin is not valid UTF-8, or empty in a version 2 record.
     #[error("event record's origin is empty or not valid UTF-8")]
     BadOrigin,
+    /// A version 3 record with empty attributes (not canonical).
+    #[error("event record's attributes are empty")]
+    EmptyAttrs,
     /// Encoding only: the content type is longer than [`MAX_CONTENT_TYPE_LEN`] bytes.
     #[error("content type is {len} bytes, more than the limit of {MAX_CONTENT_TYPE_LEN}")]
     ContentTypeTooLong {
@@ -84,20 +110,28 @@ pub enum RecordError {
         /// The origin's length in bytes.
         len: usize,
     },
+    /// Encoding only: the attributes are longer than [`MAX_ATTRS_LEN`] bytes.
+    #[error("attributes are {len} bytes, more than the limit of {MAX_ATTRS_LEN}")]
+    AttrsTooLong {
+        /// The attributes' length in bytes.
+        len: usize,
+    },
 }
 
 /// Encodes an event as a store record (the layout is in the module documentation); an empty
-/// `origin` means none.
+/// `origin` or `attrs` means none.
 ///
 /// Callers are expected to have refused content types and origins over 255 bytes already, with
 /// an error of their protocol; this is a backstop, never a panic or a silent truncation.
 ///
 /// # Errors
-/// [`RecordError::ContentTypeTooLong`] or [`RecordError::OriginTooLong`].
+/// [`RecordError::ContentTypeTooLong`], [`RecordError::OriginTooLong`] or
+/// [`RecordError::AttrsTooLong`].
 pub fn encode_record(
     t_ms: u64,
     content_type: &str,
     origin: &str,
+    attrs: &[u8],
     data: &[u8],
 ) -> Result<Vec<u8>, RecordError> {
     let ct_len = u8::try_from(content_type.len()).map_err(|_| RecordError::ContentTypeTooLong {
@@ -105,23 +139,32 @@ pub fn encode_record(
     })?;
     let origin_len =
         u8::try_from(origin.len()).map_err(|_| RecordError::OriginTooLong { len: origin.len() })?;
-    let extra = if origin.is_empty() {
-        0
+    let attrs_len =
+        u16::try_from(attrs.len()).map_err(|_| RecordError::AttrsTooLong { len: attrs.len() })?;
+    let version = if !attrs.is_empty() {
+        RECORD_VERSION_ATTRS
+    } else if !origin.is_empty() {
+        RECORD_VERSION_ORIGIN
     } else {
-        1 + origin.len()
+        RECORD_VERSION
+    };
+    let extra = match version {
+        RECORD_VERSION => 0,
+        RECORD_VERSION_ORIGIN => 1 + origin.len(),
+        _ => 1 + origin.len() + 2 + attrs.len(),
     };
     let mut out = Vec::with_capacity(RECORD_HEADER_LEN + content_type.len() + extra + data.len());
-    out.push(if origin.is_empty() {
-        RECORD_VERSION
-    } else {
-        RECORD_VERSION_ORIGIN
-    });
+    out.push(version);
     out.extend_from_slice(&t_ms.to_be_bytes());
     out.push(ct_len);
     out.extend_from_slice(content_type.as_bytes());
-    if !origin.is_empty() {
+    if version != RECORD_VERSION {
         out.push(origin_len);
         out.extend_from_slice(origin.as_bytes());
+    }
+    if version == RECORD_VERSION_ATTRS {
+        out.extend_from_slice(&attrs_len.to_be_bytes());
+        out.extend_from_slice(attrs);
     }
     out.extend_from_slice(data);
     Ok(out)
@@ -131,11 +174,11 @@ pub fn encode_record(
 ///
 /// # Errors
 /// [`RecordError::Truncated`], [`RecordError::UnknownVersion`],
-/// [`RecordError::ContentTypeNotUtf8`] or [`RecordError::BadOrigin`] when `bytes` is not a
-/// record.
+/// [`RecordError::ContentTypeNotUtf8`], [`RecordError::BadOrigin`] or
+/// [`RecordError::EmptyAttrs`] when `bytes` is not a record.
 pub fn decode_record(bytes: &[u8]) -> Result<RecordRef<'_>, RecordError> {
     let (&version, rest) = bytes.split_first().ok_or(RecordError::Truncated)?;
-    if version != RECORD_VERSION && version != RECORD_VERSION_ORIGIN {
+    if !(RECORD_VERSION..=RECORD_VERSION_ATTRS).contains(&version) {
         return Err(RecordError::UnknownVersion(version));
     }
     let (t_ms, rest) = rest
@@ -144,19 +187,34 @@ pub fn decode_record(bytes: &[u8]) -> Result<RecordRef<'_>, RecordError> {
     let (content_type, rest) = str8(rest)?;
     let content_type =
         std::str::from_utf8(content_type).map_err(|_| RecordError::ContentTypeNotUtf8)?;
-    let (origin, data) = if version == RECORD_VERSION_ORIGIN {
-        let (origin, data) = str8(rest)?;
+    let (origin, rest) = if version == RECORD_VERSION {
+        ("", rest)
+    } else {
+        let (origin, rest) = str8(rest)?;
         match std::str::from_utf8(origin) {
-            Ok(o) if !o.is_empty() => (o, data),
+            Ok(o) if !o.is_empty() || version == RECORD_VERSION_ATTRS => (o, rest),
             _ => return Err(RecordError::BadOrigin),
         }
+    };
+    let (attrs, data) = if version == RECORD_VERSION_ATTRS {
+        let (len, rest) = rest
+            .split_first_chunk::<2>()
+            .ok_or(RecordError::Truncated)?;
+        let (attrs, data) = rest
+            .split_at_checked(usize::from(u16::from_be_bytes(*len)))
+            .ok_or(RecordError::Truncated)?;
+        if attrs.is_empty() {
+            return Err(RecordError::EmptyAttrs);
+        }
+        (attrs, data)
     } else {
-        ("", rest)
+        (&[][..], rest)
     };
     Ok(RecordRef {
         t_ms: u64::from_be_bytes(*t_ms),
         content_type,
         origin,
+        attrs,
         data,
     })
 }
@@ -174,7 +232,7 @@ mod tests {
 
     #[test]
     fn layout_is_as_documented() {
-        let bytes = encode_record(0x0102_0304_0506_0708, "a/b", "", b"xyz").unwrap();
+        let bytes = encode_record(0x0102_0304_0506_0708, "a/b", "", b"", b"xyz").unwrap();
         assert_eq!(
             bytes,
             [
@@ -188,12 +246,13 @@ mod tests {
                 t_ms: 0x0102_0304_0506_0708,
                 content_type: "a/b",
                 origin: "",
+                attrs: b"",
                 data: b"xyz",
             }
         );
         assert_eq!(rec.encode().unwrap(), bytes);
 
-        let with_origin = encode_record(1, "a", "id", b"x").unwrap();
+        let with_origin = encode_record(1, "a", "id", b"", b"x").unwrap();
         assert_eq!(
             with_origin,
             [2, 0, 0, 0, 0, 0, 0, 0, 1, 1, b'a', 2, b'i', b'd', b'x']
@@ -209,14 +268,44 @@ mod tests {
             Err(RecordError::BadOrigin)
         );
         assert_eq!(
-            encode_record(1, "a", &"o".repeat(256), b""),
+            encode_record(1, "a", &"o".repeat(256), b"", b""),
             Err(RecordError::OriginTooLong { len: 256 })
         );
     }
 
     #[test]
+    fn attributes_layout() {
+        let bytes = encode_record(1, "c", "", b"\x07\x08", b"d").unwrap();
+        assert_eq!(
+            bytes,
+            [3, 0, 0, 0, 0, 0, 0, 0, 1, 1, b'c', 0, 0, 2, 7, 8, b'd']
+        );
+        let rec = decode_record(&bytes).unwrap();
+        assert_eq!(
+            (rec.origin, rec.attrs, rec.data),
+            ("", &[7, 8][..], &b"d"[..])
+        );
+        assert_eq!(rec.encode().unwrap(), bytes);
+        let with_origin = encode_record(1, "c", "o", b"\x07", b"").unwrap();
+        let rec = decode_record(&with_origin).unwrap();
+        assert_eq!((rec.origin, rec.attrs, rec.data), ("o", &[7][..], &b""[..]));
+        // Empty attributes are written as version 1 or 2, so a version 3 one is refused.
+        let mut empty = bytes.clone();
+        empty[13] = 0;
+        assert_eq!(decode_record(&empty[..14]), Err(RecordError::EmptyAttrs));
+        assert_eq!(decode_record(&bytes[..13]), Err(RecordError::Truncated));
+        assert_eq!(decode_record(&bytes[..15]), Err(RecordError::Truncated));
+        assert_eq!(
+            encode_record(1, "c", "", &vec![0; MAX_ATTRS_LEN + 1], b""),
+            Err(RecordError::AttrsTooLong {
+                len: MAX_ATTRS_LEN + 1
+            })
+        );
+    }
+
+    #[test]
     fn empty_content_type_and_data() {
-        let bytes = encode_record(u64::MAX, "", "", b"").unwrap();
+        let bytes = encode_record(u64::MAX, "", "", b"", b"").unwrap();
         assert_eq!(bytes.len(), RECORD_HEADER_LEN);
         let rec = decode_record(&bytes).unwrap();
         assert_eq!(
@@ -228,18 +317,18 @@ mod tests {
     #[test]
     fn content_type_length_limit() {
         let longest = "x".repeat(MAX_CONTENT_TYPE_LEN);
-        let bytes = encode_record(7, &longest, "", b"d").unwrap();
+        let bytes = encode_record(7, &longest, "", b"", b"d").unwrap();
         assert_eq!(decode_record(&bytes).unwrap().content_type, longest);
         let too_long = "é".repeat(128);
         assert_eq!(
-            encode_record(7, &too_long, "", b"d"),
+            encode_record(7, &too_long, "", b"", b"d"),
             Err(RecordError::ContentTypeTooLong { len: 256 })
         );
     }
 
     #[test]
     fn refuses_malformed_records() {
-        let good = encode_record(5, "ct", "", b"data").unwrap();
+        let good = encode_record(5, "ct", "", b"", b"data").unwrap();
         assert_eq!(decode_record(&[]), Err(RecordError::Truncated));
         // Every proper prefix that ends inside the header or the content type is truncated.
         for len in 1..RECORD_HEADER_LEN + 2 {
@@ -251,9 +340,9 @@ mod tests {
         }
         // Cutting the data short still leaves a valid (shorter) record.
         assert_eq!(decode_record(&good[..good.len() - 1]).unwrap().data, b"dat");
-        let mut v3 = good.clone();
-        v3[0] = 3;
-        assert_eq!(decode_record(&v3), Err(RecordError::UnknownVersion(3)));
+        let mut v4 = good.clone();
+        v4[0] = 4;
+        assert_eq!(decode_record(&v4), Err(RecordError::UnknownVersion(4)));
         let mut bad_utf8 = good.clone();
         bad_utf8[RECORD_HEADER_LEN] = 0xff;
         assert_eq!(

@@ -202,6 +202,7 @@ impl Actor {
                             t_ms,
                             content_type: e.content_type,
                             origin: e.origin,
+                            attrs: e.attrs,
                             data: e.data,
                         })
                         .collect();
@@ -210,7 +211,9 @@ impl Actor {
                     } else {
                         numbered
                             .iter()
-                            .map(|e| encode_record(e.t_ms, &e.content_type, &e.origin, &e.data))
+                            .map(|e| {
+                                encode_record(e.t_ms, &e.content_type, &e.origin, &e.attrs, &e.data)
+                            })
                             .collect::<Result<Vec<_>, _>>()
                     };
                     let records = match records {

@@ -104,6 +104,10 @@ pub struct NewEvent {
     /// Who publishes it (an hpfeeds ident, a user), kept with the event (at most 255 bytes);
     /// empty when not recorded.
     pub origin: Arc<str>,
+    /// Protocol attributes (at most 65,535 bytes), kept with the event and not interpreted
+    /// here: the adapter that wrote them reads them back (MQTT keeps its QoS, retain flag and
+    /// publish properties there). Empty when none.
+    pub attrs: Bytes,
     /// Its bytes, stored as given.
     pub data: Bytes,
 }
@@ -119,6 +123,7 @@ impl NewEvent {
         Self {
             content_type,
             origin: no_origin(),
+            attrs: Bytes::new(),
             data: data.into(),
         }
     }
@@ -127,6 +132,13 @@ impl NewEvent {
     #[must_use]
     pub fn with_origin(mut self, origin: Arc<str>) -> Self {
         self.origin = origin;
+        self
+    }
+
+    /// The same event, with protocol attributes.
+    #[must_use]
+    pub fn with_attrs(mut self, attrs: Bytes) -> Self {
+        self.attrs = attrs;
         self
     }
 }
@@ -142,6 +154,8 @@ pub struct Event {
     pub content_type: Arc<str>,
     /// Who published it; empty when not recorded.
     pub origin: Arc<str>,
+    /// Its protocol attributes (see [`NewEvent::attrs`]); empty when none.
+    pub attrs: Bytes,
     /// Its bytes.
     pub data: Bytes,
 }
@@ -315,7 +329,7 @@ fn intern_content_type(ct: &str) -> Arc<str> {
 /// Decodes a stored record into an [`Event`] without copying its data.
 pub(crate) fn decode_event(seq: u64, raw: Vec<u8>) -> Result<Event, TopicsError> {
     let mut data = Bytes::from(raw);
-    let (t_ms, content_type, origin, offset) = {
+    let (t_ms, content_type, origin, attrs, offset) = {
         let rec =
             decode_record(&data).map_err(|e| TopicsError::Corrupt(format!("record {seq}: {e}")))?;
         let offset = data.len() - rec.data.len();
@@ -324,10 +338,16 @@ pub(crate) fn decode_event(seq: u64, raw: Vec<u8>) -> Result<Event, TopicsError>
         } else {
             Arc::from(rec.origin)
         };
+        let attrs = if rec.attrs.is_empty() {
+            Bytes::new()
+        } else {
+            Bytes::copy_from_slice(rec.attrs)
+        };
         (
             rec.t_ms,
             intern_content_type(rec.content_type),
             origin,
+            attrs,
             offset,
         )
     };
@@ -339,6 +359,7 @@ pub(crate) fn decode_event(seq: u64, raw: Vec<u8>) -> Result<Event, TopicsError>
         t_ms,
         content_type,
         origin,
+        attrs,
         data,
     })
 }
@@ -805,6 +826,15 @@ fn validate(topic: &Path, events: &[NewEvent]) -> Result<(), TopicsError> {
         return Err(TopicsError::Invalid(format!(
             "origin longer than {} bytes",
             herald_core::topic::MAX_ORIGIN_LEN
+        )));
+    }
+    if events
+        .iter()
+        .any(|e| e.attrs.len() > herald_core::topic::MAX_ATTRS_LEN)
+    {
+        return Err(TopicsError::Invalid(format!(
+            "attributes longer than {} bytes",
+            herald_core::topic::MAX_ATTRS_LEN
         )));
     }
     Ok(())
