@@ -14,6 +14,8 @@
 //! - [`docs`]: the document actor ([`Docs`] handle, [`Write`], [`Subscriber`]).
 //! - [`inbox`]: the per-connection coalescing mailbox ([`Inbox`]) updates are pushed into.
 //! - [`topics`]: append-only event logs ([`Topics`] handle, [`Listener`], [`Delivery`]).
+//! - [`retained`]: one kept message per topic for new subscribers ([`Retained`], MQTT's
+//!   retained messages).
 //!
 //! # Example
 //! ```
@@ -44,12 +46,14 @@ pub mod docs;
 mod durable;
 pub mod hpfeeds;
 pub mod inbox;
+pub mod retained;
 pub mod topics;
 
 pub use accounts::{Accounts, AccountsError, AccountsOptions};
 pub use docs::{Docs, DocsError, DocsOptions, Pending, Subscriber, Write};
 pub use hpfeeds::{HpfeedsError, HpfeedsIdentities, HpfeedsOptions};
 pub use inbox::{Inbox, Update};
+pub use retained::{Retained, RetainedError, RetainedMessage, RetainedOptions};
 pub use topics::{
     Appended, Delivery, Event, Listener, NewEvent, PendingAppend, TopicInfo, Topics, TopicsError,
     TopicsOptions,
