@@ -44,8 +44,10 @@ from hpfeeds.protocol import (
     OP_ERROR,
     OP_INFO,
     OP_PUBLISH,
+    OP_SUBSCRIBE,
     Unpacker,
     msgauth,
+    msghdr,
     msgpublish,
     msgsubscribe,
     readerror,
@@ -53,7 +55,7 @@ from hpfeeds.protocol import (
     readpublish,
 )
 
-from herald_e2e import IO_TIMEOUT, QUIET_PERIOD, HeraldServer, clean_env
+from herald_e2e import IO_TIMEOUT, QUIET_PERIOD, HeraldServer, clean_env, make_cert
 from iorio_client import Connection, Subscriptions
 
 # hpfeeds 3.1.0's client still calls the deprecated `logger.warn`.
@@ -426,6 +428,39 @@ def test_first_message_must_be_auth(hp_server: HeraldServer):
         assert (op, readpublish(data)) == (OP_PUBLISH, ("sensor", "events", b"raw"))
 
 
+def test_first_message_not_auth_is_judged_by_its_opcode(hp_server: HeraldServer):
+    """The Python broker refuses a complete first frame whose opcode is not
+    OP_AUTH before looking at its body: a body that would not even decode gets
+    the same error."""
+    for first in (
+        msghdr(OP_SUBSCRIBE, b""),  # no ident length byte
+        msghdr(OP_PUBLISH, b"\x06sensor\x09ev"),  # truncated channel
+        msghdr(OP_ERROR, b"\xff\xfe"),  # not UTF-8
+        msghdr(OP_INFO, b"\x02hp\x01"),  # a 1-byte nonce
+    ):
+        with socket.create_connection(address(hp_server), timeout=IO_TIMEOUT) as s:
+            unpacker = Unpacker()
+
+            def frame() -> Optional[tuple[int, bytes]]:
+                while True:
+                    for op, data in unpacker:
+                        return op, data
+                    try:
+                        chunk = s.recv(BUFSIZ)
+                    except ConnectionError:
+                        return None
+                    if not chunk:
+                        return None
+                    unpacker.feed(chunk)
+
+            op, _ = frame()
+            assert op == OP_INFO
+            s.sendall(first)
+            op, data = frame()
+            assert (op, readerror(data)) == (OP_ERROR, "First message was not AUTH"), first
+            assert frame() is None
+
+
 # =====================================================================
 # cross-protocol: hpfeeds channel `c` is the IorioDB stream hpfeeds:c
 # =====================================================================
@@ -499,6 +534,12 @@ def test_broker_metrics(hp_server: HeraldServer):
             'hpfeeds_broker_receive_publish_size_bucket{ident="sensor",chan="events",le="4096"}',
             'hpfeeds_broker_subscriptions{ident="sensor",chan="events"} 1',
             'hpfeeds_client_authenticated_connections{ident="sensor",owner="sensor"} 1',
+            # The buffer metrics of authenticated connections (3.4).
+            'hpfeeds_broker_connection_receive_buffer_fill{ident="sensor"}',
+            'hpfeeds_broker_connection_send_buffer_fill{ident="sensor"}',
+            'hpfeeds_broker_connection_send_buffer_drain{ident="sensor"}',
+            'hpfeeds_broker_connection_send_buffer_size{ident="sensor"}',
+            'hpfeeds_broker_connection_receive_buffer_size{ident="sensor"}',
         ]
         while True:
             text = requests.get(hp_server.metrics(), timeout=IO_TIMEOUT).text
@@ -517,23 +558,6 @@ def test_broker_metrics(hp_server: HeraldServer):
 # `tls:` endpoint: the PyPI client's `certfile=` (blocking) and `ssl=`
 # (asyncio) options, trusting a self-signed certificate made with openssl.
 # =====================================================================
-def make_cert(directory: Path, name: str) -> tuple[Path, Path]:
-    """A self-signed RSA certificate for 127.0.0.1 and localhost (PKCS#8 key)."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("the TLS tests need the `openssl` command to make a certificate")
-    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
-    out = subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-         "-subj", f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-         "-keyout", str(key), "-out", str(cert)],
-        capture_output=True, text=True, timeout=60,
-    )
-    if out.returncode != 0:
-        pytest.skip(f"openssl cannot make a certificate: {out.stderr.strip()}")
-    return cert, key
-
-
 @pytest.fixture
 def hp_tls_server(request: pytest.FixtureRequest, herald_bin: Path, tmp_path: Path) -> Iterator[tuple[HeraldServer, Path]]:
     """The hpfeeds broker speaking TLS with a fresh self-signed certificate;
@@ -633,6 +657,15 @@ def test_tls_listener_refuses_plain_hpfeeds(hp_tls_server: tuple[HeraldServer, P
         except ConnectionError:
             data = b""
         assert not data.startswith(b"\x00\x00\x00"), data
+    # The failed handshake is counted (Herald's metric; the Python broker has none).
+    wanted = 'hpfeeds_broker_tls_handshake_error{category="failed"} 1'
+    deadline = time.monotonic() + IO_TIMEOUT
+    while True:
+        text = requests.get(server.metrics(), timeout=IO_TIMEOUT).text
+        if wanted in text:
+            break
+        assert time.monotonic() < deadline, f"missing {wanted} in:\n{text}"
+        time.sleep(0.05)
 
 
 def test_tls_certificate_reload(hp_tls_server: tuple[HeraldServer, Path], tmp_path: Path):

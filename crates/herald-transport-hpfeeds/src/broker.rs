@@ -7,17 +7,22 @@
 //! # A connection
 //! 0. With [`HpfeedsConfig::tls`] set, the listener speaks TLS only: the handshake comes first
 //!    and must complete within [`HpfeedsConfig::auth_timeout`] (a failed or late handshake
-//!    closes the connection, logged at debug level and not counted in the metrics). Each
+//!    closes the connection, logged at debug level and counted in
+//!    `hpfeeds_broker_tls_handshake_error{category}`, not as an hpfeeds connection). Each
 //!    connection keeps the certificate it was accepted with; see [`crate::tls`] for reloading.
 //!    The rest is the same over TLS as over TCP.
 //! 1. The broker sends `OP_INFO` (the broker name, [`HpfeedsConfig::name`], and 4 fresh random
 //!    bytes) as soon as the connection is accepted (after the TLS handshake).
 //! 2. The first frame must be `OP_AUTH`, else `OP_ERROR "First message was not AUTH"` and the
-//!    connection is closed. The ident is looked up ([`HpfeedsIdentities::lookup`]: stored
-//!    identities, then the `env` backend when enabled) and SHA1(nonce ‖ secret) is compared in
-//!    constant time; an unknown ident or a wrong digest gets `OP_ERROR "Authentication failed for
-//!    <ident>"` and the close. A successful `OP_AUTH` gets no reply. A client that sends nothing
-//!    within [`HpfeedsConfig::auth_timeout`] is disconnected without a message.
+//!    connection is closed. As in the Python broker this is judged on the opcode alone: a first
+//!    frame of another opcode gets the error even when its body would not decode. Herald
+//!    answers as soon as the frame's header is in (Python once the whole frame is), so that an
+//!    unauthenticated connection never buffers more than an `OP_AUTH` frame (281 bytes) and one
+//!    read. The ident is looked up ([`HpfeedsIdentities::lookup`]: stored identities, then the
+//!    `env` backend when enabled) and SHA1(nonce ‖ secret) is compared in constant time; an
+//!    unknown ident or a wrong digest gets `OP_ERROR "Authentication failed for <ident>"` and
+//!    the close. A successful `OP_AUTH` gets no reply. A client that sends nothing within
+//!    [`HpfeedsConfig::auth_timeout`] is disconnected without a message.
 //! 3. Then, in any order:
 //!    - `OP_PUBLISH`: the ident in the frame must be the authenticated one (else `OP_ERROR
 //!      "Invalid authkey in message, ident=<ident in the frame>"` and close) and the channel one
@@ -47,7 +52,8 @@
 //! # Choices where Python is loose
 //! - A frame that cannot be decoded (an unknown opcode, a frame over its opcode's size limit,
 //!   a truncated field, text that is not UTF-8; see [`crate::frame`]) closes the connection
-//!   without an `OP_ERROR`, as the Python broker drops it.
+//!   without an `OP_ERROR`, as the Python broker drops it (except a first frame that is not
+//!   `OP_AUTH`, step 2).
 //! - A client that sends `OP_INFO`, `OP_ERROR`, or `OP_AUTH` a second time is disconnected
 //!   without a message (the Python broker has no handler for the first two and would
 //!   re-authenticate on the third).
@@ -62,10 +68,17 @@
 //!   longer retained"` (metric category `messages-lost`) and is disconnected: it is never left
 //!   to miss messages silently. Resets (the topic deleted and created again) are ignored with a
 //!   debug log.
+//! - Subscriptions are a set: subscribing twice to a channel is the same as once, and one
+//!   `OP_UNSUBSCRIBE` ends it (the Python broker keeps a list, so after two subscriptions and one
+//!   unsubscription it still delivers). A refused `OP_SUBSCRIBE` is not registered (the Python
+//!   broker registers it just before its close takes effect, which shows only in its
+//!   `hpfeeds_broker_subscriptions` gauge). Unsubscribing from a channel not subscribed changes
+//!   no metric (Python decrements the gauge, below zero, under whatever channel was named).
 //! - Metric labels never carry an ident nobody authenticated as: failures for an unknown ident
 //!   and for protocol errors before authentication are labelled with an empty ident, and an
-//!   ident mismatch on `OP_PUBLISH` with the authenticated ident (the Python broker labels
-//!   these with whatever ident the client sent, which lets anyone grow the metric set).
+//!   ident mismatch on `OP_PUBLISH` and a refused `OP_SUBSCRIBE` with the authenticated ident
+//!   (the Python broker labels these with whatever ident the client sent, which lets anyone
+//!   grow the metric set).
 //!
 //! # Back-pressure
 //! Subscribers never slow publishers: deliveries are pulled from the topics by each
@@ -78,18 +91,33 @@
 //! frames being written, about 64 KiB, so that the client never gets a partial frame) and the
 //! client gets `OP_ERROR "Backpressure deadline timer expired"` and is disconnected.
 //!
+//! The mark differs from Python's: its transport buffer holds everything not yet sent, and its
+//! mark is 50 × the largest `OP_PUBLISH` frame (50 × (5 + 1 MiB), about 50 MiB per
+//! connection). Herald's output buffer holds only what was pulled from the topics, so its
+//! default mark is 8 MiB: the deadline starts once a subscriber is 8 MiB behind instead of
+//! about 50 MiB (the low mark, a quarter, is as in Python's asyncio transport). A deadline
+//! setting too large for the clock (`Duration::MAX`) never expires.
+//!
 //! # Metrics
 //! Through the `metrics` crate, with the names of the Python broker's Prometheus exporter:
 //! `hpfeeds_broker_client_connections` (gauge), `hpfeeds_broker_connection_made`,
 //! `hpfeeds_broker_connection_ready{ident}`, `hpfeeds_broker_connection_error{ident,category}`
 //! (categories `invalid-first-message`, `invalid-ident`, `invalid-secret`, `ident-mismatch-pub`,
 //! `no-pub-permission`, `no-sub-permission`, `deadline-timer-expired`, and Herald's
-//! `protocol-error`), `hpfeeds_broker_connection_lost{ident}`,
+//! `protocol-error` and `messages-lost`; never `error-checking-ident`, as looking an identity up
+//! cannot fail), `hpfeeds_broker_connection_lost{ident}`,
 //! `hpfeeds_broker_connection_send_buffer_deadline_start{ident}` and `..._recover{ident}`,
-//! `hpfeeds_broker_subscriptions{ident,chan}` (gauge), `hpfeeds_broker_receive_publish_count
-//! {ident,chan}`, `hpfeeds_broker_receive_publish_size{ident,chan}` (histogram; buckets
+//! the buffer metrics of authenticated connections by ident (counters
+//! `hpfeeds_broker_connection_receive_buffer_fill` (bytes read), `..._send_buffer_fill`
+//! (payload bytes of the publishes queued) and `..._send_buffer_drain` (bytes written), gauges
+//! `..._send_buffer_size` (output not yet written) and `..._receive_buffer_size` (input not yet
+//! a whole frame)), `hpfeeds_broker_subscriptions{ident,chan}` (gauge),
+//! `hpfeeds_broker_receive_publish_count{ident,chan}`,
+//! `hpfeeds_broker_receive_publish_size{ident,chan}` (histogram; buckets
 //! [`PUBLISH_SIZE_BUCKETS`]) and `hpfeeds_client_authenticated_connections{ident,owner}`
-//! (gauge).
+//! (gauge). Herald adds `hpfeeds_broker_tls_handshake_error{category}` on a TLS listener:
+//! handshakes that `failed` (not TLS, no common protocol, the client refused the certificate)
+//! or hit the `timeout`.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -110,7 +138,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::frame::{Decoder, Frame, FrameError, MAX_STR8_LEN, NONCE_LEN, encode_publish};
+use crate::frame::{Decoder, Frame, FrameError, MAX_STR8_LEN, NONCE_LEN, Opcode, encode_publish};
 use crate::tls::TlsFiles;
 
 /// The content type of events appended by hpfeeds publishes.
@@ -154,6 +182,10 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// How long the accept loop pauses after an accept error (out of file descriptors, ...).
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
+/// Where a deadline goes when its setting does not fit an [`Instant`] (`Duration::MAX` for
+/// "never"): about 30 years from now.
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
+
 /// Settings of the broker.
 #[derive(Debug, Clone)]
 pub struct HpfeedsConfig {
@@ -167,7 +199,8 @@ pub struct HpfeedsConfig {
     /// Default 60 s.
     pub backpressure_deadline: Duration,
     /// The output buffer mark, in bytes: past it the connection stops taking events and the
-    /// back-pressure deadline starts. Default 8 MiB.
+    /// back-pressure deadline starts. Default 8 MiB (Python: 50 × (5 + 1 MiB); see the
+    /// module documentation).
     pub send_buffer_bytes: usize,
     /// Publishes of one connection waiting for their commit at once; at the limit the
     /// connection stops reading until the oldest is committed. Default 256.
@@ -344,31 +377,60 @@ pub async fn serve(
             }
             Some(tls) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.borrow().clone());
-                tracker.spawn(async move {
-                    let timeout = shared.config.auth_timeout;
-                    let handshake = tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        h = tokio::time::timeout(timeout, acceptor.accept(stream)) => h,
-                    };
-                    match handshake {
-                        Ok(Ok(stream)) => {
-                            let (reader, writer) = tokio::io::split(stream);
-                            connection(reader, writer, true, peer, shared, shutdown, permit).await;
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "hpfeeds: TLS handshake failed");
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "hpfeeds: no TLS handshake in time; closing");
-                        }
-                    }
-                });
+                tracker.spawn(tls_connection(
+                    acceptor, stream, peer, shared, shutdown, permit,
+                ));
             }
         }
     }
     tracker.close();
     tracker.wait().await;
     Ok(())
+}
+
+/// A connection on a TLS listener: the handshake, within [`HpfeedsConfig::auth_timeout`], then
+/// [`connection`]. A handshake that fails or does not complete in time closes the connection
+/// and is counted in `hpfeeds_broker_tls_handshake_error{category}` (`failed` or `timeout`).
+async fn tls_connection(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    permit: OwnedSemaphorePermit,
+) {
+    let timeout = shared.config.auth_timeout;
+    let handshake = tokio::select! {
+        () = shutdown.cancelled() => return,
+        h = tokio::time::timeout(timeout, acceptor.accept(stream)) => h,
+    };
+    match handshake {
+        Ok(Ok(stream)) => {
+            let (reader, writer) = tokio::io::split(stream);
+            connection(reader, writer, true, peer, shared, shutdown, permit).await;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "hpfeeds: TLS handshake failed");
+            tls_handshake_error("failed");
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "hpfeeds: no TLS handshake in time; closing");
+            tls_handshake_error("timeout");
+        }
+    }
+}
+
+/// Counts a TLS handshake that did not give a connection (`failed` or `timeout`).
+fn tls_handshake_error(category: &'static str) {
+    metrics::counter!("hpfeeds_broker_tls_handshake_error", "category" => category).increment(1);
+}
+
+/// `now + after`, or [`FAR_FUTURE`] from now when that does not fit an [`Instant`].
+fn deadline_after(after: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(after)
+        .or_else(|| now.checked_add(FAR_FUTURE))
+        .unwrap_or(now)
 }
 
 /// Why a connection ends.
@@ -407,6 +469,65 @@ struct Session {
     subs: HashMap<Path, String>,
     /// The publish metrics of each channel published to (only allowed channels get here).
     publish_metrics: HashMap<String, (metrics::Counter, metrics::Histogram)>,
+    /// The connection's buffer metrics.
+    buffers: BufferMetrics,
+}
+
+/// The buffer metrics of an authenticated connection, labelled with its ident, as the Python
+/// broker's: bytes read from the client (`receive_buffer_fill`), payload bytes of the
+/// publishes queued for it (`send_buffer_fill`), bytes written to it (`send_buffer_drain`), and
+/// its share of the `send_buffer_size` (output bytes not yet written) and `receive_buffer_size`
+/// (bytes read but not yet a whole frame) gauges, which sum the connections of the ident.
+struct BufferMetrics {
+    receive_fill: metrics::Counter,
+    send_fill: metrics::Counter,
+    send_drain: metrics::Counter,
+    send_size: metrics::Gauge,
+    receive_size: metrics::Gauge,
+    /// What this connection adds to the two gauges now.
+    sizes: (usize, usize),
+}
+
+impl BufferMetrics {
+    fn new(ident: &str) -> Self {
+        let ident = ident.to_owned();
+        Self {
+            receive_fill: metrics::counter!(
+                "hpfeeds_broker_connection_receive_buffer_fill", "ident" => ident.clone()
+            ),
+            send_fill: metrics::counter!(
+                "hpfeeds_broker_connection_send_buffer_fill", "ident" => ident.clone()
+            ),
+            send_drain: metrics::counter!(
+                "hpfeeds_broker_connection_send_buffer_drain", "ident" => ident.clone()
+            ),
+            send_size: metrics::gauge!(
+                "hpfeeds_broker_connection_send_buffer_size", "ident" => ident.clone()
+            ),
+            receive_size: metrics::gauge!(
+                "hpfeeds_broker_connection_receive_buffer_size", "ident" => ident
+            ),
+            sizes: (0, 0),
+        }
+    }
+
+    /// Moves this connection's share of the two gauges to `send` and `receive` bytes.
+    fn set_sizes(&mut self, send: usize, receive: usize) {
+        let (old_send, old_receive) = self.sizes;
+        if send != old_send {
+            self.send_size.increment(send as f64 - old_send as f64);
+        }
+        if receive != old_receive {
+            self.receive_size
+                .increment(receive as f64 - old_receive as f64);
+        }
+        self.sizes = (send, receive);
+    }
+}
+
+/// `n` bytes as a counter increment.
+fn bytes(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
 }
 
 /// Frames waiting to be written: sealed chunks (each ends on a frame boundary), the part of
@@ -525,7 +646,8 @@ async fn connection<R, W>(
         .as_ref()
         .map(|s| s.identity.ident.clone())
         .unwrap_or_default();
-    if let Some(session) = &conn.session {
+    if let Some(session) = &mut conn.session {
+        session.buffers.set_sizes(0, 0);
         metrics::gauge!(
             "hpfeeds_client_authenticated_connections",
             "ident" => session.identity.ident.clone(),
@@ -652,7 +774,7 @@ impl Conn {
         let config = self.shared.config.clone();
         let high = config.send_buffer_bytes;
         let low = high / 4;
-        let auth_deadline = Instant::now() + config.auth_timeout;
+        let auth_deadline = deadline_after(config.auth_timeout);
         let mut backpressure: Option<Instant> = None;
         let mut eof = false;
         // Written since the last flush (only tracked when the writer buffers).
@@ -671,7 +793,7 @@ impl Conn {
             let queued = self.out.queued();
             if queued >= high {
                 if backpressure.is_none() {
-                    backpressure = Some(Instant::now() + config.backpressure_deadline);
+                    backpressure = Some(deadline_after(config.backpressure_deadline));
                     metrics::counter!(
                         "hpfeeds_broker_connection_send_buffer_deadline_start",
                         "ident" => self.ident_label()
@@ -684,6 +806,9 @@ impl Conn {
                     "ident" => self.ident_label()
                 )
                 .increment(1);
+            }
+            if let Some(session) = &mut self.session {
+                session.buffers.set_sizes(queued, self.rbuf.len());
             }
             let authenticated = self.session.is_some();
             let subscribed = self.session.as_ref().is_some_and(|s| !s.subs.is_empty());
@@ -701,6 +826,9 @@ impl Conn {
                         Ok(Written::Bytes(0)) => return End::Io(io::ErrorKind::WriteZero.into()),
                         Ok(Written::Bytes(n)) => {
                             self.out.advance(n);
+                            if let Some(session) = &self.session {
+                                session.buffers.send_drain.increment(bytes(n));
+                            }
                             unflushed = self.flush_writes;
                         }
                         Ok(Written::Flushed) => unflushed = false,
@@ -722,7 +850,11 @@ impl Conn {
                 },
                 read = read_some(reader, &mut self.rbuf), if can_read => match read {
                     Ok(0) => eof = true,
-                    Ok(_) => {}
+                    Ok(n) => {
+                        if let Some(session) = &self.session {
+                            session.buffers.receive_fill.increment(bytes(n));
+                        }
+                    }
                     Err(e) => return End::Io(e),
                 },
             }
@@ -733,6 +865,14 @@ impl Conn {
     /// appends in flight.
     async fn process_frames(&mut self) -> Option<End> {
         while self.pending.len() < self.shared.config.max_in_flight {
+            if self.session.is_none() {
+                match self.decoder.peek_opcode(&self.rbuf) {
+                    Ok(Some(Opcode::Auth)) => {}
+                    Ok(Some(_)) => return Some(not_auth()),
+                    Ok(None) => return None,
+                    Err(e) => return Some(End::Protocol(e)),
+                }
+            }
             let frame = match self.decoder.decode(&mut self.rbuf) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return None,
@@ -842,11 +982,7 @@ impl Conn {
     /// The first frame.
     fn authenticate(&mut self, frame: Frame) -> Option<End> {
         let Frame::Auth { ident, hash } = frame else {
-            return Some(End::Refused {
-                text: FIRST_MESSAGE_ERROR.to_owned(),
-                category: "invalid-first-message",
-                label: String::new(),
-            });
+            return Some(not_auth());
         };
         let failed = |category, label| {
             Some(End::Refused {
@@ -871,6 +1007,7 @@ impl Conn {
         )
         .increment(1.0);
         self.session = Some(Session {
+            buffers: BufferMetrics::new(&identity.ident),
             origin: Arc::from(identity.ident.as_str()),
             identity,
             subs: HashMap::new(),
@@ -894,6 +1031,7 @@ impl Conn {
                     let Some(channel) = session.subs.get(&topic) else {
                         continue;
                     };
+                    session.buffers.send_fill.increment(bytes(event.data.len()));
                     let ident: &str = if event.origin.is_empty() {
                         &self.shared.config.name
                     } else {
@@ -945,6 +1083,7 @@ impl Conn {
         W: AsyncWrite + Unpin,
     {
         let grace = self.shared.config.close_grace;
+        let drain = self.session.as_ref().map(|s| s.buffers.send_drain.clone());
         let out = &mut self.out;
         let flush = async {
             while let Some(buf) = out.front() {
@@ -953,6 +1092,9 @@ impl Conn {
                     return Err(io::ErrorKind::WriteZero.into());
                 }
                 out.advance(n);
+                if let Some(drain) = &drain {
+                    drain.increment(bytes(n));
+                }
             }
             writer.shutdown().await
         };
@@ -983,6 +1125,15 @@ impl Conn {
             () = shutdown.cancelled() => {}
             _ = tokio::time::timeout(CLOSE_LINGER.min(grace), drain) => {}
         }
+    }
+}
+
+/// The refusal of a first frame that is not `OP_AUTH`.
+fn not_auth() -> End {
+    End::Refused {
+        text: FIRST_MESSAGE_ERROR.to_owned(),
+        category: "invalid-first-message",
+        label: String::new(),
     }
 }
 

@@ -46,6 +46,10 @@
 //! - A length below the header's 5 bytes is [`FrameError::TooShort`] (Python reads it as a
 //!   signed integer and misbehaves).
 //!
+//! [`Decoder::peek_opcode`] gives the opcode of the next frame as soon as its header is in
+//! (checked the same way), without its body: what a broker needs to refuse a first frame that
+//! is not `OP_AUTH`, whatever follows.
+//!
 //! A failed `decode` leaves the buffer as it was, so calling it again gives the same error: the
 //! stream cannot be resynchronised and the caller should drop the connection (after an
 //! `OP_ERROR` if it likes).
@@ -566,6 +570,22 @@ impl Decoder {
         };
         Ok(Some(parsed.fields.into_frame(tail)))
     }
+
+    /// The opcode of the first frame of `src` as soon as its 5-byte header is in and valid,
+    /// without waiting for the body, checking it or removing anything; `Ok(None)` while the
+    /// header is incomplete. The Python broker refuses a first frame that is not `OP_AUTH` on
+    /// its opcode alone, whatever its body holds; this lets a broker do the same without
+    /// buffering the body of a frame it refuses anyway.
+    ///
+    /// # Errors
+    /// As [`Decoder::decode`] for the header (an unknown opcode, a length below 5 or over the
+    /// opcode's limit). `src` is never changed.
+    pub fn peek_opcode(&self, src: &[u8]) -> Result<Option<Opcode>, FrameError> {
+        let Some(header) = src.first_chunk::<HEADER_LEN>() else {
+            return Ok(None);
+        };
+        check_header(header).map(|(opcode, _)| Some(opcode))
+    }
 }
 
 /// The opcode and total length of a frame header, if within the limits.
@@ -930,6 +950,41 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn peek_opcode_needs_only_the_header_and_ignores_the_body() {
+        let decoder = Decoder::new();
+        for n in 0..HEADER_LEN {
+            assert_eq!(decoder.peek_opcode(&PY_PUBLISH[..n]), Ok(None), "{n}");
+        }
+        for n in HEADER_LEN..=PY_PUBLISH.len() {
+            let got = decoder.peek_opcode(&PY_PUBLISH[..n]);
+            assert_eq!(got, Ok(Some(Opcode::Publish)), "{n}");
+        }
+        // A body that would not decode (a truncated ident, invalid UTF-8) still has an opcode.
+        assert_eq!(
+            decoder.peek_opcode(&raw(4, b"")),
+            Ok(Some(Opcode::Subscribe))
+        );
+        assert_eq!(
+            decoder.peek_opcode(&raw(0, b"\xff")),
+            Ok(Some(Opcode::Error))
+        );
+        assert_eq!(decoder.peek_opcode(&raw(2, b"")), Ok(Some(Opcode::Auth)));
+        // Bad headers are the decoder's errors.
+        assert_eq!(
+            decoder.peek_opcode(&header(5, 9)),
+            Err(FrameError::UnknownOpcode(9))
+        );
+        assert!(matches!(
+            decoder.peek_opcode(&header(282, 2)),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            decoder.peek_opcode(&header(4, 3)),
+            Err(FrameError::TooShort { .. })
+        ));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The broker on real sockets: an in-process `Topics` and `HpfeedsIdentities` on a
 //! `MemoryStore`, clients writing raw frames with the crate's codec.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -266,6 +268,71 @@ async fn the_first_message_must_be_auth() {
         let mut c = broker.connect().await;
         c.send(&frame).await;
         c.expect_error_and_close(FIRST_MESSAGE_ERROR).await;
+    }
+}
+
+#[tokio::test]
+async fn a_first_frame_that_is_not_auth_is_refused_whatever_its_body() {
+    // The Python broker looks at the opcode of a complete first frame before its fields: any
+    // opcode but OP_AUTH gets the error, even when the body would not decode.
+    let broker = Broker::start(HpfeedsConfig::default()).await;
+    let frame = |opcode: u8, body: &[u8]| {
+        let mut v = u32::try_from(5 + body.len())
+            .unwrap()
+            .to_be_bytes()
+            .to_vec();
+        v.push(opcode);
+        v.extend_from_slice(body);
+        v
+    };
+    for bytes in [
+        frame(4, b""),                // OP_SUBSCRIBE without its ident's length byte
+        frame(5, b"\x09ab"),          // OP_UNSUBSCRIBE with a truncated ident
+        frame(3, b"\x05alice\x09ab"), // OP_PUBLISH with a truncated channel
+        frame(4, b"\x05alice\xff"),   // OP_SUBSCRIBE, channel not UTF-8
+        frame(0, b"\xff\xfe"),        // OP_ERROR, text not UTF-8
+        frame(1, b"\x02hp\x01"),      // OP_INFO with a 1-byte nonce
+    ] {
+        let mut c = broker.connect().await;
+        c.raw(&bytes).await;
+        c.expect_error_and_close(FIRST_MESSAGE_ERROR).await;
+    }
+    // On the header alone: the body of a frame refused anyway is not waited for (nor
+    // buffered), while a partial header waits.
+    let mut c = broker.connect().await;
+    let header = frame(4, &vec![b'x'; MAX_BUF - 5]);
+    c.raw(&header[..4]).await;
+    c.expect_nothing().await;
+    c.raw(&header[4..5]).await;
+    c.expect_error_and_close(FIRST_MESSAGE_ERROR).await;
+    // A malformed OP_AUTH, an unknown opcode or an oversize frame first are still protocol
+    // errors: closed without a message (the Python broker drops these too).
+    for bytes in [frame(2, b""), frame(9, b""), vec![0, 0, 1, 26, 2]] {
+        let mut c = broker.connect().await;
+        c.raw(&bytes).await;
+        c.expect_close_without_error().await;
+    }
+}
+
+#[tokio::test]
+async fn unbounded_timeouts_do_not_break_connections() {
+    // `Duration::MAX` means "never": a deadline that far does not fit an `Instant`, and must not
+    // kill the connection. A 1-byte send buffer starts the back-pressure deadline at the first
+    // delivery.
+    let broker = Broker::start(HpfeedsConfig {
+        auth_timeout: Duration::MAX,
+        backpressure_deadline: Duration::MAX,
+        send_buffer_bytes: 1,
+        ..HpfeedsConfig::default()
+    })
+    .await;
+    let mut alice = broker.login("alice").await;
+    alice.subscribe_synced("alice", &["chan1"]).await;
+    for i in 0..20u8 {
+        alice.publish("alice", "chan1", &[i]).await;
+    }
+    for i in 0..20u8 {
+        assert_eq!(&alice.expect_publish().await.2[..], &[i]);
     }
 }
 
@@ -882,4 +949,104 @@ async fn a_subscriber_that_falls_behind_a_memory_only_channel_is_told_and_closed
         other => panic!("expected the fell-behind error, got {other:?}"),
     }
     assert_eq!(slow.recv().await, None, "closed after the error");
+}
+
+// ---- metrics -----------------------------------------------------------------------------
+
+#[test]
+fn metrics_have_the_python_names_and_labels() {
+    common::with_metrics(|m| async move {
+        let broker = Broker::start(HpfeedsConfig::default()).await;
+        let mut alice = broker.login("alice").await;
+        alice.subscribe_synced("alice", &["chan1"]).await;
+        alice.publish("alice", "chan1", &[7; 3000]).await;
+        assert_eq!(alice.expect_publish().await.2.len(), 3000);
+
+        // Refusals, by category; an ident nobody authenticated as is never a label.
+        let mut c = broker.connect().await;
+        c.send(&Frame::subscribe("alice", "chan1")).await;
+        c.expect_error_and_close(FIRST_MESSAGE_ERROR).await;
+        let mut c = broker.connect().await;
+        c.auth("nobody", "x").await;
+        c.expect_error_and_close("Authentication failed for nobody")
+            .await;
+        let mut c = broker.connect().await;
+        c.auth("alice", "wrong").await;
+        c.expect_error_and_close("Authentication failed for alice")
+            .await;
+        let mut c = broker.login("bob").await;
+        c.publish("bob", "chan1", b"x").await;
+        c.expect_error_and_close("Authkey not allowed to pub here. ident=bob, chan=chan1")
+            .await;
+
+        let error = |ident: &str, category: &str| {
+            format!("hpfeeds_broker_connection_error{{ident=\"{ident}\",category=\"{category}\"}}")
+        };
+        for (ident, category) in [
+            ("", "invalid-first-message"),
+            ("", "invalid-ident"),
+            ("alice", "invalid-secret"),
+            ("bob", "no-pub-permission"),
+        ] {
+            let key = error(ident, category);
+            common::eventually(&key, || m.count(&key) == 1).await;
+        }
+        assert_eq!(m.count(&error("nobody", "invalid-ident")), 0);
+        assert!(m.count("hpfeeds_broker_connection_made") >= 5);
+        assert_eq!(
+            m.count(r#"hpfeeds_broker_connection_ready{ident="alice"}"#),
+            1
+        );
+        assert_eq!(
+            m.count(r#"hpfeeds_broker_receive_publish_count{ident="alice",chan="chan1"}"#),
+            1
+        );
+        assert_eq!(
+            m.gauge(r#"hpfeeds_broker_subscriptions{ident="alice",chan="chan1"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            m.gauge(
+                r#"hpfeeds_client_authenticated_connections{ident="alice",owner="alice-owner"}"#
+            ),
+            Some(1.0)
+        );
+        // The buffer metrics of an authenticated connection, by ident: bytes read, payload bytes
+        // queued for it, bytes written, and the two buffer gauges.
+        let fill = r#"hpfeeds_broker_connection_send_buffer_fill{ident="alice"}"#;
+        assert!(m.count(fill) >= 3000, "{:?}", m.keys());
+        let drain = r#"hpfeeds_broker_connection_send_buffer_drain{ident="alice"}"#;
+        assert!(m.count(drain) >= 3000 + 5 + 1 + 5 + 1 + 5, "{:?}", m.keys());
+        let read = r#"hpfeeds_broker_connection_receive_buffer_fill{ident="alice"}"#;
+        assert!(m.count(read) >= 3000, "{:?}", m.keys());
+        let send_size = r#"hpfeeds_broker_connection_send_buffer_size{ident="alice"}"#;
+        let receive_size = r#"hpfeeds_broker_connection_receive_buffer_size{ident="alice"}"#;
+        assert_eq!(m.gauge(send_size), Some(0.0), "{:?}", m.keys());
+        assert_eq!(m.gauge(receive_size), Some(0.0), "{:?}", m.keys());
+        // Half a frame waits in the receive buffer.
+        alice.raw(&[0, 0, 0, 100, 3, 5]).await;
+        common::eventually(receive_size, || m.gauge(receive_size) == Some(6.0)).await;
+
+        // Closing gives everything back.
+        drop(alice);
+        let lost = r#"hpfeeds_broker_connection_lost{ident="alice"}"#;
+        common::eventually(lost, || m.count(lost) == 1).await;
+        assert_eq!(m.gauge(receive_size), Some(0.0));
+        assert_eq!(m.gauge(send_size), Some(0.0));
+        assert_eq!(
+            m.gauge(r#"hpfeeds_broker_subscriptions{ident="alice",chan="chan1"}"#),
+            Some(0.0)
+        );
+        assert_eq!(
+            m.gauge(
+                r#"hpfeeds_client_authenticated_connections{ident="alice",owner="alice-owner"}"#
+            ),
+            Some(0.0)
+        );
+        broker.shutdown.cancel();
+        common::eventually("no connections", || {
+            m.gauge("hpfeeds_broker_client_connections") == Some(0.0)
+        })
+        .await;
+    });
 }

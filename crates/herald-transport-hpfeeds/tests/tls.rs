@@ -1,6 +1,8 @@
 //! The broker over TLS: a self-signed certificate made with `rcgen`, clients trusting exactly
 //! that certificate, and certificate reloading.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -65,6 +67,14 @@ fn files_with(cert: &Cert) -> Setup {
 }
 
 async fn start(tls: TlsFiles) -> (SocketAddr, CancellationToken) {
+    start_with(HpfeedsConfig {
+        tls: Some(tls),
+        ..HpfeedsConfig::default()
+    })
+    .await
+}
+
+async fn start_with(config: HpfeedsConfig) -> (SocketAddr, CancellationToken) {
     let store = Arc::new(MemoryStore::default());
     let (topics, _actor) = Topics::open(store.clone(), TopicsOptions::default())
         .await
@@ -80,10 +90,6 @@ async fn start(tls: TlsFiles) -> (SocketAddr, CancellationToken) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let config = HpfeedsConfig {
-        tls: Some(tls),
-        ..HpfeedsConfig::default()
-    };
     tokio::spawn(serve(
         listener,
         topics,
@@ -350,4 +356,83 @@ async fn bad_files_are_refused_at_start() {
     .unwrap_err();
     assert!(matches!(err, BrokerError::Tls(_)), "{err}");
     assert!(err.to_string().contains("cert.pem"), "{err}");
+}
+
+const HANDSHAKE_FAILED: &str = r#"hpfeeds_broker_tls_handshake_error{category="failed"}"#;
+const HANDSHAKE_TIMEOUT: &str = r#"hpfeeds_broker_tls_handshake_error{category="timeout"}"#;
+
+/// Reads until the broker closes the connection (EOF or a reset), within `IO`.
+async fn expect_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    tokio::time::timeout(IO, async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the broker closes the connection");
+    buf
+}
+
+#[test]
+fn failed_tls_handshakes_are_counted() {
+    common::with_metrics(|m| async move {
+        let cert = self_signed();
+        let setup = files_with(&cert);
+        let (addr, shutdown) = start(TlsFiles::new(&setup.cert_path, &setup.key_path)).await;
+        // Plain TCP garbage: not a ClientHello.
+        for garbage in [&b"GET / HTTP/1.0\r\n\r\n"[..], &[0, 0, 0, 31, 2, 5, b'a']] {
+            let mut plain = TcpStream::connect(addr).await.unwrap();
+            plain.write_all(garbage).await.unwrap();
+            let answer = expect_closed(&mut plain).await;
+            assert!(
+                !answer.starts_with(&[0, 0, 0]),
+                "no hpfeeds frame: {answer:?}"
+            );
+        }
+        common::eventually(HANDSHAKE_FAILED, || m.count(HANDSHAKE_FAILED) == 2).await;
+        // A client that does not trust the certificate fails too.
+        let other = self_signed();
+        assert!(Client::connect(addr, &other.der).await.is_err());
+        common::eventually(HANDSHAKE_FAILED, || m.count(HANDSHAKE_FAILED) == 3).await;
+        // None of these became an hpfeeds connection; a good handshake counts nothing.
+        assert_eq!(m.count("hpfeeds_broker_connection_made"), 0);
+        let mut c = Client::login(addr, &cert.der).await;
+        c.send(&Frame::subscribe("alice", "chan1")).await;
+        c.round_trip(b"x").await;
+        assert_eq!(m.count("hpfeeds_broker_connection_made"), 1);
+        assert_eq!(m.count(HANDSHAKE_FAILED), 3);
+        assert_eq!(m.count(HANDSHAKE_TIMEOUT), 0);
+        shutdown.cancel();
+    });
+}
+
+#[test]
+fn a_tls_handshake_that_never_completes_times_out() {
+    common::with_metrics(|m| async move {
+        let cert = self_signed();
+        let setup = files_with(&cert);
+        let (addr, shutdown) = start_with(HpfeedsConfig {
+            tls: Some(TlsFiles::new(&setup.cert_path, &setup.key_path)),
+            auth_timeout: Duration::from_millis(300),
+            ..HpfeedsConfig::default()
+        })
+        .await;
+        // One client sends nothing; another the first bytes of a TLS record, then stalls.
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let mut stalled = TcpStream::connect(addr).await.unwrap();
+        stalled.write_all(&[0x16, 0x03, 0x01, 0x00]).await.unwrap();
+        let started = tokio::time::Instant::now();
+        assert!(expect_closed(&mut silent).await.is_empty());
+        assert!(expect_closed(&mut stalled).await.is_empty());
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        common::eventually(HANDSHAKE_TIMEOUT, || m.count(HANDSHAKE_TIMEOUT) == 2).await;
+        assert_eq!(m.count(HANDSHAKE_FAILED), 0);
+        assert_eq!(m.count("hpfeeds_broker_connection_made"), 0);
+        shutdown.cancel();
+    });
 }
