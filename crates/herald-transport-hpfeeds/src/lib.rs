@@ -44,7 +44,7 @@
 pub mod admin;
 pub mod broker;
 pub mod frame;
-pub mod tls;
 
 pub use broker::{BrokerError, HpfeedsConfig, PUBLISH_SIZE_BUCKETS, serve};
-pub use tls::TlsFiles;
+pub use herald_tls as tls;
+pub use herald_tls::TlsFiles;

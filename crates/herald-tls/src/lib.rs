@@ -1,5 +1,5 @@
-//! TLS for the hpfeeds listener: loading a PEM certificate chain and key into a rustls
-//! [`ServerConfig`], and reloading them when the files change.
+//! TLS for Herald's listeners (hpfeeds, MQTT): loading a PEM certificate chain and key into a
+//! rustls [`ServerConfig`], and reloading them when the files change.
 //!
 //! The files are checked every [`TlsFiles::reload_interval`] (their modification time, size
 //! and, on Unix, inode, so that both rewriting a file and renaming a new one over it are seen).
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rustls::ServerConfig;
+pub use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::watch;
@@ -101,7 +101,7 @@ fn stamps(files: &TlsFiles) -> (Stamp, Stamp) {
 
 /// Loads the pair and starts a task that reloads it on change until `stop` is cancelled.
 /// The receiver always holds the configuration for new connections.
-pub(crate) fn watch(
+pub fn watch(
     files: TlsFiles,
     stop: CancellationToken,
 ) -> Result<watch::Receiver<Arc<ServerConfig>>, String> {
@@ -129,15 +129,15 @@ pub(crate) fn watch(
                     tracing::info!(
                         cert = %files.cert.display(),
                         key = %files.key.display(),
-                        "hpfeeds: TLS certificate reloaded"
+                        "TLS certificate reloaded"
                     );
                     tx.send_replace(config);
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "hpfeeds: TLS files changed but cannot be loaded; keeping the previous certificate");
+                    tracing::warn!(error = %e, "TLS files changed but cannot be loaded; keeping the previous certificate");
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "hpfeeds: TLS reload failed");
+                    tracing::warn!(error = %e, "TLS reload failed");
                 }
             }
         }
