@@ -12,6 +12,7 @@
 //! - [`accounts`]: durable IorioDB-style users, grants and sessions ([`Accounts`] handle).
 //! - [`hpfeeds`]: durable hpfeeds identities ([`HpfeedsIdentities`] handle), env backend.
 //! - [`docs`]: the document actor ([`Docs`] handle, [`Write`], [`Subscriber`]).
+//! - [`keyed`]: durable values by key, one small write per change ([`KeyedRecords`]).
 //! - [`inbox`]: the per-connection coalescing mailbox ([`Inbox`]) updates are pushed into.
 //! - [`topics`]: append-only event logs ([`Topics`] handle, [`Listener`], [`Delivery`]).
 //! - [`retained`]: one kept message per topic for new subscribers ([`Retained`], MQTT's
@@ -46,6 +47,7 @@ pub mod docs;
 mod durable;
 pub mod hpfeeds;
 pub mod inbox;
+pub mod keyed;
 pub mod retained;
 pub mod topics;
 
@@ -53,6 +55,7 @@ pub use accounts::{Accounts, AccountsError, AccountsOptions};
 pub use docs::{Docs, DocsError, DocsOptions, Pending, Subscriber, Write};
 pub use hpfeeds::{HpfeedsError, HpfeedsIdentities, HpfeedsOptions};
 pub use inbox::{Inbox, Update};
+pub use keyed::KeyedRecords;
 pub use retained::{Retained, RetainedError, RetainedMessage, RetainedOptions};
 pub use topics::{
     Appended, Delivery, Event, Listener, NewEvent, PendingAppend, TopicInfo, Topics, TopicsError,

@@ -2,11 +2,10 @@
 //! matching topic before its live events (MQTT's retained messages).
 //!
 //! A retained message is not an event of the topic's log: retention may trim the log, and a
-//! publish that is not retained does not replace it. Each one lives in its own store log
-//! `retained:<path>` holding a single record (the topic record format, so content type, origin
-//! and protocol attributes come along). Setting one appends the new record with an fsync and
-//! then trims the old one; clearing deletes the log. After a crash between the two steps the
-//! log holds two records and the newer wins, so a set is never lost once it returned.
+//! publish that is not retained does not replace it. Each one is a [`KeyedRecords`] value
+//! keyed by its topic (in the topic record format, so content type, origin and protocol
+//! attributes come along): setting one is a single fsync'd write, whatever the number of
+//! retained messages.
 //!
 //! All of them are kept in memory too (they are read on every subscribe), so their number and
 //! size are bounded by [`RetainedOptions`].
@@ -17,8 +16,10 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use herald_core::topic::{decode_record, encode_record};
 use herald_core::{Path, PathLimits, PathPattern};
-use herald_store::{Append, Durability, Store, StoreError};
+use herald_store::{Store, StoreError};
 use tokio::sync::Mutex;
+
+use crate::keyed::KeyedRecords;
 
 /// The prefix of the store logs of retained messages.
 const LOG_PREFIX: &str = "retained:";
@@ -78,21 +79,11 @@ pub enum RetainedError {
         /// The byte limit.
         max_bytes: u64,
     },
-    /// The blocking task was lost (the runtime is shutting down).
-    #[error("retained message task failed: {0}")]
-    Task(String),
-}
-
-#[derive(Debug)]
-struct Entry {
-    message: Arc<RetainedMessage>,
-    /// The sequence number of its record in its log.
-    seq: u64,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    entries: BTreeMap<Path, Entry>,
+    entries: BTreeMap<Path, Arc<RetainedMessage>>,
     bytes: u64,
 }
 
@@ -103,7 +94,7 @@ pub struct Retained {
 }
 
 struct Inner {
-    store: Arc<dyn Store>,
+    records: KeyedRecords,
     options: RetainedOptions,
     state: RwLock<State>,
     /// Serializes writers, so a log's sequence numbers are assigned in order.
@@ -118,10 +109,6 @@ impl std::fmt::Debug for Retained {
     }
 }
 
-fn log_name(path: &Path) -> String {
-    format!("{LOG_PREFIX}{path}")
-}
-
 impl Retained {
     /// Loads the retained messages kept in `store`.
     ///
@@ -131,13 +118,11 @@ impl Retained {
         store: Arc<dyn Store>,
         options: RetainedOptions,
     ) -> Result<Self, RetainedError> {
-        let loader = store.clone();
-        let state = tokio::task::spawn_blocking(move || load(&*loader))
-            .await
-            .map_err(|e| RetainedError::Task(e.to_string()))??;
+        let (records, values) = KeyedRecords::open(store, LOG_PREFIX).await?;
+        let state = load(values)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                store,
+                records,
                 options,
                 state: RwLock::new(state),
                 writer: Mutex::new(()),
@@ -156,20 +141,17 @@ impl Retained {
         message: Option<RetainedMessage>,
     ) -> Result<(), RetainedError> {
         let _writer = self.inner.writer.lock().await;
-        let old = self.read_state(|s| s.entries.get(topic).map(|e| (e.seq, e.message.clone())));
+        let key = topic.to_string();
+        let old = self.get(topic);
         let Some(message) = message else {
-            if old.is_none() {
-                return Ok(());
-            }
-            let (store, log) = (self.inner.store.clone(), log_name(topic));
-            blocking(move || store.delete_log(&log, Durability::Sync)).await?;
+            self.inner.records.remove(&key).await?;
             let mut state = self.write_state();
-            if let Some(e) = state.entries.remove(topic) {
-                state.bytes = state.bytes.saturating_sub(e.message.data.len() as u64);
+            if let Some(m) = state.entries.remove(topic) {
+                state.bytes = state.bytes.saturating_sub(m.data.len() as u64);
             }
             return Ok(());
         };
-        let old_bytes = old.as_ref().map_or(0, |(_, m)| m.data.len() as u64);
+        let old_bytes = old.as_ref().map_or(0, |m| m.data.len() as u64);
         let (count, bytes) = self.read_state(|s| (s.entries.len(), s.bytes));
         let options = self.inner.options;
         if (old.is_none() && count >= options.max_messages)
@@ -188,42 +170,16 @@ impl Retained {
             &message.data,
         )
         .map_err(|e| RetainedError::Invalid(e.to_string()))?;
-        let seq = match old {
-            Some((seq, _)) => seq + 1,
-            None => {
-                // A cleared topic's log is gone; a fresh one starts at 1.
-                1
-            }
-        };
-        let (store, log) = (self.inner.store.clone(), log_name(topic));
-        blocking(move || {
-            store.append(
-                &[Append {
-                    log: &log,
-                    seq,
-                    data: &record,
-                }],
-                Durability::Sync,
-            )?;
-            // The new record is durable; dropping the old one may wait for the next sync.
-            store.trim(&log, seq, Durability::Buffered)
-        })
-        .await?;
+        self.inner.records.put(&key, record).await?;
         let mut state = self.write_state();
         state.bytes = state.bytes - old_bytes + message.data.len() as u64;
-        state.entries.insert(
-            topic.clone(),
-            Entry {
-                message: Arc::new(message),
-                seq,
-            },
-        );
+        state.entries.insert(topic.clone(), Arc::new(message));
         Ok(())
     }
 
     /// The message retained on `topic`.
     pub fn get(&self, topic: &Path) -> Option<Arc<RetainedMessage>> {
-        self.read_state(|s| s.entries.get(topic).map(|e| e.message.clone()))
+        self.read_state(|s| s.entries.get(topic).cloned())
     }
 
     /// The retained messages of the topics `pattern` matches, in path order.
@@ -232,7 +188,7 @@ impl Retained {
             s.entries
                 .iter()
                 .filter(|(p, _)| pattern.matches(p))
-                .map(|(p, e)| (p.clone(), e.message.clone()))
+                .map(|(p, m)| (p.clone(), m.clone()))
                 .collect()
         })
     }
@@ -263,35 +219,17 @@ impl Retained {
     }
 }
 
-async fn blocking(
-    f: impl FnOnce() -> Result<(), StoreError> + Send + 'static,
-) -> Result<(), RetainedError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| RetainedError::Task(e.to_string()))?
-        .map_err(RetainedError::from)
-}
-
-/// Reads every retained log; the newest record of each is the message.
-fn load(store: &dyn Store) -> Result<State, RetainedError> {
+/// Decodes the stored retained messages.
+fn load(values: Vec<(String, Vec<u8>)>) -> Result<State, RetainedError> {
     let unlimited = PathLimits {
         max_segments: usize::MAX,
         max_segment_bytes: usize::MAX,
     };
     let mut state = State::default();
-    for (log, bounds) in store.list_logs(LOG_PREFIX)? {
-        if bounds.first > bounds.last {
-            continue;
-        }
-        let Some(raw_path) = log.strip_prefix(LOG_PREFIX) else {
-            continue;
-        };
-        let path = Path::parse_url(raw_path, &unlimited)
-            .map_err(|e| RetainedError::Corrupt(format!("{log}: {e}")))?;
-        let Some((seq, raw)) = store.read(&log, bounds.last, 1)?.pop() else {
-            continue;
-        };
-        let rec = decode_record(&raw).map_err(|e| RetainedError::Corrupt(format!("{log}: {e}")))?;
+    for (key, raw) in values {
+        let path = Path::parse_url(&key, &unlimited)
+            .map_err(|e| RetainedError::Corrupt(format!("{key}: {e}")))?;
+        let rec = decode_record(&raw).map_err(|e| RetainedError::Corrupt(format!("{key}: {e}")))?;
         let message = RetainedMessage {
             t_ms: rec.t_ms,
             content_type: Arc::from(rec.content_type),
@@ -300,13 +238,7 @@ fn load(store: &dyn Store) -> Result<State, RetainedError> {
             data: Bytes::copy_from_slice(rec.data),
         };
         state.bytes += message.data.len() as u64;
-        state.entries.insert(
-            path,
-            Entry {
-                message: Arc::new(message),
-                seq,
-            },
-        );
+        state.entries.insert(path, Arc::new(message));
     }
     Ok(state)
 }

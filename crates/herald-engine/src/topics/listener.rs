@@ -299,6 +299,30 @@ impl Listener {
             .map(|s| s.position)
     }
 
+    /// Where every subscription stands, by topic: the next event to return. Events prepared
+    /// by a cancelled [`Listener::next`] but not returned yet count as not delivered, so a
+    /// listener resumed from these positions (after a restart, say) misses nothing.
+    pub fn positions(&self) -> Vec<(Path, Position)> {
+        self.subs
+            .iter()
+            .map(|s| {
+                let pending = self.ready.iter().find_map(|d| match d {
+                    Delivery::Event {
+                        topic,
+                        epoch,
+                        event,
+                    } if *topic == s.path && Some(*epoch) == s.position.epoch => Some(event.seq),
+                    _ => None,
+                });
+                let mut position = s.position;
+                if let Some(seq) = pending {
+                    position.next = position.next.min(seq);
+                }
+                (s.path.clone(), position)
+            })
+            .collect()
+    }
+
     /// Waits until there is something to deliver and returns it: at most about
     /// `listener_batch` events, each topic's in order. Cancel-safe: dropping the future
     /// loses nothing; the next call returns what was prepared.
