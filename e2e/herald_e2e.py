@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+import pytest
 import requests
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -119,6 +120,9 @@ class HeraldServer:
         # unless a test asks for it (e.g. `--hpfeeds 127.0.0.1:0`).
         if not any(a == "--hpfeeds" or a.startswith("--hpfeeds=") for a in self.extra_args):
             cmd += ["--hpfeeds", "off"]
+        # The same for the MQTT broker (default 127.0.0.1:1883): `--mqtt 127.0.0.1:0`.
+        if not any(a == "--mqtt" or a.startswith("--mqtt=") for a in self.extra_args):
+            cmd += ["--mqtt", "off"]
         cmd += ["--ready-file", str(ready_file)]
         return cmd + self.extra_args
 
@@ -331,3 +335,20 @@ async def expect_close(ws: ClientConnection, timeout: float = IO_TIMEOUT) -> Opt
     except asyncio.TimeoutError:
         raise AssertionError(f"server did not close the WebSocket within {timeout}s") from None
     raise AssertionError(f"expected the server to close the WebSocket, received {msg!r}")
+
+
+def make_cert(directory: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed RSA certificate for 127.0.0.1 and localhost (PKCS#8 key)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the TLS tests need the `openssl` command to make a certificate")
+    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+    out = subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        capture_output=True, text=True, timeout=60,
+    )
+    if out.returncode != 0:
+        pytest.skip(f"openssl cannot make a certificate: {out.stderr.strip()}")
+    return cert, key

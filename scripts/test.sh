@@ -4,7 +4,8 @@
 #   scripts/test.sh
 #
 # Steps (fail fast, in this order):
-#   1. python venv   .venv with e2e/requirements.txt (scripts/setup-python.sh)
+#   1. python venv   .venv with e2e/requirements.txt (scripts/setup-python.sh), and
+#                    Debian's mosquitto + mosquitto-clients (scripts/setup-mqtt-tools.sh)
 #   2. fmt           cargo fmt --all --check
 #   3. clippy        cargo clippy --workspace --all-targets -- -D warnings
 #   4. build         cargo build --workspace --all-targets
@@ -54,6 +55,7 @@ if on HERALD_SKIP_E2E; then
 else
     banner "python venv (.venv, e2e/requirements.txt)"
     bash scripts/setup-python.sh
+    bash scripts/setup-mqtt-tools.sh
     done_step
 fi
 

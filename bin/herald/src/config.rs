@@ -81,6 +81,34 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "HERALD_HPFEEDS", value_name = "HOST:PORT|off")]
     hpfeeds: Option<Listen>,
 
+    /// MQTT 3.1.1 and 5.0 broker listener. Clients log in as Herald users (or with a session
+    /// token as the password); clients without a user name are served with the anonymous
+    /// role's grants only on a loopback address or with --allow-anonymous. MQTT topic a/b is
+    /// the topic /a/b. [default: 127.0.0.1:1883]
+    #[arg(long, env = "HERALD_MQTT", value_name = "HOST:PORT|off")]
+    mqtt: Option<Listen>,
+
+    /// Largest MQTT packet accepted, in bytes (announced to MQTT 5 clients as Maximum Packet
+    /// Size). [default: 1048576]
+    #[arg(long, env = "HERALD_MQTT_MAX_PACKET_SIZE", value_name = "BYTES")]
+    mqtt_max_packet_size: Option<u32>,
+
+    /// Seconds an MQTT session outlives its connection at most: MQTT 3.1.1 persistent
+    /// sessions, and MQTT 5 session expiry intervals beyond it, end after this.
+    /// [default: 604800 (7 days)]
+    #[arg(long, env = "HERALD_MQTT_MAX_SESSION_EXPIRY", value_name = "SECONDS")]
+    mqtt_max_session_expiry: Option<u64>,
+
+    /// PEM certificate chain (leaf first) for the MQTT listener: with --mqtt-tls-key, --mqtt
+    /// speaks MQTT over TLS only (clients use port 8883 by convention). Reloaded when the
+    /// files change.
+    #[arg(long, env = "HERALD_MQTT_TLS_CERT", value_name = "FILE")]
+    mqtt_tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, RSA or EC) of --mqtt-tls-cert; both or neither.
+    #[arg(long, env = "HERALD_MQTT_TLS_KEY", value_name = "FILE")]
+    mqtt_tls_key: Option<PathBuf>,
+
     /// Broker name sent to hpfeeds clients (OP_INFO), also the publisher ident of events
     /// written through other protocols. [default: hpfeeds]
     #[arg(long, env = "HERALD_HPFEEDS_NAME", value_name = "NAME")]
@@ -237,6 +265,11 @@ struct FileConfig {
     http: Option<String>,
     metrics: Option<String>,
     hpfeeds: Option<String>,
+    mqtt: Option<String>,
+    mqtt_max_packet_size: Option<u32>,
+    mqtt_max_session_expiry: Option<u64>,
+    mqtt_tls_cert: Option<PathBuf>,
+    mqtt_tls_key: Option<PathBuf>,
     hpfeeds_name: Option<String>,
     hpfeeds_prefix: Option<String>,
     hpfeeds_env_auth: Option<bool>,
@@ -271,6 +304,11 @@ pub(crate) struct Settings {
     pub(crate) http: Listen,
     pub(crate) metrics: Listen,
     pub(crate) hpfeeds: Listen,
+    pub(crate) mqtt: Listen,
+    pub(crate) mqtt_max_packet_size: u32,
+    pub(crate) mqtt_max_session_expiry: u64,
+    /// The MQTT listener's TLS certificate and key files, when it speaks TLS.
+    pub(crate) mqtt_tls: Option<herald_tls::TlsFiles>,
     pub(crate) hpfeeds_name: String,
     pub(crate) hpfeeds_prefix: String,
     pub(crate) hpfeeds_env_auth: bool,
@@ -334,6 +372,18 @@ impl Settings {
                 .hpfeeds
                 .or(listen_from_file("hpfeeds", file.hpfeeds)?)
                 .unwrap_or(Listen::On(SocketAddr::from(([127, 0, 0, 1], 10000)))),
+            mqtt: args
+                .mqtt
+                .or(listen_from_file("mqtt", file.mqtt)?)
+                .unwrap_or(Listen::On(SocketAddr::from(([127, 0, 0, 1], 1883)))),
+            mqtt_max_packet_size: args
+                .mqtt_max_packet_size
+                .or(file.mqtt_max_packet_size)
+                .unwrap_or(1024 * 1024),
+            mqtt_max_session_expiry: args
+                .mqtt_max_session_expiry
+                .or(file.mqtt_max_session_expiry)
+                .unwrap_or(7 * 24 * 3600),
             hpfeeds_name: args
                 .hpfeeds_name
                 .or(file.hpfeeds_name)
@@ -350,23 +400,16 @@ impl Settings {
                 .hpfeeds_backpressure_deadline
                 .or(file.hpfeeds_backpressure_deadline)
                 .unwrap_or(60),
-            hpfeeds_tls: match (
+            mqtt_tls: tls_files(
+                "--mqtt-tls",
+                args.mqtt_tls_cert.or(file.mqtt_tls_cert),
+                args.mqtt_tls_key.or(file.mqtt_tls_key),
+            )?,
+            hpfeeds_tls: tls_files(
+                "--hpfeeds-tls",
                 args.hpfeeds_tls_cert.or(file.hpfeeds_tls_cert),
                 args.hpfeeds_tls_key.or(file.hpfeeds_tls_key),
-            ) {
-                (None, None) => None,
-                (Some(cert), Some(key)) => Some(herald_transport_hpfeeds::TlsFiles::new(cert, key)),
-                (Some(_), None) => {
-                    bail!(
-                        "--hpfeeds-tls-cert is set without --hpfeeds-tls-key: give both or neither"
-                    )
-                }
-                (None, Some(_)) => {
-                    bail!(
-                        "--hpfeeds-tls-key is set without --hpfeeds-tls-cert: give both or neither"
-                    )
-                }
-            },
+            )?,
             enable_jwt_auth: args.enable_jwt_auth || file.enable_jwt_auth.unwrap_or(false),
             jwt_secret,
             allow_anonymous: args.allow_anonymous || file.allow_anonymous.unwrap_or(false),
@@ -441,6 +484,9 @@ impl Settings {
         if self.session_secret.as_deref() == Some("") {
             bail!("--session-secret must not be empty");
         }
+        if self.mqtt_max_packet_size < 64 {
+            bail!("--mqtt-max-packet-size must be at least 64 bytes");
+        }
         if self.hpfeeds_backpressure_deadline == 0 {
             bail!("--hpfeeds-backpressure-deadline must be at least 1 second");
         }
@@ -488,6 +534,38 @@ impl Settings {
             tls: self.hpfeeds_tls.clone(),
             ..herald_transport_hpfeeds::HpfeedsConfig::default()
         }
+    }
+
+    /// The MQTT broker settings (for `--mqtt` and MQTT over WebSocket on `--http`). Clients
+    /// without a user name are served when every listener that speaks MQTT is on a loopback
+    /// address, or with --allow-anonymous.
+    pub(crate) fn mqtt_config(&self) -> herald_transport_mqtt::MqttConfig {
+        let loopback = |l: Listen| match l {
+            Listen::On(addr) => addr.ip().is_loopback(),
+            Listen::Off => true,
+        };
+        herald_transport_mqtt::MqttConfig {
+            max_packet_size: self.mqtt_max_packet_size,
+            max_session_expiry: std::time::Duration::from_secs(self.mqtt_max_session_expiry),
+            allow_anonymous: self.allow_anonymous || (loopback(self.mqtt) && loopback(self.http)),
+            max_connections: self.max_connections,
+            tls: self.mqtt_tls.clone(),
+            ..herald_transport_mqtt::MqttConfig::default()
+        }
+    }
+}
+
+/// A listener's certificate and key: both or neither (`flag` names them in errors).
+fn tls_files(
+    flag: &str,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> anyhow::Result<Option<herald_tls::TlsFiles>> {
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => Ok(Some(herald_tls::TlsFiles::new(cert, key))),
+        (Some(_), None) => bail!("{flag}-cert is set without {flag}-key: give both or neither"),
+        (None, Some(_)) => bail!("{flag}-key is set without {flag}-cert: give both or neither"),
     }
 }
 

@@ -141,6 +141,28 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         let local = start(&mut servers, "icepeak", addr, app, &shutdown, Some(&limit)).await?;
         bound.insert("icepeak", local);
     }
+    // One broker for --mqtt and MQTT over WebSocket on --http.
+    let mqtt = if settings.mqtt != Listen::Off || settings.http != Listen::Off {
+        let config = settings.mqtt_config();
+        let anonymous = config.allow_anonymous;
+        let mqtt = herald_transport_mqtt::Mqtt::open(
+            topics.clone(),
+            accounts.clone(),
+            store.clone(),
+            config,
+            shutdown.clone(),
+        )
+        .await
+        .context("cannot start the MQTT broker")?;
+        tracing::info!(
+            retained = mqtt.retained().len(),
+            anonymous,
+            "mqtt broker ready"
+        );
+        Some(mqtt)
+    } else {
+        None
+    };
     if let Listen::On(addr) = settings.http {
         let config = herald_transport_http::HttpConfig {
             jwt: jwt.clone(),
@@ -166,6 +188,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
                 hpfeeds_ids.clone(),
                 accounts.clone(),
             ));
+        let app = match &mqtt {
+            Some(mqtt) => app.merge(herald_transport_mqtt::ws::router(mqtt.clone())),
+            None => app,
+        };
         let app = with_http_metrics(app, "http", metrics.is_some());
         let local = start(&mut servers, "http", addr, app, &shutdown, Some(&limit)).await?;
         bound.insert("http", local);
@@ -181,6 +207,29 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         )
         .await?;
         bound.insert("hpfeeds", local);
+    }
+    if let (Listen::On(addr), Some(mqtt)) = (settings.mqtt, &mqtt) {
+        if let Some(tls) = &settings.mqtt_tls {
+            // Fail at startup rather than in the listener task (the broker loads them again).
+            herald_tls::load_server_config(tls).map_err(anyhow::Error::msg)?;
+        }
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot bind the MQTT listener to {addr}"))?;
+        let local = listener.local_addr()?;
+        tracing::info!(
+            listener = "mqtt",
+            addr = %local,
+            tls = settings.mqtt_tls.is_some(),
+            "listening"
+        );
+        let mqtt = mqtt.clone();
+        servers.spawn(async move {
+            if let Err(e) = mqtt.serve(listener).await {
+                tracing::error!(listener = "mqtt", error = %e, "listener failed");
+            }
+        });
+        bound.insert("mqtt", local);
     }
     if let (Listen::On(addr), Some(handle)) = (settings.metrics, metrics) {
         let local = start(
@@ -210,6 +259,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     if drained.is_err() {
         tracing::warn!("listeners did not drain within {DRAIN_TIMEOUT:?}; closing them");
         servers.abort_all();
+    }
+    if let Some(mqtt) = mqtt {
+        // MQTT over WebSocket connections outlive the HTTP server's drain; their sessions
+        // are saved as they close.
+        mqtt.closed().await;
     }
     tracing::info!("writing the final snapshot");
     if let Err(e) = docs.shutdown().await {

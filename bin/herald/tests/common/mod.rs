@@ -580,6 +580,7 @@ pub(crate) fn command() -> tokio::process::Command {
     // The hpfeeds broker is on by default on 127.0.0.1:10000, which parallel tests would fight
     // over; a test that wants it passes --hpfeeds (flags win over the environment).
     cmd.env("HERALD_HPFEEDS", "off");
+    cmd.env("HERALD_MQTT", "off");
     cmd.env("RUST_LOG", "info");
     cmd
 }

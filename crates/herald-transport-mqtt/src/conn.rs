@@ -1,0 +1,1194 @@
+//! One MQTT connection: CONNECT and authentication, then the packet loop.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use herald_core::{Access, Modes, Path};
+use herald_engine::{Delivery, Event, TopicsError};
+use herald_mqtt_codec::{
+    Ack, ConnAck, Connect, DecodeError, Decoder, Disconnect, Packet, Properties, Protocol, Publish,
+    QoS, SubAck, SubOptions, Subscribe, UnsubAck, Unsubscribe, Will, encode, encoded_len,
+    parse_shared, reason, valid_topic_filter, valid_topic_name,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::attrs::MessageAttrs;
+use crate::broker::{Inner, Outgoing, PublishError, now_ms};
+use crate::names::{dollar_rule_allows, filter_pattern, topic_name, topic_path};
+use crate::session::{Claim, OutState, PendingWill, Session, Subscription};
+use crate::shared::SharedDelivery;
+
+/// How long a new connection waits for the one it takes a session over from.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+/// Longest a closing connection waits to flush what it still has to send.
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
+/// Largest write batch.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// Reads packets; cancel-safe (bytes read stay in `buf`).
+struct Reader<S> {
+    rd: ReadHalf<S>,
+    buf: BytesMut,
+    decoder: Decoder,
+}
+
+impl<S: AsyncRead> Reader<S> {
+    /// The next packet; `Ok(None)` at end of stream.
+    async fn next(&mut self) -> Result<Option<Packet>, ReadError> {
+        loop {
+            if let Some(p) = self
+                .decoder
+                .decode(&mut self.buf)
+                .map_err(ReadError::Decode)?
+            {
+                return Ok(Some(p));
+            }
+            self.buf.reserve(4096);
+            match self.rd.read_buf(&mut self.buf).await {
+                Ok(0) => return Ok(None),
+                Ok(_) => {}
+                Err(e) => return Err(ReadError::Io(e)),
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+enum ReadError {
+    Decode(DecodeError),
+    Io(std::io::Error),
+}
+
+/// The sending side: packets are encoded here and written by a task of their own, which
+/// batches whatever is queued into one write.
+struct Outbox {
+    tx: mpsc::UnboundedSender<Bytes>,
+    queued: Arc<AtomicUsize>,
+    drained: Arc<Notify>,
+    protocol: Protocol,
+    /// The client's Maximum Packet Size.
+    max_packet: usize,
+}
+
+impl Outbox {
+    fn send(&self, packet: &Packet) {
+        let mut buf = BytesMut::with_capacity(encoded_len(packet, self.protocol));
+        encode(packet, self.protocol, &mut buf);
+        self.queued.fetch_add(buf.len(), Ordering::Relaxed);
+        let _ = self.tx.send(buf.freeze());
+    }
+
+    fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+}
+
+async fn write_loop<S: AsyncWrite>(
+    mut wr: WriteHalf<S>,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    queued: Arc<AtomicUsize>,
+    drained: Arc<Notify>,
+    dead: CancellationToken,
+) {
+    let mut batch = BytesMut::new();
+    while let Some(first) = rx.recv().await {
+        batch.extend_from_slice(&first);
+        while batch.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(more) => batch.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        let n = batch.len();
+        if wr.write_all(&batch).await.is_err() {
+            dead.cancel();
+            return;
+        }
+        batch.clear();
+        queued.fetch_sub(n, Ordering::Relaxed);
+        drained.notify_one();
+    }
+    let _ = wr.shutdown().await;
+}
+
+/// Why the packet loop ended.
+enum End {
+    /// DISCONNECT from the client; `will` says whether the will is still sent (MQTT 5 reason
+    /// 0x04).
+    Disconnect { will: bool },
+    /// The connection broke or timed out, or the client broke the protocol: the will is sent.
+    Abnormal,
+}
+
+type AckFuture = Pin<Box<dyn Future<Output = (u16, QoS, Result<(), PublishError>)> + Send>>;
+
+struct Conn<S> {
+    inner: Arc<Inner>,
+    reader: Reader<S>,
+    out: Outbox,
+    protocol: Protocol,
+    client_id: Arc<str>,
+    access: Access,
+    session: Box<Session>,
+    /// Appends of incoming QoS 1 and 2 publishes, acknowledged in order once durable.
+    acks: FuturesOrdered<AckFuture>,
+    /// Incoming QoS 1 publishes being appended (their ids may not be reused meanwhile).
+    incoming_qos1: std::collections::HashSet<u16>,
+    aliases: HashMap<u16, String>,
+    /// The client's Receive Maximum, capped by the server's.
+    window: usize,
+    will: Option<Will>,
+    keep_alive: Option<Duration>,
+}
+
+/// Serves one connection until it ends.
+pub(crate) async fn run<S>(inner: Arc<Inner>, stream: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    inner.metrics.connections.increment(1.0);
+    let (rd, wr) = tokio::io::split(stream);
+    let mut reader = Reader {
+        rd,
+        buf: BytesMut::new(),
+        decoder: Decoder::new(inner.config.max_packet_size),
+    };
+    let first = tokio::select! {
+        _ = inner.shutdown.cancelled() => None,
+        r = tokio::time::timeout(inner.config.connect_timeout, reader.next()) => Some(r),
+    };
+    let connect = match first {
+        Some(Ok(Ok(Some(Packet::Connect(c))))) => Some(c),
+        Some(Ok(Err(ReadError::Decode(DecodeError::UnsupportedProtocol { name, level })))) => {
+            tracing::debug!(%peer, %name, level, "mqtt: unsupported protocol version");
+            // Answered in 3.1.1's form, which every version can read.
+            refuse(wr, Protocol::V311, 1).await;
+            inner.metrics.connections.decrement(1.0);
+            return;
+        }
+        Some(Ok(Err(ReadError::Decode(e)))) => {
+            tracing::debug!(%peer, error = %e, "mqtt: bad first packet");
+            inner.metrics.protocol_errors.increment(1);
+            None
+        }
+        Some(Ok(Ok(Some(other)))) => {
+            tracing::debug!(%peer, packet = other.kind(), "mqtt: first packet is not CONNECT");
+            inner.metrics.protocol_errors.increment(1);
+            None
+        }
+        _ => None,
+    };
+    if let Some(connect) = connect {
+        accept(inner.clone(), reader, wr, connect, peer).await;
+    }
+    inner.metrics.connections.decrement(1.0);
+}
+
+/// Sends a refusing CONNACK and closes.
+async fn refuse<S: AsyncWrite>(mut wr: WriteHalf<S>, protocol: Protocol, code: u8) {
+    let code = match protocol {
+        Protocol::V311 if code >= 0x80 => herald_mqtt_codec::connack_code_v311(code),
+        _ => code,
+    };
+    let mut buf = BytesMut::new();
+    encode(
+        &Packet::ConnAck(ConnAck {
+            session_present: false,
+            code,
+            properties: Properties::default(),
+        }),
+        protocol,
+        &mut buf,
+    );
+    let _ = tokio::time::timeout(FLUSH_WAIT, async {
+        let _ = wr.write_all(&buf).await;
+        let _ = wr.shutdown().await;
+    })
+    .await;
+}
+
+/// Authenticates a CONNECT: `Ok(user)` or the reason code to refuse with.
+async fn authenticate(inner: &Inner, c: &Connect) -> Result<Option<String>, u8> {
+    let Some(name) = &c.username else {
+        if c.password.is_some() && c.protocol == Protocol::V311 {
+            return Err(reason::BAD_USER_NAME_OR_PASSWORD);
+        }
+        return if inner.config.allow_anonymous {
+            Ok(None)
+        } else {
+            Err(reason::NOT_AUTHORIZED)
+        };
+    };
+    let Some(password) = c
+        .password
+        .as_ref()
+        .and_then(|p| std::str::from_utf8(p).ok())
+    else {
+        return Err(reason::BAD_USER_NAME_OR_PASSWORD);
+    };
+    // A session token (from POST /sessions) is checked without hashing.
+    if inner.accounts.verify_session(password).ok().as_deref() == Some(name.as_str()) {
+        return Ok(Some(name.clone()));
+    }
+    match inner.accounts.login(name, password).await {
+        Ok(Some(_)) => Ok(Some(name.clone())),
+        Ok(None) => Err(reason::BAD_USER_NAME_OR_PASSWORD),
+        Err(e) => {
+            tracing::warn!(error = %e, "mqtt: login failed");
+            Err(reason::SERVER_UNAVAILABLE)
+        }
+    }
+}
+
+async fn accept<S>(
+    inner: Arc<Inner>,
+    mut reader: Reader<S>,
+    wr: WriteHalf<S>,
+    c: Connect,
+    peer: SocketAddr,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let protocol = c.protocol;
+    reader.decoder.set_protocol(protocol);
+    let user = match authenticate(&inner, &c).await {
+        Ok(user) => user,
+        Err(code) => {
+            tracing::info!(%peer, user = c.username.as_deref().unwrap_or(""), code, "mqtt: connection refused");
+            inner.metrics.refused.increment(1);
+            refuse(wr, protocol, code).await;
+            return;
+        }
+    };
+    let access = inner.accounts.access(user.as_deref());
+    if let Some(will) = &c.will {
+        let allowed = valid_topic_name(&will.topic)
+            && topic_path(&will.topic, &inner.config.path_limits)
+                .is_some_and(|p| access.allows(&p, Modes::WRITE));
+        if !allowed {
+            inner.metrics.refused.increment(1);
+            let code = if valid_topic_name(&will.topic) {
+                reason::NOT_AUTHORIZED
+            } else {
+                reason::TOPIC_NAME_INVALID
+            };
+            refuse(wr, protocol, code).await;
+            return;
+        }
+    }
+    let mut assigned = None;
+    let client_id: Arc<str> = if c.client_id.is_empty() {
+        if protocol == Protocol::V311 && !c.clean_start {
+            refuse(wr, protocol, reason::CLIENT_IDENTIFIER_NOT_VALID).await;
+            return;
+        }
+        let id = format!("herald-{:016x}", rand::random::<u64>());
+        assigned = Some(id.clone());
+        Arc::from(id)
+    } else if c.client_id.len() > herald_core::topic::MAX_ORIGIN_LEN {
+        refuse(wr, protocol, reason::CLIENT_IDENTIFIER_NOT_VALID).await;
+        return;
+    } else {
+        Arc::from(c.client_id.as_str())
+    };
+    let max_expiry = inner.config.max_session_expiry;
+    let expiry = match protocol {
+        Protocol::V311 if c.clean_start => Duration::ZERO,
+        Protocol::V311 => max_expiry,
+        Protocol::V5 => match c.properties.session_expiry_interval.unwrap_or(0) {
+            u32::MAX => max_expiry,
+            s => Duration::from_secs(u64::from(s)).min(max_expiry),
+        },
+    };
+    let claimed = inner
+        .sessions
+        .claim(
+            client_id.clone(),
+            c.clean_start,
+            TAKEOVER_WAIT,
+            &inner.shutdown,
+        )
+        .await;
+    if claimed.took_over {
+        tracing::info!(client = %client_id, "mqtt: session taken over by a new connection");
+    }
+    let session_present = claimed.session.is_some();
+    if !session_present && let Err(e) = inner.records.remove(&client_id).await {
+        tracing::warn!(client = %client_id, error = %e, "mqtt: removing a stored session failed");
+    }
+    let mut session = claimed
+        .session
+        .unwrap_or_else(|| Box::new(Session::new(inner.topics.listener(), expiry)));
+    session.expiry = expiry;
+
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let drained = Arc::new(Notify::new());
+    let dead = CancellationToken::new();
+    let writer = tokio::spawn(write_loop(
+        wr,
+        rx,
+        queued.clone(),
+        drained.clone(),
+        dead.clone(),
+    ));
+    let client_max = c
+        .properties
+        .maximum_packet_size
+        .map_or(usize::MAX, |m| m as usize);
+    let out = Outbox {
+        tx,
+        queued,
+        drained,
+        protocol,
+        max_packet: client_max,
+    };
+    let config = &inner.config;
+    let mut props = Properties::default();
+    if protocol == Protocol::V5 {
+        props.receive_maximum = Some(config.receive_maximum);
+        props.maximum_packet_size = Some(config.max_packet_size);
+        props.topic_alias_maximum = Some(config.topic_alias_maximum);
+        props.retain_available = Some(1);
+        props.wildcard_subscription_available = Some(1);
+        props.subscription_identifier_available = Some(1);
+        props.shared_subscription_available = Some(1);
+        props.assigned_client_identifier = assigned;
+        let asked = c.properties.session_expiry_interval.unwrap_or(0);
+        if u64::from(asked) > max_expiry.as_secs() {
+            props.session_expiry_interval = Some(max_expiry.as_secs() as u32);
+        }
+    }
+    out.send(&Packet::ConnAck(ConnAck {
+        session_present,
+        code: reason::SUCCESS,
+        properties: props,
+    }));
+    inner.metrics.connects.increment(1);
+    tracing::debug!(%peer, client = %client_id, user = user.as_deref().unwrap_or(""), ?protocol, session_present, "mqtt: connected");
+
+    let window = usize::from(
+        c.properties
+            .receive_maximum
+            .unwrap_or(u16::MAX)
+            .min(config.max_inflight)
+            .max(1),
+    );
+    let mut conn = Conn {
+        inner: inner.clone(),
+        reader,
+        out,
+        protocol,
+        client_id,
+        access,
+        session,
+        acks: FuturesOrdered::new(),
+        incoming_qos1: Default::default(),
+        aliases: HashMap::new(),
+        window,
+        will: c.will,
+        keep_alive: (c.keep_alive > 0)
+            .then(|| Duration::from_millis(u64::from(c.keep_alive) * 1500)),
+    };
+    let claim = claimed.claim;
+    conn.resend_inflight();
+    let end = conn.run(&claim, &dead).await;
+    conn.finish(claim, end, writer).await;
+}
+
+impl<S> Conn<S>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    /// After a reconnect: sends again what was in flight, as MQTT requires.
+    fn resend_inflight(&mut self) {
+        for (id, state, publish) in &self.session.inflight {
+            let packet = match state {
+                OutState::Sent => Packet::Publish(Publish {
+                    dup: true,
+                    packet_id: *id,
+                    ..publish.clone()
+                }),
+                OutState::Released => Packet::PubRel(ack(*id, reason::SUCCESS)),
+            };
+            self.out.send(&packet);
+        }
+        self.fill_window();
+    }
+
+    async fn run(&mut self, claim: &Claim, dead: &CancellationToken) -> End {
+        let mut deadline = self.keep_alive.map(|k| Instant::now() + k);
+        loop {
+            let can_pull = self.session.queue.is_empty()
+                && self.out.queued() < self.inner.config.send_buffer_bytes;
+            let drained = self.out.drained.clone();
+            tokio::select! {
+                biased;
+                _ = claim.kick.cancelled() => {
+                    let code = if self.inner.shutdown.is_cancelled() {
+                        reason::SERVER_SHUTTING_DOWN
+                    } else {
+                        reason::SESSION_TAKEN_OVER
+                    };
+                    self.disconnect(code);
+                    // Taken over or shut down: the will goes as for a broken connection
+                    // (MQTT 5 3.1.4-3).
+                    return End::Abnormal;
+                }
+                _ = dead.cancelled() => return End::Abnormal,
+                _ = sleep_until(deadline) => {
+                    tracing::debug!(client = %self.client_id, "mqtt: keep-alive expired");
+                    self.disconnect(reason::KEEP_ALIVE_TIMEOUT);
+                    return End::Abnormal;
+                }
+                read = self.reader.next() => {
+                    match read {
+                        Ok(Some(packet)) => {
+                            deadline = self.keep_alive.map(|k| Instant::now() + k);
+                            if let Some(end) = self.handle(packet).await {
+                                return end;
+                            }
+                        }
+                        Ok(None) => return End::Abnormal,
+                        Err(ReadError::Io(e)) => {
+                            tracing::debug!(client = %self.client_id, error = %e, "mqtt: read failed");
+                            return End::Abnormal;
+                        }
+                        Err(ReadError::Decode(e)) => {
+                            tracing::debug!(client = %self.client_id, error = %e, "mqtt: bad packet");
+                            self.inner.metrics.protocol_errors.increment(1);
+                            self.disconnect(e.reason_code());
+                            return End::Abnormal;
+                        }
+                    }
+                }
+                Some((id, qos, result)) = self.acks.next(), if !self.acks.is_empty() => {
+                    if let Some(end) = self.acknowledge(id, qos, result) {
+                        return end;
+                    }
+                }
+                Some(shared) = self.session.shared_rx.recv(), if can_pull => {
+                    self.deliver_shared(shared);
+                }
+                deliveries = self.session.listener.next(), if can_pull => {
+                    match deliveries {
+                        Ok(batch) => {
+                            for d in batch {
+                                self.on_delivery(d);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(client = %self.client_id, error = %e, "mqtt: reading topics failed");
+                            self.disconnect(reason::UNSPECIFIED_ERROR);
+                            return End::Abnormal;
+                        }
+                    }
+                }
+                _ = drained.notified(), if !can_pull => {}
+            }
+        }
+    }
+
+    /// Sends DISCONNECT with `code` (MQTT 5 only; 3.1.1 just closes).
+    fn disconnect(&self, code: u8) {
+        if self.protocol == Protocol::V5 {
+            self.out.send(&Packet::Disconnect(Disconnect {
+                reason: code,
+                properties: Properties::default(),
+            }));
+        }
+    }
+
+    /// Handles one packet; `Some` ends the connection.
+    async fn handle(&mut self, packet: Packet) -> Option<End> {
+        match packet {
+            Packet::Publish(p) => return self.on_publish(p).await,
+            Packet::PubAck(a) => {
+                if let Some(i) = self.find_inflight(a.packet_id, OutState::Sent, QoS::AtLeastOnce) {
+                    self.session.inflight.remove(i);
+                    self.fill_window();
+                }
+            }
+            Packet::PubRec(a) => {
+                match self.find_inflight(a.packet_id, OutState::Sent, QoS::ExactlyOnce) {
+                    Some(i) if a.reason >= 0x80 => {
+                        self.session.inflight.remove(i);
+                        self.fill_window();
+                    }
+                    Some(i) => {
+                        if let Some(entry) = self.session.inflight.get_mut(i) {
+                            entry.1 = OutState::Released;
+                        }
+                        self.out
+                            .send(&Packet::PubRel(ack(a.packet_id, reason::SUCCESS)));
+                    }
+                    None => {
+                        let code = if self.is_released(a.packet_id) {
+                            reason::SUCCESS
+                        } else {
+                            reason::PACKET_IDENTIFIER_NOT_FOUND
+                        };
+                        self.out.send(&Packet::PubRel(ack(a.packet_id, code)));
+                    }
+                }
+            }
+            Packet::PubComp(a) => {
+                if let Some(i) = self
+                    .session
+                    .inflight
+                    .iter()
+                    .position(|(id, s, _)| *id == a.packet_id && *s == OutState::Released)
+                {
+                    self.session.inflight.remove(i);
+                    self.fill_window();
+                }
+            }
+            Packet::PubRel(a) => {
+                let code = if self.session.incoming_qos2.remove(&a.packet_id) {
+                    reason::SUCCESS
+                } else {
+                    reason::PACKET_IDENTIFIER_NOT_FOUND
+                };
+                self.out.send(&Packet::PubComp(ack(a.packet_id, code)));
+            }
+            Packet::Subscribe(s) => self.on_subscribe(s).await,
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u).await,
+            Packet::PingReq => self.out.send(&Packet::PingResp),
+            Packet::Disconnect(d) => {
+                if let Some(expiry) = d.properties.session_expiry_interval {
+                    if self.session.expiry.is_zero() && expiry > 0 {
+                        // MQTT 5 3.14.2.2.2: cannot make a session persistent at the end.
+                        self.disconnect(reason::PROTOCOL_ERROR);
+                        return Some(End::Abnormal);
+                    }
+                    self.session.expiry = Duration::from_secs(u64::from(expiry))
+                        .min(self.inner.config.max_session_expiry);
+                }
+                return Some(End::Disconnect {
+                    will: d.reason == reason::DISCONNECT_WITH_WILL,
+                });
+            }
+            other => {
+                tracing::debug!(client = %self.client_id, packet = other.kind(), "mqtt: unexpected packet");
+                self.inner.metrics.protocol_errors.increment(1);
+                self.disconnect(reason::PROTOCOL_ERROR);
+                return Some(End::Abnormal);
+            }
+        }
+        None
+    }
+
+    fn find_inflight(&self, id: u16, state: OutState, qos: QoS) -> Option<usize> {
+        self.session
+            .inflight
+            .iter()
+            .position(|(i, s, p)| *i == id && *s == state && p.qos == qos)
+    }
+
+    fn is_released(&self, id: u16) -> bool {
+        self.session
+            .inflight
+            .iter()
+            .any(|(i, s, _)| *i == id && *s == OutState::Released)
+    }
+
+    // ------------------------------------------------------------------ incoming publish
+
+    async fn on_publish(&mut self, mut p: Publish) -> Option<End> {
+        self.inner.metrics.received.increment(1);
+        let alias = p.properties.topic_alias.take();
+        if let Some(alias) = alias {
+            if alias == 0 || alias > self.inner.config.topic_alias_maximum {
+                self.disconnect(reason::TOPIC_ALIAS_INVALID);
+                return Some(End::Abnormal);
+            }
+            if p.topic.is_empty() {
+                match self.aliases.get(&alias) {
+                    Some(t) => p.topic.clone_from(t),
+                    None => {
+                        self.disconnect(reason::PROTOCOL_ERROR);
+                        return Some(End::Abnormal);
+                    }
+                }
+            } else {
+                self.aliases.insert(alias, p.topic.clone());
+            }
+        }
+        let path = valid_topic_name(&p.topic)
+            .then(|| topic_path(&p.topic, &self.inner.config.path_limits))
+            .flatten();
+        let Some(path) = path else {
+            tracing::debug!(client = %self.client_id, topic = %p.topic, "mqtt: invalid topic name");
+            return self.refuse_publish(&p, reason::TOPIC_NAME_INVALID);
+        };
+        if !self.access.allows(&path, Modes::WRITE) {
+            tracing::debug!(client = %self.client_id, %path, "mqtt: publish not authorized");
+            return self.refuse_publish(&p, reason::NOT_AUTHORIZED);
+        }
+        match p.qos {
+            QoS::ExactlyOnce if self.session.incoming_qos2.contains(&p.packet_id) => {
+                // A resend of a message already accepted: acknowledge, do not append again.
+                self.out
+                    .send(&Packet::PubRec(ack(p.packet_id, reason::SUCCESS)));
+                return None;
+            }
+            QoS::AtLeastOnce | QoS::ExactlyOnce => {
+                if self.acks.len() >= usize::from(self.inner.config.receive_maximum) {
+                    self.disconnect(reason::RECEIVE_MAXIMUM_EXCEEDED);
+                    return Some(End::Abnormal);
+                }
+            }
+            QoS::AtMostOnce => {}
+        }
+        let (id, qos) = (p.packet_id, p.qos);
+        if qos == QoS::AtLeastOnce && !self.incoming_qos1.insert(id) {
+            // Still being appended: the PUBACK for the first copy is coming.
+            return None;
+        }
+        let result = self
+            .inner
+            .publish(Outgoing {
+                path,
+                qos,
+                retain: p.retain,
+                properties: p.properties,
+                payload: p.payload,
+                origin: self.client_id.clone(),
+            })
+            .await;
+        match (qos, result) {
+            (QoS::AtMostOnce, Ok(_)) => None,
+            (QoS::AtMostOnce, Err(e)) => {
+                tracing::warn!(client = %self.client_id, error = ?e, "mqtt: QoS 0 publish dropped");
+                self.disconnect(publish_error_code(&e));
+                Some(End::Abnormal)
+            }
+            (_, Ok(pending)) => {
+                if qos == QoS::ExactlyOnce {
+                    self.session.incoming_qos2.insert(id);
+                }
+                self.acks.push_back(Box::pin(async move {
+                    let r = pending.await.map(|_| ()).map_err(PublishError::Engine);
+                    (id, qos, r)
+                }));
+                None
+            }
+            (_, Err(e)) => self.acknowledge(id, qos, Err(e)),
+        }
+    }
+
+    /// Refuses a publish: MQTT 5 acknowledges QoS 1 and 2 with `code`; QoS 0 and every
+    /// MQTT 3.1.1 publish can only be refused by closing the connection.
+    fn refuse_publish(&mut self, p: &Publish, code: u8) -> Option<End> {
+        match (self.protocol, p.qos) {
+            (Protocol::V5, QoS::AtLeastOnce) => {
+                self.out.send(&Packet::PubAck(ack(p.packet_id, code)));
+                None
+            }
+            (Protocol::V5, QoS::ExactlyOnce) => {
+                self.out.send(&Packet::PubRec(ack(p.packet_id, code)));
+                None
+            }
+            _ => {
+                self.disconnect(code);
+                Some(End::Abnormal)
+            }
+        }
+    }
+
+    /// Acknowledges an incoming publish once its append is durable. A failed one is refused
+    /// with a reason code (MQTT 5) or by closing the connection (3.1.1 has no negative
+    /// acknowledgement; the client sends it again after reconnecting); `Some` ends the
+    /// connection.
+    fn acknowledge(&mut self, id: u16, qos: QoS, result: Result<(), PublishError>) -> Option<End> {
+        self.incoming_qos1.remove(&id);
+        let code = match &result {
+            Ok(()) => reason::SUCCESS,
+            Err(e) => {
+                tracing::warn!(client = %self.client_id, error = ?e, "mqtt: publish failed");
+                if qos == QoS::ExactlyOnce {
+                    self.session.incoming_qos2.remove(&id);
+                }
+                if self.protocol == Protocol::V311 {
+                    return Some(End::Abnormal);
+                }
+                publish_error_code(e)
+            }
+        };
+        match qos {
+            QoS::AtLeastOnce => self.out.send(&Packet::PubAck(ack(id, code))),
+            QoS::ExactlyOnce => self.out.send(&Packet::PubRec(ack(id, code))),
+            QoS::AtMostOnce => {}
+        }
+        None
+    }
+
+    // ------------------------------------------------------------------ subscriptions
+
+    /// Saves a persistent session, so that a change of its subscriptions is durable before
+    /// it is acknowledged and a restart finds it.
+    async fn save_session(&mut self) {
+        save(&self.inner, &self.client_id, &self.session).await;
+    }
+
+    async fn on_subscribe(&mut self, s: Subscribe) {
+        let sub_id = s.properties.subscription_identifiers.first().copied();
+        let mut reasons = Vec::with_capacity(s.filters.len());
+        let mut retained = Vec::new();
+        for (filter, options) in s.filters {
+            let code = self.subscribe_one(&filter, options, sub_id, &mut retained);
+            reasons.push(match self.protocol {
+                Protocol::V311 if code >= 0x80 => 0x80,
+                _ => code,
+            });
+        }
+        self.save_session().await;
+        self.out.send(&Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            properties: Properties::default(),
+            reasons,
+        }));
+        for (path, sub, message) in retained {
+            self.deliver_retained(&path, &sub, &message);
+        }
+    }
+
+    /// Adds or replaces one subscription; returns its SUBACK code. Retained messages to send
+    /// are pushed to `retained`.
+    fn subscribe_one(
+        &mut self,
+        filter: &str,
+        options: SubOptions,
+        id: Option<u32>,
+        retained: &mut Vec<(Path, Subscription, Arc<herald_engine::RetainedMessage>)>,
+    ) -> u8 {
+        if !valid_topic_filter(filter) {
+            return reason::TOPIC_FILTER_INVALID;
+        }
+        let shared = filter.starts_with("$share/");
+        let inner_filter = match parse_shared(filter) {
+            Some((_, f)) => f,
+            None if shared => return reason::TOPIC_FILTER_INVALID,
+            None => filter,
+        };
+        if shared && options.no_local && self.protocol == Protocol::V5 {
+            // MQTT 5 3.8.3.1: No Local on a shared subscription is a protocol error; refuse
+            // the filter rather than the connection.
+            return reason::PROTOCOL_ERROR;
+        }
+        let Some((pattern, exact)) = filter_pattern(inner_filter, &self.inner.config.path_limits)
+        else {
+            return reason::TOPIC_FILTER_INVALID;
+        };
+        if let Some(path) = &exact
+            && !self.access.allows(path, Modes::READ)
+        {
+            return reason::NOT_AUTHORIZED;
+        }
+        let existing = self.session.subs.iter().position(|s| s.filter == filter);
+        if existing.is_none() && self.session.subs.len() >= self.inner.config.max_subscriptions {
+            return reason::QUOTA_EXCEEDED;
+        }
+        let sub = Subscription {
+            filter: filter.to_owned(),
+            pattern: pattern.clone(),
+            exact: exact.clone(),
+            options,
+            id,
+            shared,
+        };
+        match existing {
+            Some(i) => {
+                if let Some(slot) = self.session.subs.get_mut(i) {
+                    *slot = sub.clone();
+                }
+            }
+            None => self.session.subs.push(sub.clone()),
+        }
+        if shared {
+            self.inner.shared.join(
+                &self.inner.topics,
+                &self.inner.metrics.lost,
+                Arc::from(filter),
+                pattern.clone(),
+                exact.clone(),
+                self.session.member_id,
+                self.session.shared_tx.clone(),
+            );
+            // MQTT 5 4.8.2: retained messages are not sent for shared subscriptions.
+            return options.qos as u8;
+        }
+        match &exact {
+            Some(path) => {
+                self.session.listener.subscribe(path.clone(), None);
+            }
+            None => {
+                self.session
+                    .listener
+                    .subscribe_pattern(pattern.clone(), None);
+            }
+        }
+        let send_retained = match options.retain_handling {
+            0 => true,
+            1 => existing.is_none(),
+            _ => false,
+        };
+        if send_retained {
+            for (path, message) in self.inner.retained.matching(&pattern) {
+                if dollar_rule_allows(filter, &path) && self.access.allows(&path, Modes::READ) {
+                    retained.push((path, sub.clone(), message));
+                }
+            }
+        }
+        options.qos as u8
+    }
+
+    async fn on_unsubscribe(&mut self, u: Unsubscribe) {
+        let mut reasons = Vec::with_capacity(u.filters.len());
+        for filter in &u.filters {
+            match self.session.subs.iter().position(|s| s.filter == *filter) {
+                Some(i) => {
+                    let sub = self.session.subs.remove(i);
+                    if sub.shared {
+                        self.inner.shared.leave(&sub.filter, self.session.member_id);
+                        reasons.push(reason::SUCCESS);
+                        continue;
+                    }
+                    match &sub.exact {
+                        Some(path) => {
+                            self.session.listener.unsubscribe(path);
+                        }
+                        None => {
+                            self.session.listener.unsubscribe_pattern(&sub.pattern);
+                        }
+                    }
+                    reasons.push(reason::SUCCESS);
+                }
+                None => reasons.push(reason::NO_SUBSCRIPTION_EXISTED),
+            }
+        }
+        // Topics that another subscription still wants may have gone with the removed one:
+        // follow them again (from now on).
+        for sub in self.session.subs.iter().filter(|s| !s.shared) {
+            match &sub.exact {
+                Some(path) => {
+                    self.session.listener.subscribe(path.clone(), None);
+                }
+                None => {
+                    self.session
+                        .listener
+                        .subscribe_pattern(sub.pattern.clone(), None);
+                }
+            }
+        }
+        self.save_session().await;
+        self.out.send(&Packet::UnsubAck(UnsubAck {
+            packet_id: u.packet_id,
+            properties: Properties::default(),
+            reasons,
+        }));
+    }
+
+    // ------------------------------------------------------------------ outgoing messages
+
+    fn on_delivery(&mut self, d: Delivery) {
+        match d {
+            Delivery::Event { topic, event, .. } => self.deliver_event(&topic, &event),
+            Delivery::Gap { topic, from, to } => {
+                let lost = to.saturating_sub(from) + 1;
+                self.inner.metrics.lost.increment(lost);
+                tracing::warn!(client = %self.client_id, %topic, from, to, "mqtt: messages trimmed before delivery");
+            }
+            Delivery::Reset { .. } => {}
+        }
+    }
+
+    fn deliver_event(&mut self, topic: &Path, event: &Event) {
+        let attrs = MessageAttrs::decode(&event.attrs);
+        let is_mqtt = !event.attrs.is_empty();
+        let mut qos: Option<QoS> = None;
+        let mut ids = Vec::new();
+        let mut retain_as_published = false;
+        let mut all_no_local = true;
+        for sub in &self.session.subs {
+            if sub.shared || !sub.pattern.matches(topic) || !dollar_rule_allows(&sub.filter, topic)
+            {
+                continue;
+            }
+            qos = Some(qos.map_or(sub.options.qos, |q| q.max(sub.options.qos)));
+            ids.extend(sub.id);
+            retain_as_published |= sub.options.retain_as_published;
+            all_no_local &= sub.options.no_local;
+        }
+        let Some(sub_qos) = qos else {
+            return;
+        };
+        if all_no_local && is_mqtt && *event.origin == *self.client_id {
+            return;
+        }
+        if !self.access.allows(topic, Modes::READ) {
+            return;
+        }
+        let retain = self.protocol == Protocol::V5 && retain_as_published && attrs.retain;
+        self.send_message(
+            topic,
+            event.t_ms,
+            &event.content_type,
+            attrs,
+            sub_qos,
+            retain,
+            ids,
+            event.data.clone(),
+        );
+    }
+
+    /// A message its shared subscription group gave this session.
+    fn deliver_shared(&mut self, d: SharedDelivery) {
+        let Some(sub) = self.session.subs.iter().find(|s| *s.filter == *d.filter) else {
+            return;
+        };
+        if !self.access.allows(&d.topic, Modes::READ) {
+            return;
+        }
+        let (qos, ids) = (sub.options.qos, sub.id.into_iter().collect());
+        let retain = self.protocol == Protocol::V5 && sub.options.retain_as_published;
+        let attrs = MessageAttrs::decode(&d.event.attrs);
+        let retain = retain && attrs.retain;
+        self.send_message(
+            &d.topic,
+            d.event.t_ms,
+            &d.event.content_type,
+            attrs,
+            qos,
+            retain,
+            ids,
+            d.event.data.clone(),
+        );
+    }
+
+    fn deliver_retained(
+        &mut self,
+        topic: &Path,
+        sub: &Subscription,
+        message: &herald_engine::RetainedMessage,
+    ) {
+        let attrs = MessageAttrs::decode(&message.attrs);
+        self.send_message(
+            topic,
+            message.t_ms,
+            &message.content_type,
+            attrs,
+            sub.options.qos,
+            true,
+            sub.id.into_iter().collect(),
+            message.data.clone(),
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_message(
+        &mut self,
+        topic: &Path,
+        t_ms: u64,
+        content_type: &Arc<str>,
+        attrs: MessageAttrs,
+        sub_qos: QoS,
+        retain: bool,
+        subscription_ids: Vec<u32>,
+        payload: Bytes,
+    ) {
+        let mut properties = Properties::default();
+        if self.protocol == Protocol::V5 {
+            properties = attrs.properties;
+            if let Some(expiry) = properties.message_expiry_interval {
+                let elapsed = now_ms().saturating_sub(t_ms) / 1000;
+                if elapsed >= u64::from(expiry) {
+                    self.inner.metrics.expired.increment(1);
+                    return;
+                }
+                properties.message_expiry_interval = Some(expiry - elapsed as u32);
+            }
+            if attrs.explicit_content_type {
+                properties.content_type = Some(content_type.to_string());
+            }
+            properties.subscription_identifiers = subscription_ids;
+        } else if let Some(expiry) = attrs.properties.message_expiry_interval
+            && now_ms().saturating_sub(t_ms) / 1000 >= u64::from(expiry)
+        {
+            self.inner.metrics.expired.increment(1);
+            return;
+        }
+        let publish = Publish {
+            dup: false,
+            qos: sub_qos.min(attrs.qos),
+            retain,
+            topic: topic_name(topic),
+            packet_id: 0,
+            properties,
+            payload,
+        };
+        if encoded_len(&Packet::Publish(publish.clone()), self.protocol) > self.out.max_packet {
+            // MQTT 5 3.1.2-24: a packet over the client's maximum is discarded.
+            self.inner.metrics.oversize.increment(1);
+            return;
+        }
+        if publish.qos == QoS::AtMostOnce {
+            self.inner.metrics.sent.increment(1);
+            self.out.send(&Packet::Publish(publish));
+        } else {
+            self.session.queue.push_back(publish);
+            self.fill_window();
+        }
+    }
+
+    /// Sends queued QoS 1 and 2 messages while the client's receive window has room.
+    fn fill_window(&mut self) {
+        while self.session.inflight.len() < self.window {
+            let Some(mut publish) = self.session.queue.pop_front() else {
+                break;
+            };
+            publish.packet_id = self.session.next_packet_id();
+            self.inner.metrics.sent.increment(1);
+            self.out.send(&Packet::Publish(publish.clone()));
+            self.session
+                .inflight
+                .push_back((publish.packet_id, OutState::Sent, publish));
+        }
+    }
+
+    // ------------------------------------------------------------------ the end
+
+    async fn finish(mut self, claim: Claim, end: End, writer: tokio::task::JoinHandle<()>) {
+        let send_will = match end {
+            End::Disconnect { will } => will,
+            End::Abnormal => true,
+        };
+        let will = self.will.take().filter(|_| send_will);
+        // Let the appends still pending finish, acknowledging them if the client still
+        // listens.
+        while let Some((id, qos, result)) = self.acks.next().await {
+            let _ = self.acknowledge(id, qos, result);
+        }
+        let Conn {
+            inner,
+            out,
+            client_id,
+            mut session,
+            ..
+        } = self;
+        if session.expiry.is_zero() {
+            // The session ends here: leave its groups, and give what they had handed it but
+            // it had not sent to the other members.
+            for sub in session.subs.iter().filter(|s| s.shared) {
+                inner.shared.leave(&sub.filter, session.member_id);
+            }
+            session.shared_rx.close();
+            while let Ok(d) = session.shared_rx.try_recv() {
+                if !inner.shared.redistribute(d) {
+                    inner.metrics.lost.increment(1);
+                }
+            }
+        }
+        drop(out);
+        let _ = tokio::time::timeout(FLUSH_WAIT, writer).await;
+        save(&inner, &client_id, &session).await;
+        let expiry = session.expiry;
+        let pending_will = will.map(|w| {
+            let delay =
+                Duration::from_secs(u64::from(w.properties.will_delay_interval.unwrap_or(0)))
+                    .min(expiry);
+            schedule_will(inner.clone(), client_id.clone(), w, delay)
+        });
+        inner.sessions.release(claim, Some(session), pending_will);
+        tracing::debug!(client = %client_id, "mqtt: disconnected");
+    }
+}
+
+/// Writes a persistent session to disk, or removes the stored one of a session that ends
+/// with its connection. A failure is logged: the session goes on in memory.
+async fn save(inner: &Inner, client_id: &str, session: &Session) {
+    let result = if session.expiry.is_zero() {
+        inner.records.remove(client_id).await
+    } else {
+        let bytes = crate::persist::save(session, now_ms());
+        inner.records.put(client_id, bytes).await
+    };
+    if let Err(e) = result {
+        tracing::warn!(client = %client_id, error = %e, "mqtt: saving the session failed");
+    }
+}
+
+/// Publishes `will` after `delay` unless cancelled (the client came back in time).
+fn schedule_will(
+    inner: Arc<Inner>,
+    client_id: Arc<str>,
+    will: Will,
+    delay: Duration,
+) -> PendingWill {
+    let cancel = CancellationToken::new();
+    let token = cancel.clone();
+    let tracker = inner.tasks.clone();
+    tracker.spawn(async move {
+        if !delay.is_zero() {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        let Some(path) = topic_path(&will.topic, &inner.config.path_limits) else {
+            return;
+        };
+        let result = inner
+            .publish(Outgoing {
+                path,
+                qos: will.qos,
+                retain: will.retain,
+                properties: will.properties,
+                payload: will.payload,
+                origin: client_id.clone(),
+            })
+            .await;
+        match result {
+            Ok(pending) => {
+                if let Err(e) = pending.await {
+                    tracing::warn!(client = %client_id, error = %e, "mqtt: will message failed");
+                }
+            }
+            Err(e) => tracing::warn!(client = %client_id, error = ?e, "mqtt: will message failed"),
+        }
+    });
+    PendingWill { cancel }
+}
+
+fn publish_error_code(e: &PublishError) -> u8 {
+    match e {
+        PublishError::Invalid => reason::IMPLEMENTATION_SPECIFIC_ERROR,
+        PublishError::RetainedFull => reason::QUOTA_EXCEEDED,
+        PublishError::Engine(TopicsError::Invalid(_)) => reason::PAYLOAD_FORMAT_INVALID,
+        PublishError::Engine(_) => reason::SERVER_UNAVAILABLE,
+    }
+}
+
+fn ack(packet_id: u16, reason: u8) -> Ack {
+    Ack {
+        packet_id,
+        reason,
+        properties: Properties::default(),
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,300 @@
+//! MQTT sessions: what outlives a connection, and the registry that hands a session from one
+//! connection to the next.
+//!
+//! A session's queued messages are not copied anywhere: they are the events of its topics after
+//! its listener's positions, kept by the topics engine. While no connection holds the session,
+//! its listener is not polled, so the events simply wait in the topic logs (subject to their
+//! retention), and the next connection carries on from where the last one stopped. Messages
+//! sent but not acknowledged (`inflight`) are resent with DUP on reconnect.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use herald_core::{Path, PathPattern};
+use herald_engine::Listener;
+use herald_mqtt_codec::{Publish, SubOptions};
+use tokio::sync::{mpsc, watch};
+
+use crate::shared::{MEMBER_QUEUE, SharedDelivery};
+use tokio_util::sync::CancellationToken;
+
+/// One subscription of a session.
+#[derive(Debug, Clone)]
+pub(crate) struct Subscription {
+    /// The filter as the client sent it.
+    pub(crate) filter: String,
+    /// The topics it matches.
+    pub(crate) pattern: PathPattern,
+    /// The topic, when the filter has no wildcard.
+    pub(crate) exact: Option<Path>,
+    /// The client's options.
+    pub(crate) options: SubOptions,
+    /// The MQTT 5 subscription identifier.
+    pub(crate) id: Option<u32>,
+    /// Whether it is a shared subscription (`$share/{group}/{filter}`), delivered through
+    /// its group rather than the session's listener.
+    pub(crate) shared: bool,
+}
+
+/// Where an outgoing QoS 1 or 2 message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OutState {
+    /// PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Sent,
+    /// PUBREL sent; waiting for PUBCOMP.
+    Released,
+}
+
+/// A session: subscriptions, positions in their topics, and unacknowledged messages.
+#[derive(Debug)]
+pub(crate) struct Session {
+    /// Follows the subscribed topics; its positions are where the session stands.
+    pub(crate) listener: Listener,
+    pub(crate) subs: Vec<Subscription>,
+    /// Outgoing QoS 1 and 2 messages not acknowledged yet, in the order they were sent.
+    pub(crate) inflight: VecDeque<(u16, OutState, Publish)>,
+    /// Messages waiting for room in the client's receive window (their packet ids are given
+    /// when they are sent).
+    pub(crate) queue: VecDeque<Publish>,
+    /// Incoming QoS 2 packet ids between PUBREC and PUBREL.
+    pub(crate) incoming_qos2: HashSet<u16>,
+    next_id: u16,
+    /// How long the session outlives its connection (zero: it ends with it).
+    pub(crate) expiry: Duration,
+    /// This session as a member of shared subscription groups.
+    pub(crate) member_id: u64,
+    /// Where its groups put the messages they give it.
+    pub(crate) shared_tx: mpsc::Sender<SharedDelivery>,
+    pub(crate) shared_rx: mpsc::Receiver<SharedDelivery>,
+}
+
+static NEXT_MEMBER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl Session {
+    pub(crate) fn new(listener: Listener, expiry: Duration) -> Self {
+        let (shared_tx, shared_rx) = mpsc::channel(MEMBER_QUEUE);
+        Self {
+            member_id: NEXT_MEMBER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            shared_tx,
+            shared_rx,
+            listener,
+            subs: Vec::new(),
+            inflight: VecDeque::new(),
+            queue: VecDeque::new(),
+            incoming_qos2: HashSet::new(),
+            next_id: 0,
+            expiry,
+        }
+    }
+
+    /// A packet id that no message in flight uses.
+    pub(crate) fn next_packet_id(&mut self) -> u16 {
+        loop {
+            self.next_id = self.next_id.wrapping_add(1).max(1);
+            let id = self.next_id;
+            if !self.inflight.iter().any(|(i, _, _)| *i == id) {
+                return id;
+            }
+        }
+    }
+}
+
+/// A message to publish when a connection ends without DISCONNECT.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingWill {
+    pub(crate) cancel: CancellationToken,
+}
+
+enum Slot {
+    /// A connection holds the session. `kick` asks it to close; `done` turns true once it
+    /// has handed the session back.
+    Active {
+        generation: u64,
+        kick: CancellationToken,
+        done: watch::Receiver<bool>,
+    },
+    /// No connection holds it.
+    Detached {
+        session: Box<Session>,
+        since: Instant,
+        will: Option<PendingWill>,
+    },
+}
+
+/// Every session by client id.
+#[derive(Default)]
+pub(crate) struct Sessions {
+    slots: Mutex<HashMap<Arc<str>, Slot>>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+/// A connection's claim on its client id.
+pub(crate) struct Claim {
+    pub(crate) client_id: Arc<str>,
+    pub(crate) generation: u64,
+    /// Cancelled when another connection takes the session over (or at shutdown).
+    pub(crate) kick: CancellationToken,
+    done: watch::Sender<bool>,
+}
+
+/// What [`Sessions::claim`] found.
+pub(crate) struct Claimed {
+    pub(crate) claim: Claim,
+    /// The session left by an earlier connection, unless the client asked for a clean start
+    /// or it had expired.
+    pub(crate) session: Option<Box<Session>>,
+    /// Whether another connection held the client id and was closed.
+    pub(crate) took_over: bool,
+}
+
+impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Slot>> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Claims `client_id` for a new connection. A connection holding it is kicked, and the
+    /// claim waits (at most `wait`) until it has let go. A pending will of the client is
+    /// cancelled. With `clean_start` an old session is discarded.
+    pub(crate) async fn claim(
+        &self,
+        client_id: Arc<str>,
+        clean_start: bool,
+        wait: Duration,
+        shutdown: &CancellationToken,
+    ) -> Claimed {
+        let mut took_over = false;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let mut done = {
+                let mut slots = self.lock();
+                match slots.get(&client_id) {
+                    Some(Slot::Active { kick, done, .. }) => {
+                        kick.cancel();
+                        took_over = true;
+                        done.clone()
+                    }
+                    _ => {
+                        let old = slots.remove(&client_id);
+                        let generation = self
+                            .generation
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let kick = shutdown.child_token();
+                        let (done_tx, done_rx) = watch::channel(false);
+                        slots.insert(
+                            client_id.clone(),
+                            Slot::Active {
+                                generation,
+                                kick: kick.clone(),
+                                done: done_rx,
+                            },
+                        );
+                        let session = match old {
+                            Some(Slot::Detached {
+                                session,
+                                since,
+                                will,
+                            }) => {
+                                if let Some(w) = will {
+                                    w.cancel.cancel();
+                                }
+                                (!clean_start && since.elapsed() < session.expiry)
+                                    .then_some(session)
+                            }
+                            _ => None,
+                        };
+                        return Claimed {
+                            claim: Claim {
+                                client_id,
+                                generation,
+                                kick,
+                                done: done_tx,
+                            },
+                            session,
+                            took_over,
+                        };
+                    }
+                }
+            };
+            // The holder may be stuck writing to a dead peer; past the deadline its slot is
+            // taken anyway (its session then ends with it).
+            let finished = tokio::time::timeout_at(deadline, done.wait_for(|d| *d))
+                .await
+                .is_ok_and(|r| r.is_ok());
+            if !finished {
+                let mut slots = self.lock();
+                if matches!(slots.get(&client_id), Some(Slot::Active { done: d, .. }) if d.same_channel(&done))
+                {
+                    slots.remove(&client_id);
+                }
+            }
+        }
+    }
+
+    /// Ends a connection's claim: keeps `session` for the next connection (when given and its
+    /// expiry is not zero) or forgets the client id. `will` is the pending will, if the
+    /// connection left one waiting for its delay.
+    pub(crate) fn release(
+        &self,
+        claim: Claim,
+        session: Option<Box<Session>>,
+        will: Option<PendingWill>,
+    ) {
+        {
+            let mut slots = self.lock();
+            let ours = matches!(
+                slots.get(&claim.client_id),
+                Some(Slot::Active { generation, .. }) if *generation == claim.generation
+            );
+            if ours {
+                match session {
+                    Some(session) if !session.expiry.is_zero() => {
+                        slots.insert(
+                            claim.client_id.clone(),
+                            Slot::Detached {
+                                session,
+                                since: Instant::now(),
+                                will,
+                            },
+                        );
+                    }
+                    _ => {
+                        slots.remove(&claim.client_id);
+                    }
+                }
+            }
+        }
+        let _ = claim.done.send(true);
+    }
+
+    /// Forgets detached sessions whose expiry has passed; returns their client ids.
+    pub(crate) fn sweep(&self) -> Vec<Arc<str>> {
+        let mut slots = self.lock();
+        let mut gone = Vec::new();
+        slots.retain(|id, slot| match slot {
+            Slot::Detached { session, since, .. } if since.elapsed() >= session.expiry => {
+                gone.push(id.clone());
+                false
+            }
+            _ => true,
+        });
+        gone
+    }
+
+    /// Adds a session restored from disk, disconnected since `since`.
+    pub(crate) fn insert_detached(&self, client_id: Arc<str>, session: Session, since: Instant) {
+        self.lock().insert(
+            client_id,
+            Slot::Detached {
+                session: Box::new(session),
+                since,
+                will: None,
+            },
+        );
+    }
+
+    /// How many sessions exist (connected or not).
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
