@@ -427,9 +427,14 @@ where
 
     async fn run(&mut self, claim: &Claim, dead: &CancellationToken) -> End {
         let mut deadline = self.keep_alive.map(|k| Instant::now() + k);
+        // Answers (PUBACK, PINGRESP, ...) are queued whatever the socket's state; a client that
+        // sends without ever reading would grow that queue, so past this it is not read either.
+        let read_limit = self.inner.config.send_buffer_bytes.saturating_mul(4);
         loop {
-            let can_pull = self.session.queue.is_empty()
-                && self.out.queued() < self.inner.config.send_buffer_bytes;
+            let queued = self.out.queued();
+            let can_pull =
+                self.session.queue.is_empty() && queued < self.inner.config.send_buffer_bytes;
+            let can_read = queued < read_limit;
             let drained = self.out.drained.clone();
             tokio::select! {
                 biased;
@@ -450,7 +455,7 @@ where
                     self.disconnect(reason::KEEP_ALIVE_TIMEOUT);
                     return End::Abnormal;
                 }
-                read = self.reader.next() => {
+                read = self.reader.next(), if can_read => {
                     match read {
                         Ok(Some(packet)) => {
                             deadline = self.keep_alive.map(|k| Instant::now() + k);
