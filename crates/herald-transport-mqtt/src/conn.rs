@@ -1041,17 +1041,22 @@ where
             properties,
             payload,
         };
-        if encoded_len(&Packet::Publish(publish.clone()), self.protocol) > self.out.max_packet {
+        let qos = publish.qos;
+        let packet = Packet::Publish(publish);
+        if encoded_len(&packet, self.protocol) > self.out.max_packet {
             // MQTT 5 3.1.2-24: a packet over the client's maximum is discarded.
             self.inner.metrics.oversize.increment(1);
             return;
         }
-        if publish.qos == QoS::AtMostOnce {
-            self.inner.metrics.sent.increment(1);
-            self.out.send(&Packet::Publish(publish));
-        } else {
-            self.session.queue.push_back(publish);
-            self.fill_window();
+        match packet {
+            Packet::Publish(publish) if qos != QoS::AtMostOnce => {
+                self.session.queue.push_back(publish);
+                self.fill_window();
+            }
+            packet => {
+                self.inner.metrics.sent.increment(1);
+                self.out.send(&packet);
+            }
         }
     }
 

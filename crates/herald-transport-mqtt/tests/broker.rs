@@ -879,3 +879,21 @@ async fn a_client_that_never_reads_is_not_read_either() {
     let grown = rss_bytes().saturating_sub(before);
     assert!(grown < 64 << 20, "memory grew by {} MiB", grown >> 20);
 }
+
+#[tokio::test]
+async fn messages_over_the_clients_maximum_packet_size_are_not_sent() {
+    let b = Broker::start().await;
+    let (mut s, _) = Client::connect(b.addr, Protocol::V5, |c| {
+        c.properties.maximum_packet_size = Some(100);
+        login(c, ADMIN);
+    })
+    .await;
+    s.subscribe(&[("mp/t", sub(QoS::AtLeastOnce))]).await;
+    let mut p = b.admin(Protocol::V5, "pub").await;
+    p.publish(publish("mp/t", &[1u8; 200], QoS::AtLeastOnce, 1))
+        .await;
+    p.publish(publish("mp/t", b"small", QoS::AtLeastOnce, 2))
+        .await;
+    let m = s.recv_publish().await;
+    assert_eq!(&m.payload[..], b"small");
+}
