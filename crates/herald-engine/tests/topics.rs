@@ -765,3 +765,57 @@ async fn enqueued_appends_keep_their_order_and_share_commits() {
         Err(TopicsError::Invalid(_))
     ));
 }
+
+#[tokio::test]
+async fn a_listener_on_thousands_of_topics_gets_every_event_once() {
+    let options = TopicsOptions {
+        listener_batch: 64,
+        ..TopicsOptions::default()
+    };
+    let topics = open(Arc::new(MemoryStore::default()), options).await;
+    // 1,000 topics exist before the wildcard subscription, 1,000 are created after it.
+    for i in 0..1000u64 {
+        topics
+            .append(p(&format!("/wide/{i}")), evs(1..=1), None)
+            .await
+            .unwrap();
+    }
+    let mut listener = topics.listener();
+    let pattern = herald_core::PathPattern::parse("/wide/#", &Default::default()).unwrap();
+    listener.subscribe_pattern(pattern, None);
+    let mut exact = topics.listener();
+    exact.subscribe(p("/wide/7"), None);
+    let writer = {
+        let topics = topics.clone();
+        tokio::spawn(async move {
+            // Each of the 2,000 topics gets 2 events, interleaved.
+            for round in 0..2u64 {
+                for i in 0..2000u64 {
+                    let seq = if i < 1000 { 2 + round } else { 1 + round };
+                    topics
+                        .append(p(&format!("/wide/{i}")), evs(seq..=seq), None)
+                        .await
+                        .unwrap();
+                }
+            }
+        })
+    };
+    let got = collect(&mut listener, 4000).await;
+    writer.await.unwrap();
+    let mut per_topic: std::collections::HashMap<Path, Vec<u64>> = Default::default();
+    for d in got {
+        if let Delivery::Event { topic, event, .. } = d {
+            per_topic.entry(topic).or_default().push(event.seq);
+        }
+    }
+    assert_eq!(per_topic.len(), 2000);
+    for i in 0..2000u64 {
+        let want: Vec<u64> = if i < 1000 { vec![2, 3] } else { vec![1, 2] };
+        assert_eq!(per_topic[&p(&format!("/wide/{i}"))], want, "/wide/{i}");
+    }
+    // The exact subscriber of one of them saw just its two live events.
+    assert_eq!(
+        event_seqs(&collect(&mut exact, 2).await, &p("/wide/7")),
+        [2, 3]
+    );
+}

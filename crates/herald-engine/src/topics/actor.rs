@@ -385,6 +385,7 @@ impl Actor {
             }
         }
         topic.last.send_replace(last);
+        topic.wake();
     }
 
     async fn delete(&mut self, path: &Path) -> Result<bool, TopicsError> {
@@ -414,6 +415,7 @@ impl Actor {
         topic.deleted.store(true, Ordering::Release);
         // Wake the topic's listeners so they notice.
         topic.last.send_modify(|_| {});
+        topic.wake();
         self.shared.generation.send_modify(|g| *g += 1);
         self.shared.metrics.topics.set(n as f64);
         tracing::info!(topic = %path, epoch = topic.epoch, "topic deleted");

@@ -1,11 +1,11 @@
 //! Listeners: gap-free, duplicate-free delivery of a set of topics.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
-use futures_util::future::select_all;
 use herald_core::{Path, PathPattern};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use super::{Event, PatternSub, Shared, Topic, TopicsError};
 
@@ -55,10 +55,48 @@ struct Sub {
     path: Path,
     /// The wildcard subscription that brought this topic in, if any.
     pattern: Option<u64>,
-    /// The incarnation being followed and the receiver of its committed seq.
-    attached: Option<(Arc<Topic>, watch::Receiver<u64>)>,
+    /// The incarnation being followed.
+    attached: Option<Arc<Topic>>,
     position: Position,
+    /// Whether it is in the listener's `todo` queue.
+    queued: bool,
 }
+
+/// How topics tell a listener that they moved: each topic a listener follows holds its
+/// signal, marks its own path in it after a commit (or a delete) and wakes the listener, which
+/// then looks only at the marked topics. A listener following thousands of topics (a `#`
+/// subscription) thus does work in proportion to what changed, not to what it follows.
+#[derive(Debug)]
+pub(crate) struct Signal {
+    id: u64,
+    dirty: Mutex<HashSet<Path>>,
+    notify: Notify,
+}
+
+impl Signal {
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Marks `topic` as moved and wakes the listener (or leaves it a permit, so a wake-up
+    /// between its last look and its wait is not lost).
+    pub(crate) fn mark(&self, topic: &Path) {
+        let fresh = self
+            .dirty
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(topic.clone());
+        if fresh {
+            self.notify.notify_one();
+        }
+    }
+
+    fn take(&self) -> HashSet<Path> {
+        std::mem::take(&mut *self.dirty.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+static NEXT_SIGNAL_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Follows a set of topics and delivers their events in order, each exactly once.
 ///
@@ -71,13 +109,18 @@ struct Sub {
 #[derive(Debug)]
 pub struct Listener {
     shared: Arc<Shared>,
-    subs: Vec<Sub>,
+    subs: HashMap<Path, Sub>,
     generation: watch::Receiver<u64>,
     /// Deliveries prepared but not yet returned. Kept here (not in a local) so that
     /// cancelling [`Listener::next`] loses nothing.
     ready: Vec<Delivery>,
-    /// Where the next poll round starts, so that a busy topic cannot starve the others.
-    cursor: usize,
+    /// The subscriptions to look at, in turn (so that a busy topic cannot starve the others):
+    /// new ones, those a topic signalled, and those with more to deliver than one batch held.
+    todo: VecDeque<Path>,
+    signal: Arc<Signal>,
+    /// Set when a topic was created or deleted since the last look: subscriptions waiting for
+    /// their topic are looked at again.
+    rescan: bool,
     /// Wildcard subscriptions, registered in the shared pattern index.
     patterns: Vec<(PathPattern, Arc<PatternSub>)>,
 }
@@ -90,11 +133,33 @@ impl Listener {
         let generation = shared.generation.subscribe();
         Self {
             shared,
-            subs: Vec::new(),
+            subs: HashMap::new(),
             generation,
             ready: Vec::new(),
-            cursor: 0,
+            todo: VecDeque::new(),
+            signal: Arc::new(Signal {
+                id: NEXT_SIGNAL_ID.fetch_add(1, Ordering::Relaxed),
+                dirty: Mutex::new(HashSet::new()),
+                notify: Notify::new(),
+            }),
+            rescan: false,
             patterns: Vec::new(),
+        }
+    }
+
+    /// Follows `topic`'s incarnation `t` for subscription `sub`.
+    fn attach(&self, sub: &mut Sub, t: Arc<Topic>) {
+        t.watch(&self.signal);
+        sub.attached = Some(t);
+    }
+
+    /// Queues `path` to be looked at in the next round (once).
+    fn enqueue(&mut self, path: &Path) {
+        if let Some(sub) = self.subs.get_mut(path)
+            && !sub.queued
+        {
+            sub.queued = true;
+            self.todo.push_back(path.clone());
         }
     }
 
@@ -125,6 +190,7 @@ impl Listener {
                 epoch: None,
                 next: 1,
             },
+            queued: false,
         };
         match self.shared.topic(&sub.path) {
             Some(t) => {
@@ -144,14 +210,16 @@ impl Listener {
                     epoch: Some(t.epoch),
                     next,
                 };
-                sub.attached = Some((t.clone(), t.last.subscribe()));
+                self.attach(&mut sub, t);
             }
             // No real epoch is 0, so the incarnation that appears later is announced by a
             // reset, then delivered from 1.
             None if from.is_some_and(|f| f > 1) => sub.position.epoch = Some(0),
             None => {}
         }
-        self.subs.push(sub);
+        let path = sub.path.clone();
+        self.subs.insert(path.clone(), sub);
+        self.enqueue(&path);
         true
     }
 
@@ -172,6 +240,7 @@ impl Listener {
                 epoch: Some(epoch),
                 next: from.max(1),
             },
+            queued: false,
         };
         if let Some(t) = self.shared.topic(&sub.path) {
             if t.epoch == epoch {
@@ -187,9 +256,11 @@ impl Listener {
                     next: 1,
                 };
             }
-            sub.attached = Some((t.clone(), t.last.subscribe()));
+            self.attach(&mut sub, t);
         }
-        self.subs.push(sub);
+        let path = sub.path.clone();
+        self.subs.insert(path.clone(), sub);
+        self.enqueue(&path);
         true
     }
 
@@ -238,7 +309,7 @@ impl Listener {
         self.shared.patterns().remove(&pattern, |s| s.id == sub.id);
         let topics: Vec<Path> = self
             .subs
-            .iter()
+            .values()
             .filter(|s| s.pattern == Some(sub.id))
             .map(|s| s.path.clone())
             .collect();
@@ -266,19 +337,26 @@ impl Listener {
 
     /// Ends the subscription to `topic`; returns whether there was one.
     pub fn unsubscribe(&mut self, topic: &Path) -> bool {
-        let before = self.subs.len();
-        self.subs.retain(|s| s.path != *topic);
+        let Some(sub) = self.subs.remove(topic) else {
+            return false;
+        };
+        if let Some(t) = &sub.attached {
+            t.unwatch(self.signal.id);
+        }
+        if sub.queued {
+            self.todo.retain(|p| p != topic);
+        }
         self.ready.retain(|d| match d {
             Delivery::Event { topic: t, .. }
             | Delivery::Gap { topic: t, .. }
             | Delivery::Reset { topic: t, .. } => t != topic,
         });
-        self.subs.len() != before
+        true
     }
 
     /// Whether `topic` is subscribed.
     pub fn is_subscribed(&self, topic: &Path) -> bool {
-        self.subs.iter().any(|s| s.path == *topic)
+        self.subs.contains_key(topic)
     }
 
     /// How many topics are subscribed.
@@ -293,10 +371,7 @@ impl Listener {
 
     /// Where the subscription to `topic` stands (after the deliveries returned so far).
     pub fn position(&self, topic: &Path) -> Option<Position> {
-        self.subs
-            .iter()
-            .find(|s| s.path == *topic)
-            .map(|s| s.position)
+        self.subs.get(topic).map(|s| s.position)
     }
 
     /// Where every subscription stands, by topic: the next event to return. Events prepared
@@ -304,7 +379,7 @@ impl Listener {
     /// listener resumed from these positions (after a restart, say) misses nothing.
     pub fn positions(&self) -> Vec<(Path, Position)> {
         self.subs
-            .iter()
+            .values()
             .map(|s| {
                 let pending = self.ready.iter().find_map(|d| match d {
                     Delivery::Event {
@@ -331,39 +406,60 @@ impl Listener {
     /// [`TopicsError::Store`] or [`TopicsError::Corrupt`] when reading history fails.
     pub async fn next(&mut self) -> Result<Vec<Delivery>, TopicsError> {
         loop {
-            self.generation.borrow_and_update();
-            self.adopt_new_topics();
-            let n = self.subs.len();
-            for k in 0..n {
-                if self.ready.len() >= self.shared.options.listener_batch {
-                    break;
+            if self.rescan || self.generation.has_changed().unwrap_or(false) {
+                self.rescan = false;
+                self.generation.borrow_and_update();
+                // A topic was created or deleted: subscriptions waiting for theirs may attach.
+                let waiting: Vec<Path> = self
+                    .subs
+                    .values()
+                    .filter(|s| s.attached.is_none())
+                    .map(|s| s.path.clone())
+                    .collect();
+                for path in &waiting {
+                    self.enqueue(path);
                 }
-                let i = (self.cursor + k) % n;
-                self.poll(i).await?;
             }
-            if n > 0 {
-                self.cursor = (self.cursor + 1) % n;
+            self.adopt_new_topics();
+            for path in self.signal.take() {
+                self.enqueue(&path);
+            }
+            while self.ready.len() < self.shared.options.listener_batch {
+                let Some(path) = self.todo.pop_front() else {
+                    break;
+                };
+                if let Some(sub) = self.subs.get_mut(&path) {
+                    sub.queued = false;
+                }
+                if self.poll(&path).await? {
+                    // More than this round could take: look again next round.
+                    self.enqueue(&path);
+                }
             }
             if !self.ready.is_empty() {
                 let out = std::mem::take(&mut self.ready);
                 self.shared.metrics.delivered.increment(out.len() as u64);
                 return Ok(out);
             }
-            self.wait().await;
+            if self.todo.is_empty() {
+                self.wait().await;
+            }
         }
     }
 
-    /// Prepares what subscription `i` has to deliver.
-    async fn poll(&mut self, i: usize) -> Result<(), TopicsError> {
-        let Some(sub) = self.subs.get_mut(i) else {
-            return Ok(());
+    /// Prepares what the subscription to `path` has to deliver; returns whether it has more
+    /// than there was room for.
+    async fn poll(&mut self, path: &Path) -> Result<bool, TopicsError> {
+        let signal = self.signal.clone();
+        let Some(sub) = self.subs.get_mut(path) else {
+            return Ok(false);
         };
-        if sub.attached.as_ref().is_some_and(|(t, _)| t.is_deleted()) {
-            sub.attached = None;
+        if let Some(t) = sub.attached.take_if(|t| t.is_deleted()) {
+            t.unwatch(signal.id);
         }
         if sub.attached.is_none() {
             let Some(t) = self.shared.topic(&sub.path) else {
-                return Ok(());
+                return Ok(false);
             };
             if sub.position.epoch.is_some_and(|e| e != t.epoch) {
                 self.ready.push(Delivery::Reset {
@@ -373,16 +469,16 @@ impl Listener {
                 sub.position.next = 1;
             }
             sub.position.epoch = Some(t.epoch);
-            let rx = t.last.subscribe();
-            sub.attached = Some((t, rx));
+            t.watch(&signal);
+            sub.attached = Some(t);
         }
-        let Some((topic, rx)) = &mut sub.attached else {
-            return Ok(());
+        let Some(topic) = &sub.attached else {
+            return Ok(false);
         };
-        let last = *rx.borrow_and_update();
+        let last = topic.committed_last();
         let next = sub.position.next;
         if next > last {
-            return Ok(());
+            return Ok(false);
         }
         let room = self
             .shared
@@ -393,8 +489,8 @@ impl Listener {
         let topic = topic.clone();
         let events = self.shared.fetch(&topic, next, last, room).await?;
         // Re-borrow after the await; nothing else can have touched `subs` (we hold `&mut self`).
-        let Some(sub) = self.subs.get_mut(i) else {
-            return Ok(());
+        let Some(sub) = self.subs.get_mut(path) else {
+            return Ok(false);
         };
         let gap_to = match events.first() {
             Some(e) if e.seq > next => Some(e.seq - 1),
@@ -417,32 +513,41 @@ impl Listener {
             sub.position.next = e.seq + 1;
         }
         let epoch = topic.epoch;
+        let more = sub.position.next <= last;
         self.ready
             .extend(events.into_iter().map(|event| Delivery::Event {
                 topic: sub.path.clone(),
                 epoch,
                 event,
             }));
-        Ok(())
+        Ok(more)
     }
 
-    /// Waits until a followed topic moves, or a topic is created or deleted.
+    /// Waits until a followed topic moves, or a topic is created or deleted (then sets
+    /// `rescan`, in the same poll as the change is seen, so a cancelled wait loses nothing).
     async fn wait(&mut self) {
-        let mut waits = Vec::with_capacity(self.subs.len() + 1);
-        waits.push(Box::pin(self.generation.changed()));
-        for sub in &mut self.subs {
-            if let Some((_, rx)) = &mut sub.attached {
-                waits.push(Box::pin(rx.changed()));
+        tokio::select! {
+            changed = self.generation.changed() => {
+                if changed.is_ok() {
+                    self.rescan = true;
+                    return;
+                }
+                // The sender is gone, which only happens at shutdown: only the topics can
+                // still wake this listener.
+                self.signal.notify.notified().await;
             }
+            () = self.signal.notify.notified() => {}
         }
-        // An error means the sender is gone, which only happens at shutdown; the next round
-        // then finds nothing new and waits on what is left.
-        let _ = select_all(waits).await;
     }
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
+        for sub in self.subs.values() {
+            if let Some(t) = &sub.attached {
+                t.unwatch(self.signal.id);
+            }
+        }
         if !self.patterns.is_empty() {
             let mut index = self.shared.patterns();
             for (pattern, sub) in &self.patterns {

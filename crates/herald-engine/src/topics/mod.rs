@@ -36,7 +36,7 @@ mod retention;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -240,6 +240,8 @@ pub(crate) struct Topic {
     /// Set when the topic is deleted (the watch is poked after setting it).
     pub(crate) deleted: AtomicBool,
     pub(crate) state: Mutex<TopicState>,
+    /// The listeners following this topic, told by [`Topic::wake`] when it moves.
+    signals: Mutex<HashMap<u64, Weak<listener::Signal>>>,
 }
 
 /// The mutable part of a topic, locked briefly by the actor, the retention job and readers.
@@ -263,12 +265,43 @@ impl Topic {
             last: watch::channel(last).0,
             last_t: AtomicU64::new(0),
             deleted: AtomicBool::new(false),
+            signals: Mutex::new(HashMap::new()),
             state: Mutex::new(TopicState {
                 first,
                 window: VecDeque::new(),
                 window_bytes: 0,
             }),
         }
+    }
+
+    /// Tells `signal`'s listener about this topic's commits and deletion from now on.
+    pub(crate) fn watch(&self, signal: &Arc<listener::Signal>) {
+        self.signals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(signal.id(), Arc::downgrade(signal));
+    }
+
+    /// Stops telling the listener with signal `id`.
+    pub(crate) fn unwatch(&self, id: u64) {
+        self.signals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
+    /// Tells every listener following this topic that it moved (after a commit or a delete).
+    pub(crate) fn wake(&self) {
+        self.signals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, signal| match signal.upgrade() {
+                Some(signal) => {
+                    signal.mark(&self.path);
+                    true
+                }
+                None => false,
+            });
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, TopicState> {
