@@ -633,6 +633,45 @@ async fn cancelling_next_loses_nothing() {
 }
 
 #[tokio::test]
+async fn cancelling_next_during_reads_from_the_store_loses_nothing() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let names: Vec<Path> = (0..5).map(|i| p(&format!("/c/{i}"))).collect();
+    {
+        let topics = open(store.clone(), TopicsOptions::default()).await;
+        for t in &names {
+            topics.append(t.clone(), evs(1..=3), None).await.unwrap();
+        }
+        topics.shutdown().await.unwrap();
+    }
+    // Reopened: the windows are empty, so every read goes to the store (an await point).
+    let topics = open(store, TopicsOptions::default()).await;
+    let mut listener = topics.listener();
+    for t in &names {
+        listener.subscribe(t.clone(), Some(1));
+    }
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        // Polled once, then dropped: cancelled at its first await (a read from the store).
+        if let Some(Ok(batch)) = futures_util::FutureExt::now_or_never(listener.next()) {
+            seen.extend(batch);
+        }
+        tokio::task::yield_now().await;
+    }
+    let events = |ds: &[Delivery]| {
+        ds.iter()
+            .filter(|d| matches!(d, Delivery::Event { .. }))
+            .count()
+    };
+    let missing = 15 - events(&seen);
+    if missing > 0 {
+        seen.extend(collect(&mut listener, missing).await);
+    }
+    for t in &names {
+        assert_eq!(event_seqs(&seen, t), [1, 2, 3], "{t}");
+    }
+}
+
+#[tokio::test]
 async fn unsubscribe_stops_delivery() {
     let topics = open(Arc::new(MemoryStore::default()), TopicsOptions::default()).await;
     let (a, b) = (p("/b/a"), p("/b/b"));

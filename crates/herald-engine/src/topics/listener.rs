@@ -425,13 +425,17 @@ impl Listener {
                 self.enqueue(&path);
             }
             while self.ready.len() < self.shared.options.listener_batch {
-                let Some(path) = self.todo.pop_front() else {
+                // Taken off the queue only once polled: a cancelled poll leaves it first in
+                // line for the next call.
+                let Some(path) = self.todo.front().cloned() else {
                     break;
                 };
+                let more = self.poll(&path).await?;
+                self.todo.pop_front();
                 if let Some(sub) = self.subs.get_mut(&path) {
                     sub.queued = false;
                 }
-                if self.poll(&path).await? {
+                if more {
                     // More than this round could take: look again next round.
                     self.enqueue(&path);
                 }
