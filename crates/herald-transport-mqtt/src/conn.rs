@@ -313,11 +313,18 @@ async fn accept<S>(
         .sessions
         .claim(
             client_id.clone(),
+            user.as_deref(),
             c.clean_start,
             TAKEOVER_WAIT,
             &inner.shutdown,
         )
         .await;
+    let Ok(claimed) = claimed else {
+        tracing::info!(%peer, client = %client_id, user = user.as_deref().unwrap_or(""), "mqtt: client id in use by another user's session");
+        inner.metrics.refused.increment(1);
+        refuse(wr, protocol, reason::CLIENT_IDENTIFIER_NOT_VALID).await;
+        return;
+    };
     if claimed.took_over {
         tracing::info!(client = %client_id, "mqtt: session taken over by a new connection");
     }
@@ -327,7 +334,7 @@ async fn accept<S>(
     }
     let mut session = claimed
         .session
-        .unwrap_or_else(|| Box::new(Session::new(inner.topics.listener(), expiry)));
+        .unwrap_or_else(|| Box::new(Session::new(inner.topics.listener(), expiry, user.clone())));
     session.expiry = expiry;
 
     let (tx, rx) = mpsc::unbounded_channel();

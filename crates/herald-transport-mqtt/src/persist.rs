@@ -30,6 +30,9 @@ struct Stored {
     /// Format version, 1.
     v: u32,
     expiry_s: u64,
+    /// The user whose session it is (`None`: anonymous).
+    #[serde(default)]
+    owner: Option<String>,
     /// When it was saved, in ms since the Unix epoch (its expiry counts from there).
     saved_ms: u64,
     subs: Vec<StoredSub>,
@@ -78,6 +81,7 @@ pub(crate) fn save(session: &Session, now_ms: u64) -> Vec<u8> {
     let stored = Stored {
         v: 1,
         expiry_s: session.expiry.as_secs(),
+        owner: session.owner.clone(),
         saved_ms: now_ms,
         subs: session
             .subs
@@ -137,7 +141,7 @@ pub(crate) fn restore(
             None => listener.subscribe(path, Some(p.next)),
         };
     }
-    let mut session = Session::new(listener, Duration::from_secs(stored.expiry_s));
+    let mut session = Session::new(listener, Duration::from_secs(stored.expiry_s), stored.owner);
     for s in stored.subs {
         let shared = s.filter.starts_with("$share/");
         let inner =

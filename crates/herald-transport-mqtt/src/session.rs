@@ -62,6 +62,8 @@ pub(crate) struct Session {
     next_id: u16,
     /// How long the session outlives its connection (zero: it ends with it).
     pub(crate) expiry: Duration,
+    /// The user whose session it is (`None`: anonymous); only they may resume it.
+    pub(crate) owner: Option<String>,
     /// This session as a member of shared subscription groups.
     pub(crate) member_id: u64,
     /// Where its groups put the messages they give it.
@@ -72,7 +74,7 @@ pub(crate) struct Session {
 static NEXT_MEMBER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Session {
-    pub(crate) fn new(listener: Listener, expiry: Duration) -> Self {
+    pub(crate) fn new(listener: Listener, expiry: Duration, owner: Option<String>) -> Self {
         let (shared_tx, shared_rx) = mpsc::channel(MEMBER_QUEUE);
         Self {
             member_id: NEXT_MEMBER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -85,6 +87,7 @@ impl Session {
             incoming_qos2: HashSet::new(),
             next_id: 0,
             expiry,
+            owner,
         }
     }
 
@@ -110,6 +113,8 @@ enum Slot {
     /// A connection holds the session. `kick` asks it to close; `done` turns true once it
     /// has handed the session back.
     Active {
+        /// The user the connection logged in as (`None`: anonymous).
+        owner: Option<String>,
         generation: u64,
         kick: CancellationToken,
         done: watch::Receiver<bool>,
@@ -148,26 +153,41 @@ pub(crate) struct Claimed {
     pub(crate) took_over: bool,
 }
 
+/// The client id belongs to a session of another user: a client cannot take over, or read
+/// the queued messages of, another user's session.
+#[derive(Debug)]
+pub(crate) struct OwnedByAnother;
+
 impl Sessions {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Slot>> {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Claims `client_id` for a new connection. A connection holding it is kicked, and the
-    /// claim waits (at most `wait`) until it has let go. A pending will of the client is
-    /// cancelled. With `clean_start` an old session is discarded.
+    /// Claims `client_id` for a new connection of user `owner`. A connection holding it is
+    /// kicked, and the claim waits (at most `wait`) until it has let go. A pending will of the
+    /// client is cancelled. With `clean_start` an old session is discarded. A client id whose
+    /// session (connected or not) belongs to another user is refused.
     pub(crate) async fn claim(
         &self,
         client_id: Arc<str>,
+        owner: Option<&str>,
         clean_start: bool,
         wait: Duration,
         shutdown: &CancellationToken,
-    ) -> Claimed {
+    ) -> Result<Claimed, OwnedByAnother> {
         let mut took_over = false;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let mut done = {
                 let mut slots = self.lock();
+                let held_by = match slots.get(&client_id) {
+                    Some(Slot::Active { owner, .. }) => Some(owner.as_deref()),
+                    Some(Slot::Detached { session, .. }) => Some(session.owner.as_deref()),
+                    None => None,
+                };
+                if held_by.is_some_and(|o| o != owner) {
+                    return Err(OwnedByAnother);
+                }
                 match slots.get(&client_id) {
                     Some(Slot::Active { kick, done, .. }) => {
                         kick.cancel();
@@ -184,6 +204,7 @@ impl Sessions {
                         slots.insert(
                             client_id.clone(),
                             Slot::Active {
+                                owner: owner.map(str::to_owned),
                                 generation,
                                 kick: kick.clone(),
                                 done: done_rx,
@@ -203,7 +224,7 @@ impl Sessions {
                             }
                             _ => None,
                         };
-                        return Claimed {
+                        return Ok(Claimed {
                             claim: Claim {
                                 client_id,
                                 generation,
@@ -212,7 +233,7 @@ impl Sessions {
                             },
                             session,
                             took_over,
-                        };
+                        });
                     }
                 }
             };
