@@ -25,7 +25,10 @@
 //!   their connection ends, so they survive a restart; after a crash they resume from the last
 //!   save (QoS 1 and 2 messages since may come again). MQTT 3.1.1 persistent sessions and
 //!   long MQTT 5 expiry intervals end after [`MqttConfig::max_session_expiry`]. A will
-//!   waiting for its delay is not kept across a restart.
+//!   waiting for its delay is not kept across a restart. A session belongs to the user who
+//!   made it: a client id whose session belongs to another user is refused (reason 0x85,
+//!   3.1.1 return code 2) rather than handing over the session and its queued messages (MQTT
+//!   itself only knows client ids; Mosquitto would let any user take the session over).
 //! - **Retained messages** are stored durably beside the topics (`herald_engine::retained`).
 //! - **Slow subscribers**: at most [`MqttConfig::send_buffer_bytes`] are queued per
 //!   connection; beyond that the broker stops reading the session's topics, so memory stays
