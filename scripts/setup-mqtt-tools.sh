@@ -23,17 +23,9 @@ die() { log "error: $*"; exit 1; }
 PATH="$PATH:/usr/sbin:/sbin"
 POLICY=/usr/sbin/policy-rc.d
 
-# Run a command as root: directly when we are root, else through sudo
-# (non-interactive when there is no terminal, e.g. in CI).
-as_root() {
-    if [[ "$(id -u)" -eq 0 ]]; then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        if [[ -t 0 ]]; then sudo "$@"; else sudo -n "$@"; fi
-    else
-        die "need root (or sudo) to run: $*"
-    fi
-}
+# as_root
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 have_tools() {
     command -v mosquitto >/dev/null 2>&1 &&
