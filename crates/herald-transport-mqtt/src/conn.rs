@@ -148,6 +148,9 @@ struct Conn<S> {
     window: usize,
     will: Option<Will>,
     keep_alive: Option<Duration>,
+    /// Whether the client accepts reason strings on acknowledgements (MQTT 5 Request
+    /// Problem Information, on by default).
+    problem_info: bool,
 }
 
 /// Serves one connection until it ends.
@@ -199,12 +202,16 @@ async fn refuse<S: AsyncWrite>(mut wr: WriteHalf<S>, protocol: Protocol, code: u
         Protocol::V311 if code >= 0x80 => herald_mqtt_codec::connack_code_v311(code),
         _ => code,
     };
+    let mut properties = Properties::default();
+    if protocol == Protocol::V5 {
+        properties.reason_string = Some(reason_text(code).to_owned());
+    }
     let mut buf = BytesMut::new();
     encode(
         &Packet::ConnAck(ConnAck {
             session_present: false,
             code,
-            properties: Properties::default(),
+            properties,
         }),
         protocol,
         &mut buf,
@@ -405,6 +412,7 @@ async fn accept<S>(
         will: c.will,
         keep_alive: (c.keep_alive > 0)
             .then(|| Duration::from_millis(u64::from(c.keep_alive) * 1500)),
+        problem_info: c.properties.request_problem_information != Some(0),
     };
     let claim = claimed.claim;
     conn.resend_inflight();
@@ -478,7 +486,7 @@ where
                         Err(ReadError::Decode(e)) => {
                             tracing::debug!(client = %self.client_id, error = %e, "mqtt: bad packet");
                             self.inner.metrics.protocol_errors.increment(1);
-                            self.disconnect(e.reason_code());
+                            self.disconnect_because(e.reason_code(), e.to_string());
                             return End::Abnormal;
                         }
                     }
@@ -510,12 +518,20 @@ where
         }
     }
 
-    /// Sends DISCONNECT with `code` (MQTT 5 only; 3.1.1 just closes).
+    /// Sends DISCONNECT with `code` and its reason string (MQTT 5 only; 3.1.1 just closes).
     fn disconnect(&self, code: u8) {
+        self.disconnect_because(code, reason_text(code).to_owned());
+    }
+
+    /// Sends DISCONNECT with `code` and `text` as its reason string (MQTT 5 only).
+    fn disconnect_because(&self, code: u8, text: String) {
         if self.protocol == Protocol::V5 {
             self.out.send(&Packet::Disconnect(Disconnect {
                 reason: code,
-                properties: Properties::default(),
+                properties: Properties {
+                    reason_string: Some(text),
+                    ..Properties::default()
+                },
             }));
         }
     }
@@ -701,13 +717,17 @@ where
     /// Refuses a publish: MQTT 5 acknowledges QoS 1 and 2 with `code`; QoS 0 and every
     /// MQTT 3.1.1 publish can only be refused by closing the connection.
     fn refuse_publish(&mut self, p: &Publish, code: u8) -> Option<End> {
+        let mut refusal = ack(p.packet_id, code);
+        if self.problem_info {
+            refusal.properties.reason_string = Some(format!("{}: {}", reason_text(code), p.topic));
+        }
         match (self.protocol, p.qos) {
             (Protocol::V5, QoS::AtLeastOnce) => {
-                self.out.send(&Packet::PubAck(ack(p.packet_id, code)));
+                self.out.send(&Packet::PubAck(refusal));
                 None
             }
             (Protocol::V5, QoS::ExactlyOnce) => {
-                self.out.send(&Packet::PubRec(ack(p.packet_id, code)));
+                self.out.send(&Packet::PubRec(refusal));
                 None
             }
             _ => {
@@ -736,9 +756,13 @@ where
                 publish_error_code(e)
             }
         };
+        let mut answer = ack(id, code);
+        if code != reason::SUCCESS && self.problem_info {
+            answer.properties.reason_string = Some(reason_text(code).to_owned());
+        }
         match qos {
-            QoS::AtLeastOnce => self.out.send(&Packet::PubAck(ack(id, code))),
-            QoS::ExactlyOnce => self.out.send(&Packet::PubRec(ack(id, code))),
+            QoS::AtLeastOnce => self.out.send(&Packet::PubAck(answer)),
+            QoS::ExactlyOnce => self.out.send(&Packet::PubRec(answer)),
             QoS::AtMostOnce => {}
         }
         None
@@ -1184,6 +1208,34 @@ fn schedule_will(
         }
     });
     PendingWill { cancel }
+}
+
+/// The reason string sent with a reason code (MQTT 5).
+fn reason_text(code: u8) -> &'static str {
+    match code {
+        reason::SUCCESS => "success",
+        reason::UNSPECIFIED_ERROR => "unspecified error",
+        reason::MALFORMED_PACKET => "malformed packet",
+        reason::PROTOCOL_ERROR => "protocol error",
+        reason::IMPLEMENTATION_SPECIFIC_ERROR => "the message cannot be stored",
+        reason::UNSUPPORTED_PROTOCOL_VERSION => "unsupported protocol version",
+        reason::CLIENT_IDENTIFIER_NOT_VALID => {
+            "client identifier not valid (too long, or in use by another user's session)"
+        }
+        reason::BAD_USER_NAME_OR_PASSWORD => "bad user name or password",
+        reason::NOT_AUTHORIZED => "not authorized",
+        reason::SERVER_UNAVAILABLE => "server unavailable",
+        reason::SERVER_SHUTTING_DOWN => "server shutting down",
+        reason::KEEP_ALIVE_TIMEOUT => "keep alive timeout",
+        reason::SESSION_TAKEN_OVER => "session taken over by another connection",
+        reason::TOPIC_NAME_INVALID => "topic name invalid",
+        reason::RECEIVE_MAXIMUM_EXCEEDED => "receive maximum exceeded",
+        reason::TOPIC_ALIAS_INVALID => "topic alias invalid",
+        reason::PACKET_TOO_LARGE => "packet too large",
+        reason::QUOTA_EXCEEDED => "quota exceeded",
+        reason::PAYLOAD_FORMAT_INVALID => "payload format invalid",
+        _ => "error",
+    }
 }
 
 fn publish_error_code(e: &PublishError) -> u8 {

@@ -463,7 +463,8 @@ async fn keep_alive_expiry_closes_the_connection() {
         started.elapsed()
     );
     assert!(
-        matches!(got.as_slice(), [Packet::Disconnect(d)] if d.reason == reason::KEEP_ALIVE_TIMEOUT)
+        matches!(got.as_slice(), [Packet::Disconnect(d)] if d.reason == reason::KEEP_ALIVE_TIMEOUT
+            && d.properties.reason_string.as_deref() == Some("keep alive timeout"))
     );
 }
 
@@ -483,6 +484,10 @@ async fn authentication() {
     let b = Broker::start().await;
     let (_, bad) = Client::connect(b.addr, Protocol::V5, |c| login(c, ("joe", "wrong"))).await;
     assert_eq!(bad.code, reason::BAD_USER_NAME_OR_PASSWORD);
+    assert_eq!(
+        bad.properties.reason_string.as_deref(),
+        Some("bad user name or password")
+    );
     let (_, bad3) = Client::connect(b.addr, Protocol::V311, |c| login(c, ("nobody", "x"))).await;
     assert_eq!(bad3.code, 4);
     let (_, ok) = Client::connect(b.addr, Protocol::V311, |c| login(c, USER)).await;
@@ -611,7 +616,8 @@ async fn malformed_and_oversize_packets_close_the_connection() {
     c.send_raw(&[0x00, 0x00]).await;
     let got = c.until_closed().await;
     assert!(
-        matches!(got.as_slice(), [Packet::Disconnect(d)] if d.reason == reason::MALFORMED_PACKET)
+        matches!(got.as_slice(), [Packet::Disconnect(d)] if d.reason == reason::MALFORMED_PACKET
+            && d.properties.reason_string.as_deref().is_some_and(|r| r.starts_with("malformed")))
     );
     // The broker still serves.
     let _ok = b.admin(Protocol::V311, "fine").await;
