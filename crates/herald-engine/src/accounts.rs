@@ -14,11 +14,19 @@
 //! (an `Arc`) under a read lock held for a pointer copy.
 //!
 //! # Passwords and sessions
-//! Passwords are hashed with argon2id ([`AccountsOptions::password_cost`]) on the blocking
-//! pool, at most [`AccountsOptions::max_concurrent_hashes`] at a time (each takes the cost's
-//! memory, so concurrent logins must not multiply it without bound). [`Accounts::login`]
-//! spends the same time for an unknown user as for a known one (it verifies against a dummy
-//! hash of the same cost), so timing does not tell which users exist.
+//! Passwords are hashed with argon2id ([`AccountsOptions::password_cost`]) on
+//! [`AccountsOptions::max_concurrent_hashes`] threads of their own (each hash takes the cost's
+//! memory, so concurrent logins must not multiply it without bound; and on tokio's blocking
+//! pool every one of its many threads kept its own malloc arena holding such a block: 10,000
+//! MQTT logins left ~900 MiB resident). [`Accounts::login`] spends the same time for an
+//! unknown user as for a known one (it verifies against a dummy hash of the same cost), so
+//! timing does not tell which users exist.
+//!
+//! A successful login is remembered for [`LOGIN_CACHE_TTL`] as a keyed hash (HMAC-SHA-256
+//! with a random per-process key) of the user name and password, together with the stored
+//! password hash it was checked against: logging in again with the same password (an MQTT
+//! device reconnecting, many devices of one user) skips argon2, and a password change or
+//! removal invalidates it. Failed logins are never cached.
 //! Sessions are HS512 tokens (`herald_auth::session`) signed with
 //! [`AccountsOptions::session_secret`], or else with a random secret generated on first open
 //! and kept in the snapshot, so sessions survive restarts.
@@ -51,10 +59,14 @@
 //! # });
 //! ```
 
+use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroUsize;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 
 use herald_auth::session::{self, SessionError};
 use herald_auth::users::{self, PasswordCost};
@@ -157,6 +169,90 @@ struct Inner {
     hashing: Arc<Semaphore>,
     /// What unknown users' logins are verified against.
     dummy_hash: String,
+    /// The threads that run the hashes.
+    workers: std::sync::mpsc::Sender<HashJob>,
+    /// Recent successful logins; see the module documentation.
+    logins: LoginCache,
+}
+
+/// How long a successful login is remembered (see the module documentation).
+pub const LOGIN_CACHE_TTL: Duration = Duration::from_secs(600);
+
+/// Most logins remembered at once; beyond, the oldest are forgotten.
+const LOGIN_CACHE_MAX: usize = 10_000;
+
+type HashJob = Box<dyn FnOnce() + Send>;
+
+/// Remembered successful logins: user name → (keyed hash of name and password, the password
+/// hash it was verified against, when).
+struct LoginCache {
+    key: Vec<u8>,
+    entries: Mutex<HashMap<String, ([u8; 32], String, Instant)>>,
+}
+
+impl LoginCache {
+    fn mac(&self, name: &str, password: &str) -> Hmac<Sha256> {
+        // HMAC accepts keys of any length.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(name.as_bytes());
+        mac.update(&[0]);
+        mac.update(password.as_bytes());
+        mac
+    }
+
+    /// Whether `name` logged in with `password` recently, against `stored_hash`.
+    fn hit(&self, name: &str, password: &str, stored_hash: &str) -> bool {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some((digest, hash, at)) = entries.get(name) else {
+            return false;
+        };
+        hash == stored_hash
+            && at.elapsed() < LOGIN_CACHE_TTL
+            && self.mac(name, password).verify_slice(digest).is_ok()
+    }
+
+    fn insert(&self, name: &str, password: &str, stored_hash: String) {
+        let digest: [u8; 32] = self.mac(name, password).finalize().into_bytes().into();
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= LOGIN_CACHE_MAX && !entries.contains_key(name) {
+            entries.retain(|_, (_, _, at)| at.elapsed() < LOGIN_CACHE_TTL);
+            if entries.len() >= LOGIN_CACHE_MAX {
+                let oldest = entries
+                    .iter()
+                    .min_by_key(|(_, (_, _, at))| *at)
+                    .map(|(n, _)| n.clone());
+                if let Some(oldest) = oldest {
+                    entries.remove(&oldest);
+                }
+            }
+        }
+        entries.insert(name.to_owned(), (digest, stored_hash, Instant::now()));
+    }
+}
+
+/// Starts `n` hashing threads fed by the returned sender; they end when it is dropped.
+fn start_hash_workers(n: usize) -> std::sync::mpsc::Sender<HashJob> {
+    let (tx, rx) = std::sync::mpsc::channel::<HashJob>();
+    let rx = Arc::new(Mutex::new(rx));
+    for i in 0..n {
+        let rx = rx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("herald-hash-{i}"))
+            .spawn(move || {
+                loop {
+                    let job = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a password hashing thread");
+        }
+    }
+    tx
 }
 
 impl fmt::Debug for Accounts {
@@ -218,6 +314,11 @@ impl Accounts {
                         .clamp(1, Semaphore::MAX_PERMITS),
                 )),
                 dummy_hash: users::dummy_hash(options.password_cost),
+                workers: start_hash_workers(options.max_concurrent_hashes.clamp(1, 64)),
+                logins: LoginCache {
+                    key: session::generate_secret()?,
+                    entries: Mutex::new(HashMap::new()),
+                },
             }),
         })
     }
@@ -231,7 +332,8 @@ impl Accounts {
     /// Checks a user's password and, if it matches, mints a session token valid for
     /// [`AccountsOptions::session_ttl`]. `Ok(None)` means bad credentials: an unknown user, a
     /// wrong password, or a password longer than `herald_auth::users::MAX_PASSWORD_LEN`.
-    /// The argon2 work runs on the blocking pool and takes as long for an unknown user.
+    /// The argon2 work runs on the hashing threads and takes as long for an unknown user;
+    /// a login repeated with the same password within [`LOGIN_CACHE_TTL`] skips it.
     ///
     /// # Errors
     /// [`AccountsError::Session`] if minting fails (a clock beyond `u64` seconds),
@@ -245,12 +347,16 @@ impl Accounts {
             Some(user) => (true, user.password_hash().to_owned()),
             None => (false, self.inner.dummy_hash.clone()),
         };
-        let password = password.to_owned();
-        let matches = self
-            .hashing(move || users::verify_password(&password, &hash))
-            .await?;
-        if !(known && matches) {
-            return Ok(None);
+        let cached = known && self.inner.logins.hit(name, password, &hash);
+        if !cached {
+            let (pw, h) = (password.to_owned(), hash.clone());
+            let matches = self
+                .hashing(move || users::verify_password(&pw, &h))
+                .await?;
+            if !(known && matches) {
+                return Ok(None);
+            }
+            self.inner.logins.insert(name, password, hash);
         }
         let token = session::mint(
             name,
@@ -397,8 +503,8 @@ impl Accounts {
             .await??)
     }
 
-    /// Runs password hashing work `f` on the blocking pool once a hashing permit is free. The
-    /// permit moves into the job, so a caller that goes away does not free it early.
+    /// Runs password hashing work `f` on the hashing threads once a hashing permit is free.
+    /// The permit moves into the job, so a caller that goes away does not free it early.
     async fn hashing<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
@@ -410,12 +516,18 @@ impl Accounts {
             .acquire_owned()
             .await
             .map_err(|e| AccountsError::Task(e.to_string()))?;
-        blocking(move || {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: HashJob = Box::new(move || {
             let out = f();
             drop(permit);
-            out
-        })
-        .await
+            let _ = tx.send(out);
+        });
+        self.inner
+            .workers
+            .send(job)
+            .map_err(|_| AccountsError::Task("the hashing threads are gone".to_owned()))?;
+        rx.await
+            .map_err(|_| AccountsError::Task("a hashing job was lost".to_owned()))
     }
 
     /// Applies `f` to a copy of the registry, persists the copy if it differs, then makes it
@@ -530,6 +642,41 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_repeated_login_skips_the_hash_until_the_password_changes() {
+        let accounts = accounts(1).await;
+        accounts.add_user("bob", "pw", false).await.unwrap();
+        assert!(accounts.login("bob", "pw").await.unwrap().is_some());
+        // With the only hashing permit held, a remembered login still succeeds at once...
+        let held = accounts
+            .inner
+            .hashing
+            .clone()
+            .acquire_owned()
+            .await
+            .unwrap();
+        let again = tokio::time::timeout(Duration::from_secs(5), accounts.login("bob", "pw"))
+            .await
+            .expect("a remembered login does not wait for a hash");
+        assert!(again.unwrap().is_some());
+        // ...while a wrong password still needs (and waits for) a hash.
+        let wrong = tokio::spawn({
+            let accounts = accounts.clone();
+            async move { accounts.login("bob", "nope").await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!wrong.is_finished());
+        drop(held);
+        assert_eq!(wrong.await.unwrap().unwrap(), None);
+        // A new password: the old one no longer works, remembered or not.
+        accounts.set_password("bob", "new").await.unwrap();
+        assert_eq!(accounts.login("bob", "pw").await.unwrap(), None);
+        assert!(accounts.login("bob", "new").await.unwrap().is_some());
+        // A removed user cannot log in with a remembered password either.
+        accounts.remove_user("bob").await.unwrap();
+        assert_eq!(accounts.login("bob", "new").await.unwrap(), None);
     }
 
     #[test]
