@@ -187,8 +187,11 @@ type HashJob = Box<dyn FnOnce() + Send>;
 /// hash it was verified against, when).
 struct LoginCache {
     key: Vec<u8>,
-    entries: Mutex<HashMap<String, ([u8; 32], String, Instant)>>,
+    entries: Mutex<HashMap<String, RememberedLogin>>,
 }
+
+/// The keyed hash of a name and password, the password hash it was checked against, when.
+type RememberedLogin = ([u8; 32], String, Instant);
 
 impl LoginCache {
     fn mac(&self, name: &str, password: &str) -> Hmac<Sha256> {
