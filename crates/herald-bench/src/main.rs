@@ -6,7 +6,10 @@ use std::fmt::Display;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use herald_bench::scenario::{docs_fanout, docs_put, hpfeeds_fanout, streams_append, ws_idle};
+use herald_bench::scenario::{
+    docs_fanout, docs_put, hpfeeds_fanout, mqtt_fanout, mqtt_idle, mqtt_publish, streams_append,
+    ws_idle,
+};
 use serde::Serialize;
 
 /// Load generator for Herald's benchmarks. Loopback targets only make sense: the scenarios
@@ -39,6 +42,12 @@ enum Scenario {
     StreamsAppend(streams_append::Options),
     /// hpfeeds publish-to-subscriber fan-out: deliveries/s, loss and latency.
     HpfeedsFanout(hpfeeds_fanout::Options),
+    /// MQTT publish-to-subscriber fan-out: deliveries/s, loss and latency.
+    MqttFanout(mqtt_fanout::Options),
+    /// MQTT QoS 1 publishes from many publishers: acknowledged publishes/s and ack latency.
+    MqttPublish(mqtt_publish::Options),
+    /// Broker RSS per idle, subscribed MQTT connection.
+    MqttIdle(mqtt_idle::Options),
 }
 
 fn main() -> std::process::ExitCode {
@@ -66,6 +75,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Scenario::WsIdle(o) => emit(&ws_idle::run(o).await?, &cli),
             Scenario::StreamsAppend(o) => emit(&streams_append::run(o).await?, &cli),
             Scenario::HpfeedsFanout(o) => emit(&hpfeeds_fanout::run(o).await?, &cli),
+            Scenario::MqttFanout(o) => emit(&mqtt_fanout::run(o).await?, &cli),
+            Scenario::MqttPublish(o) => emit(&mqtt_publish::run(o).await?, &cli),
+            Scenario::MqttIdle(o) => emit(&mqtt_idle::run(o).await?, &cli),
         }
     })
 }

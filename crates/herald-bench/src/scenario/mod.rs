@@ -9,6 +9,10 @@
 pub mod docs_fanout;
 pub mod docs_put;
 pub mod hpfeeds_fanout;
+pub mod mqtt;
+pub mod mqtt_fanout;
+pub mod mqtt_idle;
+pub mod mqtt_publish;
 pub mod streams_append;
 pub mod ws_idle;
 
