@@ -204,17 +204,30 @@ impl Mqtt {
         for (client_id, bytes) in stored {
             let listener = inner.topics.listener();
             match crate::persist::restore(&bytes, listener, &inner.config.path_limits, now) {
-                Some((session, age)) if age < session.expiry => {
+                Some((mut session, age)) if age < session.expiry => {
                     let client_id: Arc<str> = Arc::from(client_id);
-                    for sub in session.subs.iter().filter(|s| s.shared) {
+                    let shared: Vec<_> = session
+                        .subs
+                        .iter()
+                        .filter(|s| s.shared)
+                        .map(|s| {
+                            (
+                                Arc::from(s.filter.as_str()),
+                                s.pattern.clone(),
+                                s.exact.clone(),
+                            )
+                        })
+                        .collect();
+                    for (filter, pattern, exact) in shared {
+                        let tx = session.shared_sender();
                         inner.shared.join(
                             &inner.topics,
                             &inner.metrics.lost,
-                            Arc::from(sub.filter.as_str()),
-                            sub.pattern.clone(),
-                            sub.exact.clone(),
+                            filter,
+                            pattern,
+                            exact,
                             session.member_id,
-                            session.shared_tx.clone(),
+                            tx,
                         );
                     }
                     let since = std::time::Instant::now()

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::attrs::MessageAttrs;
 use crate::broker::{Inner, Outgoing, PublishError, now_ms};
 use crate::names::{dollar_rule_allows, filter_pattern, topic_name, topic_path};
-use crate::session::{Claim, OutState, PendingWill, Session, Subscription};
+use crate::session::{Claim, OutState, PendingWill, Session, Subscription, next_shared};
 use crate::shared::SharedDelivery;
 
 /// How long a new connection waits for the one it takes a session over from.
@@ -52,7 +52,10 @@ impl<S: AsyncRead> Reader<S> {
             {
                 return Ok(Some(p));
             }
-            self.buf.reserve(4096);
+            // Small while idle (most connections are); a packet larger than what is buffered
+            // makes the buffer grow as its bytes arrive.
+            let room = if self.buf.is_empty() { 512 } else { 4096 };
+            self.buf.reserve(room);
             match self.rd.read_buf(&mut self.buf).await {
                 Ok(0) => return Ok(None),
                 Ok(_) => {}
@@ -191,7 +194,13 @@ where
         _ => None,
     };
     if let Some(connect) = connect {
-        accept(inner.clone(), reader, wr, connect, peer).await;
+        // Connecting (authentication, the session hand-over) is boxed and done before the
+        // packet loop, so the task that lives as long as the connection is not sized for it.
+        if let Some(mut ready) = Box::pin(accept(inner.clone(), reader, wr, connect, peer)).await {
+            ready.conn.resend_inflight();
+            let end = ready.conn.run(&ready.claim, &ready.dead).await;
+            Box::pin(ready.conn.finish(ready.claim, end, ready.writer)).await;
+        }
     }
     inner.metrics.connections.decrement(1.0);
 }
@@ -256,13 +265,25 @@ async fn authenticate(inner: &Inner, c: &Connect) -> Result<Option<String>, u8> 
     }
 }
 
+/// A connection past CONNACK, ready for its packet loop.
+struct Ready<S> {
+    conn: Box<Conn<S>>,
+    claim: Claim,
+    /// Cancelled when writing to the client fails.
+    dead: CancellationToken,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+/// Authenticates a CONNECT, takes over its session and sends the CONNACK; `None` when the
+/// connection was refused (and answered).
 async fn accept<S>(
     inner: Arc<Inner>,
     mut reader: Reader<S>,
     wr: WriteHalf<S>,
     c: Connect,
     peer: SocketAddr,
-) where
+) -> Option<Ready<S>>
+where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let protocol = c.protocol;
@@ -273,7 +294,7 @@ async fn accept<S>(
             tracing::info!(%peer, user = c.username.as_deref().unwrap_or(""), code, "mqtt: connection refused");
             inner.metrics.refused.increment(1);
             refuse(wr, protocol, code).await;
-            return;
+            return None;
         }
     };
     let access = inner.accounts.access(user.as_deref());
@@ -289,21 +310,21 @@ async fn accept<S>(
                 reason::TOPIC_NAME_INVALID
             };
             refuse(wr, protocol, code).await;
-            return;
+            return None;
         }
     }
     let mut assigned = None;
     let client_id: Arc<str> = if c.client_id.is_empty() {
         if protocol == Protocol::V311 && !c.clean_start {
             refuse(wr, protocol, reason::CLIENT_IDENTIFIER_NOT_VALID).await;
-            return;
+            return None;
         }
         let id = format!("herald-{:016x}", rand::random::<u64>());
         assigned = Some(id.clone());
         Arc::from(id)
     } else if c.client_id.len() > herald_core::topic::MAX_ORIGIN_LEN {
         refuse(wr, protocol, reason::CLIENT_IDENTIFIER_NOT_VALID).await;
-        return;
+        return None;
     } else {
         Arc::from(c.client_id.as_str())
     };
@@ -330,7 +351,7 @@ async fn accept<S>(
         tracing::info!(%peer, client = %client_id, user = user.as_deref().unwrap_or(""), "mqtt: client id in use by another user's session");
         inner.metrics.refused.increment(1);
         refuse(wr, protocol, reason::CLIENT_IDENTIFIER_NOT_VALID).await;
-        return;
+        return None;
     };
     if claimed.took_over {
         tracing::info!(client = %client_id, "mqtt: session taken over by a new connection");
@@ -397,7 +418,7 @@ async fn accept<S>(
             .min(config.max_inflight)
             .max(1),
     );
-    let mut conn = Conn {
+    let conn = Box::new(Conn {
         inner: inner.clone(),
         reader,
         out,
@@ -413,11 +434,13 @@ async fn accept<S>(
         keep_alive: (c.keep_alive > 0)
             .then(|| Duration::from_millis(u64::from(c.keep_alive) * 1500)),
         problem_info: c.properties.request_problem_information != Some(0),
-    };
-    let claim = claimed.claim;
-    conn.resend_inflight();
-    let end = conn.run(&claim, &dead).await;
-    conn.finish(claim, end, writer).await;
+    });
+    Some(Ready {
+        conn,
+        claim: claimed.claim,
+        dead,
+        writer,
+    })
 }
 
 impl<S> Conn<S>
@@ -474,7 +497,9 @@ where
                     match read {
                         Ok(Some(packet)) => {
                             deadline = self.keep_alive.map(|k| Instant::now() + k);
-                            if let Some(end) = self.handle(packet).await {
+                            // Boxed: its future (the deepest) would otherwise size every
+                            // connection's task, idle or not.
+                            if let Some(end) = Box::pin(self.handle(packet)).await {
                                 return end;
                             }
                         }
@@ -496,7 +521,7 @@ where
                         return end;
                     }
                 }
-                Some(shared) = self.session.shared_rx.recv(), if can_pull => {
+                Some(shared) = next_shared(&mut self.session.shared), if can_pull => {
                     self.deliver_shared(shared);
                 }
                 deliveries = self.session.listener.next(), if can_pull => {
@@ -682,17 +707,15 @@ where
             // Still being appended: the PUBACK for the first copy is coming.
             return None;
         }
-        let result = self
-            .inner
-            .publish(Outgoing {
-                path,
-                qos,
-                retain: p.retain,
-                properties: p.properties,
-                payload: p.payload,
-                origin: self.client_id.clone(),
-            })
-            .await;
+        let result = Box::pin(self.inner.publish(Outgoing {
+            path,
+            qos,
+            retain: p.retain,
+            properties: p.properties,
+            payload: p.payload,
+            origin: self.client_id.clone(),
+        }))
+        .await;
         match (qos, result) {
             (QoS::AtMostOnce, Ok(_)) => None,
             (QoS::AtMostOnce, Err(e)) => {
@@ -773,7 +796,7 @@ where
     /// Saves a persistent session, so that a change of its subscriptions is durable before
     /// it is acknowledged and a restart finds it.
     async fn save_session(&mut self) {
-        save(&self.inner, &self.client_id, &self.session).await;
+        Box::pin(save(&self.inner, &self.client_id, &self.session)).await;
     }
 
     async fn on_subscribe(&mut self, s: Subscribe) {
@@ -858,7 +881,7 @@ where
                 pattern.clone(),
                 exact.clone(),
                 self.session.member_id,
-                self.session.shared_tx.clone(),
+                self.session.shared_sender(),
             );
             // MQTT 5 4.8.2: retained messages are not sent for shared subscriptions.
             return options.qos as u8;
@@ -1132,10 +1155,12 @@ where
             for sub in session.subs.iter().filter(|s| s.shared) {
                 inner.shared.leave(&sub.filter, session.member_id);
             }
-            session.shared_rx.close();
-            while let Ok(d) = session.shared_rx.try_recv() {
-                if !inner.shared.redistribute(d) {
-                    inner.metrics.lost.increment(1);
+            if let Some((_, rx)) = &mut session.shared {
+                rx.close();
+                while let Ok(d) = rx.try_recv() {
+                    if !inner.shared.redistribute(d) {
+                        inner.metrics.lost.increment(1);
+                    }
                 }
             }
         }

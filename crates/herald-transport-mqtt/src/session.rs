@@ -66,20 +66,29 @@ pub(crate) struct Session {
     pub(crate) owner: Option<String>,
     /// This session as a member of shared subscription groups.
     pub(crate) member_id: u64,
-    /// Where its groups put the messages they give it.
-    pub(crate) shared_tx: mpsc::Sender<SharedDelivery>,
-    pub(crate) shared_rx: mpsc::Receiver<SharedDelivery>,
+    /// Where its groups put the messages they give it; made by its first shared
+    /// subscription (most sessions have none, and the channel costs a few KiB).
+    pub(crate) shared: Option<(mpsc::Sender<SharedDelivery>, mpsc::Receiver<SharedDelivery>)>,
+}
+
+/// The next message a shared subscription group gave a session, from its `shared` channel
+/// (never, without one).
+pub(crate) async fn next_shared(
+    shared: &mut Option<(mpsc::Sender<SharedDelivery>, mpsc::Receiver<SharedDelivery>)>,
+) -> Option<SharedDelivery> {
+    match shared {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 static NEXT_MEMBER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Session {
     pub(crate) fn new(listener: Listener, expiry: Duration, owner: Option<String>) -> Self {
-        let (shared_tx, shared_rx) = mpsc::channel(MEMBER_QUEUE);
         Self {
             member_id: NEXT_MEMBER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            shared_tx,
-            shared_rx,
+            shared: None,
             listener,
             subs: Vec::new(),
             inflight: VecDeque::new(),
@@ -89,6 +98,14 @@ impl Session {
             expiry,
             owner,
         }
+    }
+
+    /// The sender its shared subscription groups hand messages to.
+    pub(crate) fn shared_sender(&mut self) -> mpsc::Sender<SharedDelivery> {
+        self.shared
+            .get_or_insert_with(|| mpsc::channel(MEMBER_QUEUE))
+            .0
+            .clone()
     }
 
     /// A packet id that no message in flight uses.
