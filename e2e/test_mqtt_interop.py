@@ -1224,3 +1224,37 @@ def test_herald_mqtt_over_tls(herald_factory, tmp_path):
         except (ConnectionResetError, socket.timeout):
             data = b""
         assert not data.startswith(b"\x20"), data
+
+
+def test_herald_mqtt_over_secure_websocket(herald_factory, tmp_path):
+    """--http-tls-cert/--http-tls-key: paho over wss:///mqtt; the HTTP API over HTTPS too."""
+    import ssl
+
+    cert, key = make_cert(tmp_path, "https")
+    server = herald_factory(
+        "--mqtt", "127.0.0.1:0", "--http-tls-cert", str(cert), "--http-tls-key", str(key),
+        env={"HERALD_ADMIN_PASSWORD": ADMIN_PASSWORD},
+    )  # fmt: skip
+    host, port = server.ready["http"].rsplit(":", 1)
+    r = requests.get(f"https://{host}:{port}/ping", verify=str(cert), timeout=5)
+    assert r.status_code == 200, r.text
+    mhost, mport = server.ready["mqtt"].rsplit(":", 1)
+    b = Broker(kind="herald", host=mhost, port=int(mport), username="admin", password=ADMIN_PASSWORD, server=server)
+    ws = Client(b, "wss-client", version=V5, websocket=(host, int(port)))
+    ws.c.tls_set(ca_certs=str(cert), cert_reqs=ssl.CERT_REQUIRED)
+    try:
+        ws.connect()
+        ws.subscribe(("wss/t", 1))
+        tcp = Client(b, "wss-tcp-pub", version=V5)
+        try:
+            tcp.connect()
+            tcp.publish("wss/t", b"through-tls", qos=1)
+        finally:
+            tcp.close()
+        m = ws.recv()
+        assert (m.topic, m.payload) == ("wss/t", b"through-tls"), m
+    finally:
+        ws.close()
+    # Plain HTTP on the TLS port gets no answer.
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(f"http://{host}:{port}/ping", timeout=5)

@@ -69,6 +69,16 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "HERALD_HTTP", value_name = "HOST:PORT|off")]
     http: Option<Listen>,
 
+    /// PEM certificate chain (leaf first) for the --http listener: with --http-tls-key, it
+    /// speaks HTTPS only (WebSocket clients, MQTT over WebSocket included, use wss://).
+    /// Reloaded when the files change.
+    #[arg(long, env = "HERALD_HTTP_TLS_CERT", value_name = "FILE")]
+    http_tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, RSA or EC) of --http-tls-cert; both or neither.
+    #[arg(long, env = "HERALD_HTTP_TLS_KEY", value_name = "FILE")]
+    http_tls_key: Option<PathBuf>,
+
     /// Prometheus metrics listener (text format at /metrics, 200 at /healthcheck).
     /// [default: off]
     #[arg(long, env = "HERALD_METRICS", value_name = "HOST:PORT|off")]
@@ -266,6 +276,8 @@ struct FileConfig {
     metrics: Option<String>,
     hpfeeds: Option<String>,
     mqtt: Option<String>,
+    http_tls_cert: Option<PathBuf>,
+    http_tls_key: Option<PathBuf>,
     mqtt_max_packet_size: Option<u32>,
     mqtt_max_session_expiry: Option<u64>,
     mqtt_tls_cert: Option<PathBuf>,
@@ -305,6 +317,8 @@ pub(crate) struct Settings {
     pub(crate) metrics: Listen,
     pub(crate) hpfeeds: Listen,
     pub(crate) mqtt: Listen,
+    /// The --http listener's TLS certificate and key files, when it speaks HTTPS.
+    pub(crate) http_tls: Option<herald_tls::TlsFiles>,
     pub(crate) mqtt_max_packet_size: u32,
     pub(crate) mqtt_max_session_expiry: u64,
     /// The MQTT listener's TLS certificate and key files, when it speaks TLS.
@@ -400,6 +414,11 @@ impl Settings {
                 .hpfeeds_backpressure_deadline
                 .or(file.hpfeeds_backpressure_deadline)
                 .unwrap_or(60),
+            http_tls: tls_files(
+                "--http-tls",
+                args.http_tls_cert.or(file.http_tls_cert),
+                args.http_tls_key.or(file.http_tls_key),
+            )?,
             mqtt_tls: tls_files(
                 "--mqtt-tls",
                 args.mqtt_tls_cert.or(file.mqtt_tls_cert),

@@ -13,6 +13,7 @@ mod datadir;
 mod hpfeeds_cli;
 mod limit;
 mod serve;
+mod tls_listener;
 mod token;
 mod user;
 

@@ -28,6 +28,7 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{Listen, ServeArgs, Settings};
 use crate::datadir;
 use crate::limit::{ConnectionLimit, PeerAddr, peer_as_socket_addr};
+use crate::tls_listener::TlsListener;
 
 /// How long listeners get to finish in-flight requests after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -193,7 +194,16 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             None => app,
         };
         let app = with_http_metrics(app, "http", metrics.is_some());
-        let local = start(&mut servers, "http", addr, app, &shutdown, Some(&limit)).await?;
+        let local = start_with_tls(
+            &mut servers,
+            "http",
+            addr,
+            app,
+            &shutdown,
+            Some(&limit),
+            settings.http_tls.as_ref(),
+        )
+        .await?;
         bound.insert("http", local);
     }
     if let Listen::On(addr) = settings.hpfeeds {
@@ -380,11 +390,44 @@ async fn start(
     shutdown: &CancellationToken,
     limit: Option<&ConnectionLimit>,
 ) -> anyhow::Result<SocketAddr> {
+    start_with_tls(servers, name, addr, app, shutdown, limit, None).await
+}
+
+/// [`start`], over TLS when `tls` is given.
+async fn start_with_tls(
+    servers: &mut tokio::task::JoinSet<()>,
+    name: &'static str,
+    addr: SocketAddr,
+    app: Router,
+    shutdown: &CancellationToken,
+    limit: Option<&ConnectionLimit>,
+    tls: Option<&herald_tls::TlsFiles>,
+) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot bind the {name} listener to {addr}"))?;
     let local = listener.local_addr()?;
-    tracing::info!(listener = name, addr = %local, "listening");
+    tracing::info!(listener = name, addr = %local, tls = tls.is_some(), "listening");
+    if let Some(files) = tls {
+        let tls_listener = TlsListener::new(listener, files.clone(), name, shutdown.clone())
+            .map_err(|e| anyhow::anyhow!("--{name}-tls-cert / --{name}-tls-key: {e}"))?;
+        let token = shutdown.clone();
+        let limit = limit.cloned();
+        servers.spawn(async move {
+            let stop = async move { token.cancelled().await };
+            let app = app
+                .layer(middleware::map_request(peer_as_socket_addr))
+                .into_make_service_with_connect_info::<PeerAddr>();
+            let limit = limit.unwrap_or_else(|| ConnectionLimit::new(usize::MAX >> 4));
+            if let Err(e) = axum::serve(limit.wrap(tls_listener), app)
+                .with_graceful_shutdown(stop)
+                .await
+            {
+                tracing::error!(listener = name, error = %e, "listener failed");
+            }
+        });
+        return Ok(local);
+    }
     let token = shutdown.clone();
     let limit = limit.cloned();
     servers.spawn(async move {
