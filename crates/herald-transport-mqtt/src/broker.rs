@@ -44,6 +44,9 @@ pub struct MqttConfig {
     pub allow_anonymous: bool,
     /// Most subscriptions per session.
     pub max_subscriptions: usize,
+    /// Most sessions kept at once, connected or not: beyond, a persistent session ends with
+    /// its connection (and is logged), so clients inventing client ids cannot fill memory.
+    pub max_sessions: usize,
     /// Outgoing bytes queued for one connection before the broker stops taking messages from
     /// its topics (they wait in the topic logs meanwhile).
     pub send_buffer_bytes: usize,
@@ -67,6 +70,7 @@ impl Default for MqttConfig {
             connect_timeout: Duration::from_secs(10),
             allow_anonymous: true,
             max_subscriptions: 1024,
+            max_sessions: 100_000,
             send_buffer_bytes: 1024 * 1024,
             path_limits: PathLimits::default(),
             max_connections: 100_000,
@@ -88,6 +92,7 @@ pub(crate) struct Metrics {
     pub(crate) tls_failed: Counter,
     pub(crate) tls_timeout: Counter,
     pub(crate) sessions: Gauge,
+    pub(crate) sessions_dropped: Counter,
 }
 
 impl Metrics {
@@ -105,6 +110,7 @@ impl Metrics {
             tls_failed: metrics::counter!("herald_mqtt_tls_handshake_errors_total", "category" => "failed"),
             tls_timeout: metrics::counter!("herald_mqtt_tls_handshake_errors_total", "category" => "timeout"),
             sessions: metrics::gauge!("herald_mqtt_sessions"),
+            sessions_dropped: metrics::counter!("herald_mqtt_sessions_not_kept_total"),
         }
     }
 }
@@ -187,13 +193,14 @@ impl Mqtt {
     ) -> Result<Self, OpenError> {
         let retained = Retained::open(store.clone(), RetainedOptions::default()).await?;
         let (records, stored) = KeyedRecords::open(store, crate::persist::PREFIX).await?;
+        let max_sessions = config.max_sessions;
         let inner = Inner {
             topics,
             accounts,
             retained,
             records,
             config,
-            sessions: Sessions::default(),
+            sessions: Sessions::new(max_sessions),
             shared: SharedGroups::default(),
             metrics: Metrics::new(),
             shutdown,

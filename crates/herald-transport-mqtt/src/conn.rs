@@ -1166,6 +1166,11 @@ where
         }
         drop(out);
         let _ = tokio::time::timeout(FLUSH_WAIT, writer).await;
+        if !session.expiry.is_zero() && !inner.sessions.room_to_keep() {
+            tracing::warn!(client = %client_id, max = inner.config.max_sessions, "mqtt: too many sessions; this one ends with its connection");
+            inner.metrics.sessions_dropped.increment(1);
+            session.expiry = Duration::ZERO;
+        }
         save(&inner, &client_id, &session).await;
         let expiry = session.expiry;
         let pending_will = will.map(|w| {

@@ -145,10 +145,11 @@ enum Slot {
 }
 
 /// Every session by client id.
-#[derive(Default)]
 pub(crate) struct Sessions {
     slots: Mutex<HashMap<Arc<str>, Slot>>,
     generation: std::sync::atomic::AtomicU64,
+    /// Most sessions kept (connected or not).
+    max: usize,
 }
 
 /// A connection's claim on its client id.
@@ -176,6 +177,21 @@ pub(crate) struct Claimed {
 pub(crate) struct OwnedByAnother;
 
 impl Sessions {
+    /// A registry keeping at most `max` sessions.
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            slots: Mutex::new(HashMap::new()),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            max,
+        }
+    }
+
+    /// Whether a session may outlive its connection without exceeding the maximum (the
+    /// connection's own slot already counts).
+    pub(crate) fn room_to_keep(&self) -> bool {
+        self.lock().len() <= self.max
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Slot>> {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
     }

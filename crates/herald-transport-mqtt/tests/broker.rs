@@ -901,3 +901,28 @@ async fn another_users_session_cannot_be_taken_over() {
     let (_, ack) = Client::connect(b.addr, Protocol::V5, joe).await;
     assert!(ack.session_present);
 }
+
+#[tokio::test]
+async fn persistent_sessions_are_bounded_in_number() {
+    let config = herald_transport_mqtt::MqttConfig {
+        max_sessions: 1,
+        ..Default::default()
+    };
+    let b = Broker::start_with(config, Default::default()).await;
+    let persistent = |id: &'static str| {
+        move |c: &mut herald_mqtt_codec::Connect| {
+            c.client_id = id.into();
+            c.clean_start = false;
+            login(c, ADMIN);
+        }
+    };
+    let (a, _) = Client::connect(b.addr, Protocol::V311, persistent("first")).await;
+    a.disconnect().await;
+    let (c, _) = Client::connect(b.addr, Protocol::V311, persistent("second")).await;
+    c.disconnect().await;
+    // The first is kept; the second, beyond the maximum, ended with its connection.
+    let (_a, ack) = Client::connect(b.addr, Protocol::V311, persistent("first")).await;
+    assert!(ack.session_present);
+    let (_c, ack) = Client::connect(b.addr, Protocol::V311, persistent("second")).await;
+    assert!(!ack.session_present);
+}
