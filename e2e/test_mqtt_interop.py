@@ -1167,6 +1167,23 @@ def test_herald_persistent_session_survives_restart(herald_broker: Broker, hmade
 
 
 @BOTH
+def test_herald_cli_persistent_session_survives_restart(herald_broker: Broker, version: int):
+    """mosquitto_sub -c -i ID: QoS 1 messages published before a Herald restart are printed after it."""
+    b = herald_broker
+    cid = f"cli-restart-{version}"
+    extra = ["-x", "3600"] if version == V5 else []
+    first = cli_sub_run(b, "-c", "-i", cid, "-q", "1", "-t", "clrs/t", "-E", *extra, version=version)
+    assert first.returncode == 0, (first.stdout, first.stderr)
+    for k in range(3):
+        out = cli_pub(b, "-t", "clrs/t", "-q", "1", "-m", f"m{k}", version=version)
+        assert out.returncode == 0, out.stderr
+    b.server.restart()
+    b.refresh()
+    again = cli_sub_run(b, "-c", "-i", cid, "-q", "1", "-t", "clrs/t", "-C", "3", "-W", "5", *extra, version=version)
+    assert again.returncode == 0 and again.stdout.splitlines() == ["m0", "m1", "m2"], (again.stdout, again.stderr)
+
+
+@BOTH
 def test_herald_mqtt_over_websocket(herald_broker: Broker, hmade: Made, version: int):
     """MQTT over WebSocket at /mqtt on the HTTP listener is the same broker as the TCP listener."""
     b = herald_broker
