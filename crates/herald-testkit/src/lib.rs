@@ -42,8 +42,8 @@ pub struct Server {
 
 impl Server {
     /// Starts `bin serve` with a new temporary data directory, every listener on
-    /// `127.0.0.1:0` (metrics and hpfeeds included, unless `extra_args` has its own
-    /// `--hpfeeds`), and `extra_args` appended.
+    /// `127.0.0.1:0` (metrics, hpfeeds and MQTT included, unless `extra_args` has its own
+    /// `--hpfeeds` or `--mqtt`), and `extra_args` appended.
     ///
     /// # Errors
     /// When the process cannot start or does not become ready in time (the error includes its
@@ -78,14 +78,8 @@ impl Server {
             .arg(&self.data_dir)
             .args(["--icepeak", "127.0.0.1:0", "--http", "127.0.0.1:0"])
             .args(["--metrics", "127.0.0.1:0"])
-            .args(
-                self.args
-                    .iter()
-                    .all(|a| a != "--hpfeeds" && !a.starts_with("--hpfeeds="))
-                    .then_some(["--hpfeeds", "127.0.0.1:0"])
-                    .into_iter()
-                    .flatten(),
-            )
+            .args(ephemeral_unless_given(&self.args, "--mqtt"))
+            .args(ephemeral_unless_given(&self.args, "--hpfeeds"))
             .arg("--ready-file")
             .arg(&ready)
             .args(&self.args)
@@ -174,6 +168,14 @@ impl Server {
         self.addr("hpfeeds")
     }
 
+    /// The address of the MQTT broker (a plain TCP listener).
+    ///
+    /// # Panics
+    /// When the MQTT listener is off.
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.addr("mqtt")
+    }
+
     /// `http://ADDR` of the metrics listener.
     pub fn metrics_url(&self) -> String {
         format!("http://{}", self.addr("metrics"))
@@ -243,5 +245,17 @@ impl Server {
             bail!("server is still running");
         }
         self.spawn().await
+    }
+}
+
+/// `FLAG 127.0.0.1:0`, unless `args` give that listener themselves.
+fn ephemeral_unless_given(args: &[String], flag: &str) -> Vec<String> {
+    let given = args
+        .iter()
+        .any(|a| a == flag || a.strip_prefix(flag).is_some_and(|rest| rest.starts_with('=')));
+    if given {
+        Vec::new()
+    } else {
+        vec![flag.to_owned(), "127.0.0.1:0".to_owned()]
     }
 }
