@@ -250,9 +250,11 @@ impl Server {
 
 /// `FLAG 127.0.0.1:0`, unless `args` give that listener themselves.
 fn ephemeral_unless_given(args: &[String], flag: &str) -> Vec<String> {
-    let given = args
-        .iter()
-        .any(|a| a == flag || a.strip_prefix(flag).is_some_and(|rest| rest.starts_with('=')));
+    let given = args.iter().any(|a| {
+        a == flag
+            || a.strip_prefix(flag)
+                .is_some_and(|rest| rest.starts_with('='))
+    });
     if given {
         Vec::new()
     } else {
