@@ -11,7 +11,9 @@
 //!
 //! Tags: 1 message expiry interval (u32 BE, seconds), 2 payload format indicator (u8),
 //! 3 response topic (u16 BE length + UTF-8), 4 correlation data (u16 BE length + bytes),
-//! 5 user property (two u16-length UTF-8 strings). The content type is the event's own content
+//! 5 user property (two u16-length UTF-8 strings), 6 message id (u64 BE; retained publishes
+//! only, so a subscriber that got the message as retained can skip its live copy). The content
+//! type is the event's own content
 //! type. Decoding never fails: an unknown version or a bad field ends what is read, so an
 //! event always reaches subscribers.
 
@@ -24,6 +26,7 @@ const TAG_PAYLOAD_FORMAT: u8 = 2;
 const TAG_RESPONSE_TOPIC: u8 = 3;
 const TAG_CORRELATION: u8 = 4;
 const TAG_USER_PROPERTY: u8 = 5;
+const TAG_MESSAGE_ID: u8 = 6;
 
 /// The MQTT side of a stored event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +41,8 @@ pub(crate) struct MessageAttrs {
     /// Its MQTT 5 publish properties worth forwarding (not the topic alias or subscription
     /// identifiers, which are per connection, and not the content type).
     pub(crate) properties: Properties,
+    /// A random id given to retained publishes (see the module documentation).
+    pub(crate) id: Option<u64>,
 }
 
 impl MessageAttrs {
@@ -49,6 +54,7 @@ impl MessageAttrs {
             retain: false,
             explicit_content_type: true,
             properties: Properties::default(),
+            id: None,
         }
     }
 
@@ -82,6 +88,10 @@ impl MessageAttrs {
             put16(&mut out, k.as_bytes())?;
             put16(&mut out, v.as_bytes())?;
         }
+        if let Some(id) = self.id {
+            out.put_u8(TAG_MESSAGE_ID);
+            out.put_u64(id);
+        }
         Some(out.freeze())
     }
 
@@ -96,6 +106,7 @@ impl MessageAttrs {
         out.retain = flags & 4 != 0;
         out.explicit_content_type = flags & 8 != 0;
         let mut r = Reader(rest);
+        let mut id = None;
         let p = &mut out.properties;
         while let Some(tag) = r.u8() {
             let ok = match tag {
@@ -109,12 +120,17 @@ impl MessageAttrs {
                     .string()
                     .and_then(|k| Some((k, r.string()?)))
                     .map(|kv| p.user_properties.push(kv)),
+                TAG_MESSAGE_ID => r
+                    .take(8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(|b| id = Some(u64::from_be_bytes(b))),
                 _ => None,
             };
             if ok.is_none() {
                 break;
             }
         }
+        out.id = id;
         out
     }
 }
@@ -166,6 +182,7 @@ mod tests {
                 user_properties: vec![("k".into(), "v".into()), ("k".into(), "w".into())],
                 ..Properties::default()
             },
+            id: Some(7),
         };
         let bytes = attrs.encode().unwrap();
         assert_eq!(MessageAttrs::decode(&bytes), attrs);
@@ -174,6 +191,7 @@ mod tests {
             retain: false,
             explicit_content_type: false,
             properties: Properties::default(),
+            id: None,
         };
         assert_eq!(&plain.encode().unwrap()[..], [1, 0]);
         assert_eq!(MessageAttrs::decode(&[1, 0]), plain);

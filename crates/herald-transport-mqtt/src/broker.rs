@@ -410,6 +410,7 @@ impl Inner {
             retain: out.retain,
             explicit_content_type: explicit_ct,
             properties,
+            id: out.retain.then(rand::random::<u64>),
         };
         let encoded = attrs.encode().ok_or(PublishError::Invalid)?;
         if out.retain {

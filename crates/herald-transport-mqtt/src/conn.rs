@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -17,7 +16,6 @@ use herald_mqtt_codec::{
     parse_shared, reason, valid_topic_filter, valid_topic_name,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -31,8 +29,6 @@ use crate::shared::SharedDelivery;
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 /// Longest a closing connection waits to flush what it still has to send.
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
-/// Largest write batch.
-const WRITE_BATCH: usize = 64 * 1024;
 
 /// Reads packets; cancel-safe (bytes read stay in `buf`).
 struct Reader<S> {
@@ -71,56 +67,52 @@ enum ReadError {
     Io(std::io::Error),
 }
 
-/// The sending side: packets are encoded here and written by a task of their own, which
-/// batches whatever is queued into one write.
-struct Outbox {
-    tx: mpsc::UnboundedSender<Bytes>,
-    queued: Arc<AtomicUsize>,
-    drained: Arc<Notify>,
+/// The sending side: packets are encoded straight into one buffer, which the connection's
+/// packet loop writes whenever the socket takes more (every write sends all that is queued).
+/// One task per connection, no channel, no allocation per packet.
+struct Outbox<S> {
+    wr: WriteHalf<S>,
+    buf: BytesMut,
     protocol: Protocol,
     /// The client's Maximum Packet Size.
     max_packet: usize,
 }
 
-impl Outbox {
-    fn send(&self, packet: &Packet) {
-        let mut buf = BytesMut::with_capacity(encoded_len(packet, self.protocol));
-        encode(packet, self.protocol, &mut buf);
-        self.queued.fetch_add(buf.len(), Ordering::Relaxed);
-        let _ = self.tx.send(buf.freeze());
+/// Above this, an emptied output buffer is given back rather than kept for the next burst.
+const KEEP_OUT_BUFFER: usize = 64 * 1024;
+
+impl<S: AsyncWrite> Outbox<S> {
+    fn send(&mut self, packet: &Packet) {
+        encode(packet, self.protocol, &mut self.buf);
     }
 
     fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+        self.buf.len()
     }
-}
 
-async fn write_loop<S: AsyncWrite>(
-    mut wr: WriteHalf<S>,
-    mut rx: mpsc::UnboundedReceiver<Bytes>,
-    queued: Arc<AtomicUsize>,
-    drained: Arc<Notify>,
-    dead: CancellationToken,
-) {
-    let mut batch = BytesMut::new();
-    while let Some(first) = rx.recv().await {
-        batch.extend_from_slice(&first);
-        while batch.len() < WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(more) => batch.extend_from_slice(&more),
-                Err(_) => break,
-            }
+    /// Writes what the socket takes of the buffer. Cancel-safe: bytes leave the buffer only
+    /// once written.
+    async fn write_some(&mut self) -> std::io::Result<()> {
+        let n = self.wr.write(&self.buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
         }
-        let n = batch.len();
-        if wr.write_all(&batch).await.is_err() {
-            dead.cancel();
-            return;
+        bytes::Buf::advance(&mut self.buf, n);
+        if self.buf.is_empty() && self.buf.capacity() > KEEP_OUT_BUFFER {
+            self.buf = BytesMut::new();
         }
-        batch.clear();
-        queued.fetch_sub(n, Ordering::Relaxed);
-        drained.notify_one();
+        Ok(())
     }
-    let _ = wr.shutdown().await;
+
+    /// Writes everything still queued (at most [`FLUSH_WAIT`]) and closes the write side.
+    async fn close(&mut self) {
+        let _ = tokio::time::timeout(FLUSH_WAIT, async {
+            let _ = self.wr.write_all(&self.buf).await;
+            let _ = self.wr.shutdown().await;
+        })
+        .await;
+        self.buf = BytesMut::new();
+    }
 }
 
 /// Why the packet loop ended.
@@ -137,7 +129,7 @@ type AckFuture = Pin<Box<dyn Future<Output = (u16, QoS, Result<(), PublishError>
 struct Conn<S> {
     inner: Arc<Inner>,
     reader: Reader<S>,
-    out: Outbox,
+    out: Outbox<S>,
     protocol: Protocol,
     client_id: Arc<str>,
     access: Access,
@@ -154,7 +146,13 @@ struct Conn<S> {
     /// Whether the client accepts reason strings on acknowledgements (MQTT 5 Request
     /// Problem Information, on by default).
     problem_info: bool,
+    /// Retained messages sent at SUBSCRIBE that were retained moments before (their live copy
+    /// may still come), by topic: the attributes identify the publish.
+    retained_sent: HashMap<Path, Bytes>,
 }
+
+/// How recent a retained message sent at SUBSCRIBE must be for its live copy to be looked for.
+const RECENT_RETAINED_MS: u64 = 10_000;
 
 /// Serves one connection until it ends.
 pub(crate) async fn run<S>(inner: Arc<Inner>, stream: S, peer: SocketAddr)
@@ -198,8 +196,8 @@ where
         // packet loop, so the task that lives as long as the connection is not sized for it.
         if let Some(mut ready) = Box::pin(accept(inner.clone(), reader, wr, connect, peer)).await {
             ready.conn.resend_inflight();
-            let end = ready.conn.run(&ready.claim, &ready.dead).await;
-            Box::pin(ready.conn.finish(ready.claim, end, ready.writer)).await;
+            let end = ready.conn.run(&ready.claim).await;
+            Box::pin(ready.conn.finish(ready.claim, end)).await;
         }
     }
     inner.metrics.connections.decrement(1.0);
@@ -269,9 +267,6 @@ async fn authenticate(inner: &Inner, c: &Connect) -> Result<Option<String>, u8> 
 struct Ready<S> {
     conn: Box<Conn<S>>,
     claim: Claim,
-    /// Cancelled when writing to the client fails.
-    dead: CancellationToken,
-    writer: tokio::task::JoinHandle<()>,
 }
 
 /// Authenticates a CONNECT, takes over its session and sends the CONNACK; `None` when the
@@ -365,25 +360,13 @@ where
         .unwrap_or_else(|| Box::new(Session::new(inner.topics.listener(), expiry, user.clone())));
     session.expiry = expiry;
 
-    let (tx, rx) = mpsc::unbounded_channel();
-    let queued = Arc::new(AtomicUsize::new(0));
-    let drained = Arc::new(Notify::new());
-    let dead = CancellationToken::new();
-    let writer = tokio::spawn(write_loop(
-        wr,
-        rx,
-        queued.clone(),
-        drained.clone(),
-        dead.clone(),
-    ));
     let client_max = c
         .properties
         .maximum_packet_size
         .map_or(usize::MAX, |m| m as usize);
-    let out = Outbox {
-        tx,
-        queued,
-        drained,
+    let mut out = Outbox {
+        wr,
+        buf: BytesMut::new(),
         protocol,
         max_packet: client_max,
     };
@@ -434,12 +417,11 @@ where
         keep_alive: (c.keep_alive > 0)
             .then(|| Duration::from_millis(u64::from(c.keep_alive) * 1500)),
         problem_info: c.properties.request_problem_information != Some(0),
+        retained_sent: HashMap::new(),
     });
     Some(Ready {
         conn,
         claim: claimed.claim,
-        dead,
-        writer,
     })
 }
 
@@ -463,7 +445,7 @@ where
         self.fill_window();
     }
 
-    async fn run(&mut self, claim: &Claim, dead: &CancellationToken) -> End {
+    async fn run(&mut self, claim: &Claim) -> End {
         let mut deadline = self.keep_alive.map(|k| Instant::now() + k);
         // Answers (PUBACK, PINGRESP, ...) are queued whatever the socket's state; a client that
         // sends without ever reading would grow that queue, so past this it is not read either.
@@ -473,7 +455,6 @@ where
             let can_pull =
                 self.session.queue.is_empty() && queued < self.inner.config.send_buffer_bytes;
             let can_read = queued < read_limit;
-            let drained = self.out.drained.clone();
             tokio::select! {
                 biased;
                 _ = claim.kick.cancelled() => {
@@ -487,7 +468,12 @@ where
                     // (MQTT 5 3.1.4-3).
                     return End::Abnormal;
                 }
-                _ = dead.cancelled() => return End::Abnormal,
+                written = self.out.write_some(), if queued > 0 => {
+                    if let Err(e) = written {
+                        tracing::debug!(client = %self.client_id, error = %e, "mqtt: write failed");
+                        return End::Abnormal;
+                    }
+                }
                 _ = sleep_until(deadline) => {
                     tracing::debug!(client = %self.client_id, "mqtt: keep-alive expired");
                     self.disconnect(reason::KEEP_ALIVE_TIMEOUT);
@@ -538,18 +524,17 @@ where
                         }
                     }
                 }
-                _ = drained.notified(), if !can_pull => {}
             }
         }
     }
 
     /// Sends DISCONNECT with `code` and its reason string (MQTT 5 only; 3.1.1 just closes).
-    fn disconnect(&self, code: u8) {
+    fn disconnect(&mut self, code: u8) {
         self.disconnect_because(code, reason_text(code).to_owned());
     }
 
     /// Sends DISCONNECT with `code` and `text` as its reason string (MQTT 5 only).
-    fn disconnect_because(&self, code: u8, text: String) {
+    fn disconnect_because(&mut self, code: u8, text: String) {
         if self.protocol == Protocol::V5 {
             self.out.send(&Packet::Disconnect(Disconnect {
                 reason: code,
@@ -817,6 +802,12 @@ where
             reasons,
         }));
         for (path, sub, message) in retained {
+            // A message retained just now may also be on its way live (its append commits
+            // after this subscription started): remember it, to skip that copy.
+            if now_ms().saturating_sub(message.t_ms) < RECENT_RETAINED_MS {
+                self.retained_sent
+                    .insert(path.clone(), message.attrs.clone());
+            }
             self.deliver_retained(&path, &sub, &message);
         }
     }
@@ -972,6 +963,13 @@ where
     }
 
     fn deliver_event(&mut self, topic: &Path, event: &Event) {
+        if !self.retained_sent.is_empty()
+            && let Some(sent) = self.retained_sent.remove(topic)
+            && sent == event.attrs
+        {
+            // Already sent as the retained message at SUBSCRIBE.
+            return;
+        }
         let attrs = MessageAttrs::decode(&event.attrs);
         let is_mqtt = !event.attrs.is_empty();
         let mut qos: Option<QoS> = None;
@@ -1131,7 +1129,7 @@ where
 
     // ------------------------------------------------------------------ the end
 
-    async fn finish(mut self, claim: Claim, end: End, writer: tokio::task::JoinHandle<()>) {
+    async fn finish(mut self, claim: Claim, end: End) {
         let send_will = match end {
             End::Disconnect { will } => will,
             End::Abnormal => true,
@@ -1144,7 +1142,7 @@ where
         }
         let Conn {
             inner,
-            out,
+            mut out,
             client_id,
             mut session,
             ..
@@ -1164,8 +1162,7 @@ where
                 }
             }
         }
-        drop(out);
-        let _ = tokio::time::timeout(FLUSH_WAIT, writer).await;
+        out.close().await;
         if !session.expiry.is_zero() && !inner.sessions.room_to_keep() {
             tracing::warn!(client = %client_id, max = inner.config.max_sessions, "mqtt: too many sessions; this one ends with its connection");
             inner.metrics.sessions_dropped.increment(1);
