@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use herald_core::{Access, Modes, Path};
 use herald_engine::{Delivery, Event, TopicsError};
@@ -77,6 +78,9 @@ struct Outbox<S> {
     /// The client's Maximum Packet Size.
     max_packet: usize,
 }
+
+/// Queued output worth a write before anything else is done.
+const WRITE_EAGER: usize = 16 * 1024;
 
 /// Above this, an emptied output buffer is given back rather than kept for the next burst.
 const KEEP_OUT_BUFFER: usize = 64 * 1024;
@@ -451,6 +455,14 @@ where
         // sends without ever reading would grow that queue, so past this it is not read either.
         let read_limit = self.inner.config.send_buffer_bytes.saturating_mul(4);
         loop {
+            if self.out.queued() >= WRITE_EAGER {
+                // Enough for a write of its own: try it now (without waiting for the socket),
+                // so that a busy connection does not hold large amounts back.
+                if let Some(Err(e)) = self.out.write_some().now_or_never() {
+                    tracing::debug!(client = %self.client_id, error = %e, "mqtt: write failed");
+                    return End::Abnormal;
+                }
+            }
             let queued = self.out.queued();
             let can_pull =
                 self.session.queue.is_empty() && queued < self.inner.config.send_buffer_bytes;
@@ -467,12 +479,6 @@ where
                     // Taken over or shut down: the will goes as for a broken connection
                     // (MQTT 5 3.1.4-3).
                     return End::Abnormal;
-                }
-                written = self.out.write_some(), if queued > 0 => {
-                    if let Err(e) = written {
-                        tracing::debug!(client = %self.client_id, error = %e, "mqtt: write failed");
-                        return End::Abnormal;
-                    }
                 }
                 _ = sleep_until(deadline) => {
                     tracing::debug!(client = %self.client_id, "mqtt: keep-alive expired");
@@ -522,6 +528,16 @@ where
                             self.disconnect(reason::UNSPECIFIED_ERROR);
                             return End::Abnormal;
                         }
+                    }
+                }
+                // Last: what is queued goes out once nothing else is ready, so a burst of
+                // packets in and acknowledgements out shares one write. The output is bounded
+                // all the same: past the limits above, reading and pulling stop and this is
+                // what is left to do.
+                written = self.out.write_some(), if queued > 0 => {
+                    if let Err(e) = written {
+                        tracing::debug!(client = %self.client_id, error = %e, "mqtt: write failed");
+                        return End::Abnormal;
                     }
                 }
             }
