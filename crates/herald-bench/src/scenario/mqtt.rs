@@ -4,7 +4,7 @@
 //!
 //! The scenarios:
 //! - [`mqtt_fanout`](super::mqtt_fanout): publish-to-deliver throughput, latency and loss with
-//!   many subscribers on one topic;
+//!   many subscribers on one topic, or on one topic per publisher (`--topics distinct`);
 //! - [`mqtt_publish`](super::mqtt_publish): acknowledged QoS 1 publishes per second from many
 //!   publishers, and the acknowledgement latency;
 //! - [`mqtt_idle`](super::mqtt_idle): broker memory per idle, subscribed connection.

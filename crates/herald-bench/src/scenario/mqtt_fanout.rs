@@ -1,9 +1,13 @@
 //! `mqtt-fanout`: publish-to-deliver throughput, latency and loss of an MQTT broker with many
-//! subscribers on one topic (Herald's `--mqtt` listener or Mosquitto).
+//! subscribers on one topic, or on one topic per publisher (Herald's `--mqtt` listener,
+//! Mosquitto, nats-server's MQTT listener).
 //!
 //! The scenario connects `--subscribers` clients that subscribe to `--topic` at `--qos` (each
-//! waits for its SUBACK), then `--publishers` clients. Before the measurement the first
-//! publisher sends probe messages until every subscriber has received one. Each publisher then
+//! waits for its SUBACK), then `--publishers` clients. With `--topics distinct` publisher `i`
+//! publishes to `<topic>/<i>` instead and subscriber `j` subscribes to `<topic>/<j mod
+//! publishers>`: independent streams, one publisher each, so the broker's routing rather than
+//! one topic's fan-out is loaded. Before the measurement the publishers send probe messages
+//! (to their topics) until every subscriber has received one. Each publisher then
 //! publishes `--payload-bytes` payloads at `--qos` for `--duration`: as fast as allowed, or
 //! `--rate` messages per second each. A payload carries a run id, its send time (wall clock,
 //! ns), the publisher's number and its counter, then padding.
@@ -23,7 +27,8 @@
 //! order or twice, and records send-to-receive latency in an HDR histogram (both ends are this
 //! process, so the clocks agree). After the publishers stop the scenario waits until every
 //! subscriber has everything or nothing arrived for `--drain`. Loss is `published − received`
-//! per subscriber (QoS 0 allows loss; it is reported, not hidden). Delivered messages/s counts
+//! per subscriber, counting only the publishers whose topic it subscribed to (QoS 0 allows
+//! loss; it is reported, not hidden). Delivered messages/s counts
 //! every delivery to every subscriber, divided by the time from the start to the last
 //! delivery.
 
@@ -50,15 +55,39 @@ const MAX_DRAIN: Duration = Duration::from_secs(120);
 /// Read buffer growth step of a subscriber.
 const SUB_READ_CHUNK: usize = 128 * 1024;
 
+/// Which topics the publishers publish to (`--topics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Topics {
+    /// Every publisher publishes to `--topic`, every subscriber subscribes to it.
+    One,
+    /// Publisher `i` publishes to `<topic>/<i>`; subscriber `j` subscribes to
+    /// `<topic>/<j mod publishers>` (needs at least as many subscribers as publishers).
+    Distinct,
+}
+
+impl Topics {
+    /// `one` or `distinct`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Topics::One => "one",
+            Topics::Distinct => "distinct",
+        }
+    }
+}
+
 /// Flags of `herald-bench mqtt-fanout`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Options {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub broker: Broker,
-    /// Topic published and subscribed to.
+    /// Topic published and subscribed to (with `--topics distinct`: their prefix).
     #[arg(long, default_value = "bench/fanout")]
     pub topic: String,
+    /// One topic for all, or one topic per publisher (`distinct`).
+    #[arg(long, value_enum, default_value_t = Topics::One)]
+    pub topics: Topics,
     /// Subscriber connections.
     #[arg(long, default_value_t = 100)]
     pub subscribers: usize,
@@ -103,6 +132,8 @@ pub struct Report {
     pub protocol: &'static str,
     /// QoS of publishes and subscriptions.
     pub qos: u8,
+    /// `one` (all on `--topic`) or `distinct` (one topic per publisher).
+    pub topics: Topics,
     /// Publisher connections.
     pub publishers: usize,
     /// Subscriber connections.
@@ -133,7 +164,8 @@ pub struct Report {
     pub delivered_bytes_per_second: f64,
     /// Time from the start until the last delivery, seconds.
     pub delivery_span_s: f64,
-    /// Deliveries expected: `published × subscribers`.
+    /// Deliveries expected: `published × subscribers` with one topic; with distinct topics
+    /// the sum over the subscribers of what their publisher published.
     pub expected: u64,
     /// Messages missing at the end, over all subscribers.
     pub lost: u64,
@@ -187,6 +219,18 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     if opts.topic.is_empty() || opts.topic.contains(['+', '#']) {
         bail!("--topic must be a topic name without wildcards");
     }
+    if opts.topics == Topics::Distinct && opts.subscribers < opts.publishers {
+        bail!("--topics distinct needs at least as many --subscribers as --publishers");
+    }
+    // The publisher whose messages subscriber `j` gets (`None`: all of them).
+    let source_of = |j: usize| match opts.topics {
+        Topics::One => None,
+        Topics::Distinct => Some(j % opts.publishers),
+    };
+    let topic_of = |publisher: usize| match opts.topics {
+        Topics::One => opts.topic.clone(),
+        Topics::Distinct => format!("{}/{publisher}", opts.topic),
+    };
     let connections = (opts.subscribers + opts.publishers) as u64;
     super::check_open_files(connections + 64, crate::procfs::Process::Current)?;
     if let Some(pid) = opts.pid {
@@ -195,6 +239,14 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let run_id = unix_nanos();
     let notify = Arc::new(Notify::new());
     let progress = Arc::new(Progress::new(opts.subscribers, opts.publishers));
+    // A subscriber never holds back the publishers whose topic it did not subscribe to.
+    for j in 0..opts.subscribers {
+        if let Some(own) = source_of(j) {
+            for p in (0..opts.publishers).filter(|p| *p != own) {
+                progress.advance(j, p, u64::MAX);
+            }
+        }
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let broker = &opts.broker;
 
@@ -210,8 +262,9 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         )
         .await
         .with_context(|| format!("subscriber {i}"))?;
+        let topic = source_of(i).map_or_else(|| opts.topic.clone(), topic_of);
         client
-            .subscribe(&opts.topic, opts.qos, broker.connect_timeout)
+            .subscribe(&topic, opts.qos, broker.connect_timeout)
             .await
             .with_context(|| format!("subscriber {i}"))?;
         let state = Arc::new(SubscriberState {
@@ -255,16 +308,23 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         {
             bail!("subscriber {i} failed before the run");
         }
-        probe.clear();
-        mqtt::push_publish(
-            &mut probe,
-            broker.protocol,
-            &opts.topic,
-            QoS::AtMostOnce,
-            0,
-            mqtt::payload(opts.payload_bytes, run_id, 0, 0, mqtt::KIND_PROBE),
-        );
-        pubs[0].write.write_all(&probe).await?;
+        // One topic: the first publisher probes it; distinct topics: each publisher its own.
+        let probing = match opts.topics {
+            Topics::One => 1,
+            Topics::Distinct => pubs.len(),
+        };
+        for (i, publisher) in pubs.iter_mut().take(probing).enumerate() {
+            probe.clear();
+            mqtt::push_publish(
+                &mut probe,
+                broker.protocol,
+                &topic_of(i),
+                QoS::AtMostOnce,
+                0,
+                mqtt::payload(opts.payload_bytes, run_id, i as u32, 0, mqtt::KIND_PROBE),
+            );
+            publisher.write.write_all(&probe).await?;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Let the last probes arrive before counting starts.
@@ -279,7 +339,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
             None => start,
         };
         let plan = PublisherPlan {
-            topic: opts.topic.clone(),
+            topic: topic_of(i),
             qos: opts.qos,
             payload_bytes: opts.payload_bytes,
             run_id,
@@ -297,6 +357,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let meter = CpuMeter::start(opts.pid);
 
     let mut published = 0;
+    let mut published_by = Vec::with_capacity(opts.publishers);
     let mut acked = 0;
     let mut window_stalls = 0;
     let mut ack_latency = report::latency_histogram()?;
@@ -306,6 +367,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     for task in pub_tasks {
         let (r, write) = task.await.context("a publisher task panicked")?;
         published += r.published;
+        published_by.push(r.published);
         acked += r.acked;
         window_stalls += r.window_stalls;
         ack_latency
@@ -322,6 +384,11 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         open_pubs.push(write);
     }
     let publish_end = Instant::now();
+    // What each subscriber should have received.
+    let expected_by: Vec<u64> = (0..opts.subscribers)
+        .map(|j| source_of(j).map_or(published, |p| published_by[p]))
+        .collect();
+    let expected: u64 = expected_by.iter().sum();
 
     // Drain: until everyone has everything, or nothing arrived for `--drain`.
     let mut last_total = u64::MAX;
@@ -331,7 +398,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
             .iter()
             .map(|s| s.received.load(Ordering::Acquire))
             .sum();
-        if total >= published * opts.subscribers as u64 {
+        if total >= expected {
             break;
         }
         let now = Instant::now();
@@ -360,11 +427,11 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let mut out_of_order = 0;
     let mut latency = report::latency_histogram()?;
     let mut last_delivery = start;
-    for task in sub_tasks {
+    for (task, want) in sub_tasks.into_iter().zip(&expected_by) {
         let r = task.await.context("a subscriber task panicked")??;
         let got: u64 = r.per_publisher.iter().sum();
         delivered += got;
-        lost_per_subscriber.push(published.saturating_sub(got));
+        lost_per_subscriber.push(want.saturating_sub(got));
         out_of_order += r.out_of_order;
         latency.add(&r.latency).context("cannot merge histograms")?;
         last_delivery = last_delivery.max(r.last_delivery.unwrap_or(last_delivery));
@@ -379,6 +446,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         target: broker.addr.authority().to_owned(),
         protocol: mqtt::protocol_name(broker.protocol),
         qos: opts.qos as u8,
+        topics: opts.topics,
         publishers: opts.publishers,
         subscribers: opts.subscribers,
         payload_bytes: opts.payload_bytes,
@@ -397,7 +465,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
             span,
         ),
         delivery_span_s: span,
-        expected: published * opts.subscribers as u64,
+        expected,
         lost: lost_per_subscriber.iter().sum(),
         lost_per_subscriber,
         out_of_order,
@@ -551,11 +619,12 @@ impl fmt::Display for Report {
             None => "as fast as possible".to_owned(),
         };
         let mut t = Table::new(format!(
-            "mqtt-fanout  target={} mqtt={} qos={} publishers={} ({rate}) subscribers={} \
-             payload={} B duration={} s",
+            "mqtt-fanout  target={} mqtt={} qos={} topics={} publishers={} ({rate}) \
+             subscribers={} payload={} B duration={} s",
             self.target,
             self.protocol,
             self.qos,
+            self.topics.name(),
             self.publishers,
             self.subscribers,
             self.payload_bytes,
