@@ -450,7 +450,12 @@ where
     }
 
     async fn run(&mut self, claim: &Claim) -> End {
-        let mut deadline = self.keep_alive.map(|k| Instant::now() + k);
+        // Keep-alive: one timer for the connection, re-armed only when it fires early (a packet
+        // came since), so a packet costs a clock read, not a timer insertion and removal.
+        let keep_alive = self.keep_alive.unwrap_or(Duration::from_secs(86_400 * 365));
+        let mut last_packet = Instant::now();
+        let timer = tokio::time::sleep_until(last_packet + keep_alive);
+        tokio::pin!(timer);
         // Answers (PUBACK, PINGRESP, ...) are queued whatever the socket's state; a client that
         // sends without ever reading would grow that queue, so past this it is not read either.
         let read_limit = self.inner.config.send_buffer_bytes.saturating_mul(4);
@@ -480,7 +485,12 @@ where
                     // (MQTT 5 3.1.4-3).
                     return End::Abnormal;
                 }
-                _ = sleep_until(deadline) => {
+                () = &mut timer, if self.keep_alive.is_some() => {
+                    let due = last_packet + keep_alive;
+                    if Instant::now() < due {
+                        timer.as_mut().reset(due);
+                        continue;
+                    }
                     tracing::debug!(client = %self.client_id, "mqtt: keep-alive expired");
                     self.disconnect(reason::KEEP_ALIVE_TIMEOUT);
                     return End::Abnormal;
@@ -488,7 +498,7 @@ where
                 read = self.reader.next(), if can_read => {
                     match read {
                         Ok(Some(packet)) => {
-                            deadline = self.keep_alive.map(|k| Instant::now() + k);
+                            last_packet = Instant::now();
                             // Boxed: its future (the deepest) would otherwise size every
                             // connection's task, idle or not.
                             if let Some(end) = Box::pin(self.handle(packet)).await {
@@ -1295,12 +1305,5 @@ fn ack(packet_id: u16, reason: u8) -> Ack {
         packet_id,
         reason,
         properties: Properties::default(),
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }

@@ -926,3 +926,24 @@ async fn persistent_sessions_are_bounded_in_number() {
     let (_c, ack) = Client::connect(b.addr, Protocol::V311, persistent("second")).await;
     assert!(!ack.session_present);
 }
+
+#[tokio::test]
+async fn keep_alive_is_pushed_back_by_every_packet() {
+    let b = Broker::start().await;
+    let (mut c, _) = Client::connect(b.addr, Protocol::V5, |c| {
+        c.keep_alive = 1;
+        login(c, ADMIN);
+    })
+    .await;
+    // Three seconds of pings every 0.5 s: twice the 1.5 s limit, never reached.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        c.send(Packet::PingReq).await;
+        assert!(matches!(c.recv().await, Packet::PingResp));
+    }
+    // Then silence: closed.
+    let got = c.until_closed().await;
+    assert!(
+        matches!(got.as_slice(), [Packet::Disconnect(d)] if d.reason == reason::KEEP_ALIVE_TIMEOUT)
+    );
+}
