@@ -62,11 +62,13 @@ impl MessageAttrs {
     /// caller refuses the publish).
     pub(crate) fn encode(&self) -> Option<Bytes> {
         let p = &self.properties;
+        if self.id.is_none() && p.is_empty() {
+            // The common case (no properties): two bytes, shared instead of allocated.
+            return Some(plain(self.qos as u8 | self.flags_without_qos()));
+        }
         let mut out = BytesMut::with_capacity(2);
         out.put_u8(VERSION);
-        let retain = if self.retain { 4 } else { 0 };
-        let ct = if self.explicit_content_type { 8 } else { 0 };
-        out.put_u8(self.qos as u8 | retain | ct);
+        out.put_u8(self.qos as u8 | self.flags_without_qos());
         if let Some(e) = p.message_expiry_interval {
             out.put_u8(TAG_EXPIRY);
             out.put_u32(e);
@@ -132,6 +134,31 @@ impl MessageAttrs {
         }
         out.id = id;
         out
+    }
+}
+
+impl MessageAttrs {
+    fn flags_without_qos(&self) -> u8 {
+        let retain = if self.retain { 4 } else { 0 };
+        let ct = if self.explicit_content_type { 8 } else { 0 };
+        retain | ct
+    }
+}
+
+/// The shared encoding of attributes without fields: `[VERSION, flags]`.
+fn plain(flags: u8) -> Bytes {
+    static ALL: [[u8; 2]; 16] = {
+        let mut all = [[0u8; 2]; 16];
+        let mut f = 0;
+        while f < 16 {
+            all[f] = [VERSION, f as u8];
+            f += 1;
+        }
+        all
+    };
+    match ALL.get(usize::from(flags)) {
+        Some(b) => Bytes::from_static(b),
+        None => Bytes::copy_from_slice(&[VERSION, flags]),
     }
 }
 

@@ -398,11 +398,13 @@ impl Inner {
     /// Appends a publish to its topic and, with the retain flag, updates the retained
     /// message. Returns the pending append (durable when it resolves).
     pub(crate) async fn publish(&self, out: Outgoing) -> Result<PendingAppend, PublishError> {
-        let content_type: Arc<str> = out
-            .properties
-            .content_type
-            .as_deref()
-            .map_or_else(|| Arc::from(crate::DEFAULT_CONTENT_TYPE), Arc::from);
+        static DEFAULT_CT: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+        let content_type: Arc<str> = match out.properties.content_type.as_deref() {
+            Some(ct) => Arc::from(ct),
+            None => DEFAULT_CT
+                .get_or_init(|| Arc::from(crate::DEFAULT_CONTENT_TYPE))
+                .clone(),
+        };
         let mut properties = out.properties;
         let explicit_ct = properties.content_type.take().is_some();
         let attrs = MessageAttrs {

@@ -153,6 +153,8 @@ struct Conn<S> {
     /// Retained messages sent at SUBSCRIBE that were retained moments before (their live copy
     /// may still come), by topic: the attributes identify the publish.
     retained_sent: HashMap<Path, Bytes>,
+    /// The topic name of the last publish and its path.
+    last_topic: Option<(String, Path)>,
 }
 
 /// How recent a retained message sent at SUBSCRIBE must be for its live copy to be looked for.
@@ -422,6 +424,7 @@ where
             .then(|| Duration::from_millis(u64::from(c.keep_alive) * 1500)),
         problem_info: c.properties.request_problem_information != Some(0),
         retained_sent: HashMap::new(),
+        last_topic: None,
     });
     Some(Ready {
         conn,
@@ -687,9 +690,19 @@ where
                 self.aliases.insert(alias, p.topic.clone());
             }
         }
-        let path = valid_topic_name(&p.topic)
-            .then(|| topic_path(&p.topic, &self.inner.config.path_limits))
-            .flatten();
+        // Publishers mostly repeat their topic: the last one's path is kept.
+        let path = match &self.last_topic {
+            Some((name, path)) if *name == p.topic => Some(path.clone()),
+            _ => {
+                let path = valid_topic_name(&p.topic)
+                    .then(|| topic_path(&p.topic, &self.inner.config.path_limits))
+                    .flatten();
+                if let Some(path) = &path {
+                    self.last_topic = Some((p.topic.clone(), path.clone()));
+                }
+                path
+            }
+        };
         let Some(path) = path else {
             tracing::debug!(client = %self.client_id, topic = %p.topic, "mqtt: invalid topic name");
             return self.refuse_publish(&p, reason::TOPIC_NAME_INVALID);
