@@ -147,15 +147,24 @@ impl MessageAttrs {
 
 /// The shared encoding of attributes without fields: `[VERSION, flags]`.
 fn plain(flags: u8) -> Bytes {
-    static ALL: [[u8; 2]; 16] = {
-        let mut all = [[0u8; 2]; 16];
-        let mut f = 0;
-        while f < 16 {
-            all[f] = [VERSION, f as u8];
-            f += 1;
-        }
-        all
-    };
+    static ALL: [[u8; 2]; 16] = [
+        [VERSION, 0],
+        [VERSION, 1],
+        [VERSION, 2],
+        [VERSION, 3],
+        [VERSION, 4],
+        [VERSION, 5],
+        [VERSION, 6],
+        [VERSION, 7],
+        [VERSION, 8],
+        [VERSION, 9],
+        [VERSION, 10],
+        [VERSION, 11],
+        [VERSION, 12],
+        [VERSION, 13],
+        [VERSION, 14],
+        [VERSION, 15],
+    ];
     match ALL.get(usize::from(flags)) {
         Some(b) => Bytes::from_static(b),
         None => Bytes::copy_from_slice(&[VERSION, flags]),
