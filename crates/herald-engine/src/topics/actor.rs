@@ -384,7 +384,7 @@ impl Actor {
                 }
             }
         }
-        topic.last.send_replace(last);
+        topic.last.store(last, Ordering::Release);
         topic.wake();
     }
 
@@ -414,7 +414,6 @@ impl Actor {
         };
         topic.deleted.store(true, Ordering::Release);
         // Wake the topic's listeners so they notice.
-        topic.last.send_modify(|_| {});
         topic.wake();
         self.shared.generation.send_modify(|g| *g += 1);
         self.shared.metrics.topics.set(n as f64);

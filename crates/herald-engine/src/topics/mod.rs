@@ -233,11 +233,11 @@ pub(crate) struct Topic {
     pub(crate) log: String,
     pub(crate) memory_only: bool,
     /// The last committed sequence number (0 before the first event). Written by the actor
-    /// only after the commit; listeners wait on it.
-    pub(crate) last: watch::Sender<u64>,
+    /// only after the commit (then it wakes the topic's listeners, see [`Topic::wake`]).
+    pub(crate) last: AtomicU64,
     /// The time given to the newest event; the actor keeps times from going backwards.
     pub(crate) last_t: AtomicU64,
-    /// Set when the topic is deleted (the watch is poked after setting it).
+    /// Set when the topic is deleted (its listeners are woken after setting it).
     pub(crate) deleted: AtomicBool,
     pub(crate) state: Mutex<TopicState>,
     /// The listeners following this topic, told by [`Topic::wake`] when it moves.
@@ -262,7 +262,7 @@ impl Topic {
             epoch,
             log,
             memory_only,
-            last: watch::channel(last).0,
+            last: AtomicU64::new(last),
             last_t: AtomicU64::new(0),
             deleted: AtomicBool::new(false),
             signals: Mutex::new(HashMap::new()),
@@ -311,7 +311,7 @@ impl Topic {
     }
 
     pub(crate) fn committed_last(&self) -> u64 {
-        *self.last.borrow()
+        self.last.load(Ordering::Acquire)
     }
 
     pub(crate) fn is_deleted(&self) -> bool {
