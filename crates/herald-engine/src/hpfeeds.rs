@@ -3,7 +3,7 @@
 //!
 //! [`HpfeedsIdentities`] wraps an [`IdentityRegistry`] (the pure part, in `herald-auth`) and
 //! makes it durable: the whole registry is the store snapshot [`SNAPSHOT`], rewritten with
-//! [`Durability::Sync`] on every change. The snapshot holds the secrets in clear, as every
+//! [`Durability::Sync`](herald_store::Durability::Sync) on every change. The snapshot holds the secrets in clear, as every
 //! hpfeeds authenticator does (the protocol hashes the secret with a fresh nonce per
 //! connection, so the broker needs the secret itself).
 //!
