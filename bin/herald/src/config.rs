@@ -85,7 +85,7 @@ pub(crate) struct ServeArgs {
     metrics: Option<Listen>,
 
     /// hpfeeds broker listener (TCP, or TLS with --hpfeeds-tls-cert). Every hpfeeds client authenticates with an identity
-    /// (`herald hpfeeds add`, or HPFEEDS_<IDENT>_SECRET variables), so this listener may bind
+    /// (`herald hpfeeds add`, or `HPFEEDS_<IDENT>_SECRET` variables), so this listener may bind
     /// any address without --allow-anonymous. Channel C is the event stream /PREFIX/C.
     /// [default: 127.0.0.1:10000]
     #[arg(long, env = "HERALD_HPFEEDS", value_name = "HOST:PORT|off")]
@@ -130,7 +130,7 @@ pub(crate) struct ServeArgs {
     hpfeeds_prefix: Option<String>,
 
     /// Also accept hpfeeds identities defined by environment variables
-    /// HPFEEDS_<IDENT>_SECRET, _PUBCHANS, _SUBCHANS and _OWNER (channel lists comma-separated),
+    /// `HPFEEDS_<IDENT>_SECRET`, `_PUBCHANS`, `_SUBCHANS` and `_OWNER` (channel lists comma-separated),
     /// after the stored ones. [default: true]
     #[arg(
         long,
