@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::attrs::MessageAttrs;
 use crate::conn;
-use crate::session::Sessions;
+use crate::session::{Sessions, Subscription};
 use crate::shared::SharedGroups;
 
 /// Settings of the MQTT listener.
@@ -213,29 +213,10 @@ impl Mqtt {
             match crate::persist::restore(&bytes, listener, &inner.config.path_limits, now) {
                 Some((mut session, age)) if age < session.expiry => {
                     let client_id: Arc<str> = Arc::from(client_id);
-                    let shared: Vec<_> = session
-                        .subs
-                        .iter()
-                        .filter(|s| s.shared)
-                        .map(|s| {
-                            (
-                                Arc::from(s.filter.as_str()),
-                                s.pattern.clone(),
-                                s.exact.clone(),
-                            )
-                        })
-                        .collect();
-                    for (filter, pattern, exact) in shared {
-                        let tx = session.shared_sender();
-                        inner.shared.join(
-                            &inner.topics,
-                            &inner.metrics.lost,
-                            filter,
-                            pattern,
-                            exact,
-                            session.member_id,
-                            tx,
-                        );
+                    let shared: Vec<_> =
+                        session.subs.iter().filter(|s| s.shared).cloned().collect();
+                    for sub in &shared {
+                        inner.join_shared(&mut session, sub);
                     }
                     let since = std::time::Instant::now()
                         .checked_sub(age)
@@ -395,6 +376,13 @@ async fn tls_connection(
 }
 
 impl Inner {
+    /// Makes `session` a member of the group of its shared subscription `sub`.
+    pub(crate) fn join_shared(&self, session: &mut crate::session::Session, sub: &Subscription) {
+        let tx = session.shared_sender();
+        self.shared
+            .join(&self.topics, &self.metrics.lost, sub, session.member_id, tx);
+    }
+
     /// Appends a publish to its topic and, with the retain flag, updates the retained
     /// message. Returns the pending append (durable when it resolves).
     pub(crate) async fn publish(&self, out: Outgoing) -> Result<PendingAppend, PublishError> {

@@ -904,15 +904,7 @@ where
             None => self.session.subs.push(sub.clone()),
         }
         if shared {
-            self.inner.shared.join(
-                &self.inner.topics,
-                &self.inner.metrics.lost,
-                Arc::from(filter),
-                pattern.clone(),
-                exact.clone(),
-                self.session.member_id,
-                self.session.shared_sender(),
-            );
+            self.inner.join_shared(&mut self.session, &sub);
             // MQTT 5 4.8.2: retained messages are not sent for shared subscriptions.
             return options.qos as u8;
         }
@@ -1102,26 +1094,26 @@ where
         subscription_ids: Vec<u32>,
         payload: Bytes,
     ) {
-        let mut properties = Properties::default();
-        if self.protocol == Protocol::V5 {
-            properties = attrs.properties;
-            if let Some(expiry) = properties.message_expiry_interval {
+        // An expired message is dropped whatever the protocol; MQTT 5 is told what is left.
+        let remaining = match attrs.properties.message_expiry_interval {
+            Some(expiry) => {
                 let elapsed = now_ms().saturating_sub(t_ms) / 1000;
                 if elapsed >= u64::from(expiry) {
                     self.inner.metrics.expired.increment(1);
                     return;
                 }
-                properties.message_expiry_interval = Some(expiry - elapsed as u32);
+                Some(expiry - elapsed as u32)
             }
+            None => None,
+        };
+        let mut properties = Properties::default();
+        if self.protocol == Protocol::V5 {
+            properties = attrs.properties;
+            properties.message_expiry_interval = remaining;
             if attrs.explicit_content_type {
                 properties.content_type = Some(content_type.to_string());
             }
             properties.subscription_identifiers = subscription_ids;
-        } else if let Some(expiry) = attrs.properties.message_expiry_interval
-            && now_ms().saturating_sub(t_ms) / 1000 >= u64::from(expiry)
-        {
-            self.inner.metrics.expired.increment(1);
-            return;
         }
         let publish = Publish {
             dup: false,

@@ -8,11 +8,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use herald_core::{Path, PathPattern};
+use herald_core::Path;
 use herald_engine::{Delivery, Event, Topics};
 use metrics::Counter;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::session::Subscription;
 
 /// How many messages wait in a member's queue at most.
 pub(crate) const MEMBER_QUEUE: usize = 64;
@@ -44,19 +46,17 @@ pub(crate) struct SharedGroups {
 }
 
 impl SharedGroups {
-    /// Adds member `id` (a session) to the group of `filter`, starting the group when it is
-    /// new.
-    #[allow(clippy::too_many_arguments)]
+    /// Adds member `id` (a session, whose messages go to `tx`) to the group of the shared
+    /// subscription `sub`, starting the group when it is new.
     pub(crate) fn join(
         &self,
         topics: &Topics,
         lost: &Counter,
-        filter: Arc<str>,
-        pattern: PathPattern,
-        exact: Option<Path>,
+        sub: &Subscription,
         id: u64,
         tx: mpsc::Sender<SharedDelivery>,
     ) {
+        let filter: Arc<str> = Arc::from(sub.filter.as_str());
         let mut groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(group) = groups.get(&filter).filter(|g| !g.stop.is_cancelled()) {
             let mut members = group.members.lock().unwrap_or_else(PoisonError::into_inner);
@@ -67,9 +67,9 @@ impl SharedGroups {
         }
         let members = Arc::new(Mutex::new(vec![Member { id, tx }]));
         let mut listener = topics.listener();
-        match exact {
-            Some(path) => listener.subscribe(path, None),
-            None => listener.subscribe_pattern(pattern, None),
+        match &sub.exact {
+            Some(path) => listener.subscribe(path.clone(), None),
+            None => listener.subscribe_pattern(sub.pattern.clone(), None),
         };
         let task_members = members.clone();
         let task_filter = filter.clone();
