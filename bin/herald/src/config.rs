@@ -190,6 +190,12 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", value_name = "N")]
     max_connections: Option<usize>,
 
+    /// What memory-only topics keep in memory together, in bytes, about: each keeps at most
+    /// an equal share (at least 64 KiB, at most 32 MiB) of its newest events, its whole
+    /// history. [default: 268435456]
+    #[arg(long, env = "HERALD_MEMORY_ONLY_BUDGET", value_name = "BYTES")]
+    memory_only_budget: Option<usize>,
+
     /// Document write queue size; Icepeak writes get 503 when it is full. [default: 4096]
     #[arg(long, env = "HERALD_QUEUE_CAPACITY", value_name = "N")]
     queue_capacity: Option<usize>,
@@ -293,6 +299,7 @@ struct FileConfig {
     allow_anonymous: Option<bool>,
     max_body_bytes: Option<usize>,
     max_connections: Option<usize>,
+    memory_only_budget: Option<usize>,
     queue_capacity: Option<usize>,
     snapshot_every: Option<u64>,
     websocket_ping_interval: Option<u64>,
@@ -334,6 +341,7 @@ pub(crate) struct Settings {
     pub(crate) allow_anonymous: bool,
     pub(crate) max_body_bytes: usize,
     pub(crate) max_connections: usize,
+    pub(crate) memory_only_budget: usize,
     pub(crate) queue_capacity: usize,
     pub(crate) snapshot_every: u64,
     pub(crate) websocket_ping_interval: u64,
@@ -440,6 +448,10 @@ impl Settings {
                 .max_connections
                 .or(file.max_connections)
                 .unwrap_or(100_000),
+            memory_only_budget: args
+                .memory_only_budget
+                .or(file.memory_only_budget)
+                .unwrap_or(herald_engine::DEFAULT_MEMORY_BUDGET),
             queue_capacity: args.queue_capacity.or(file.queue_capacity).unwrap_or(4096),
             snapshot_every: args
                 .snapshot_every

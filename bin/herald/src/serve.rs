@@ -85,6 +85,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         store.clone(),
         TopicsOptions {
             rules: settings.retention.clone(),
+            memory_budget_bytes: settings.memory_only_budget,
             ..TopicsOptions::default()
         },
     )

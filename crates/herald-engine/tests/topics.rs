@@ -389,6 +389,196 @@ async fn memory_only_topics_never_touch_the_store() {
     assert_eq!(event_seqs(&got, &m), [7, 8, 9, 10]);
 }
 
+fn memory_rules(window: usize) -> TopicsOptions {
+    TopicsOptions {
+        memory_window_events: window,
+        ..fast_retention(vec![(
+            "/mem/#",
+            Retention {
+                memory_only: true,
+                ..Retention::default()
+            },
+        )])
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_only_appends_from_many_tasks_get_every_number_once_in_each_writers_order() {
+    let topics = open(Arc::new(MemoryStore::default()), memory_rules(100_000)).await;
+    let m = p("/mem/race");
+    let mut listener = topics.listener();
+    listener.subscribe(m.clone(), Some(1));
+    const WRITERS: u64 = 8;
+    const EACH: u64 = 500;
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (topics, m) = (topics.clone(), m.clone());
+            tokio::spawn(async move {
+                for i in 0..EACH {
+                    let event = vec![ev(&format!("{w}:{i}"))];
+                    // Both entry points: the synchronous one and the awaited one.
+                    let appended = if i % 2 == 0 {
+                        topics.try_enqueue(m.clone(), event).unwrap().await
+                    } else {
+                        topics.append(m.clone(), event, None).await
+                    };
+                    let appended = appended.unwrap();
+                    assert_eq!(appended.first, appended.last);
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let got = collect(&mut listener, (WRITERS * EACH) as usize).await;
+    assert_eq!(
+        event_seqs(&got, &m),
+        (1..=WRITERS * EACH).collect::<Vec<_>>(),
+        "every number once, in order"
+    );
+    let mut next = [0u64; WRITERS as usize];
+    for d in &got {
+        let Delivery::Event { event, .. } = d else {
+            panic!("unexpected {d:?}");
+        };
+        let text = String::from_utf8(event.data.to_vec()).unwrap();
+        let (w, i) = text.split_once(':').unwrap();
+        let (w, i): (usize, u64) = (w.parse().unwrap(), i.parse().unwrap());
+        assert_eq!(i, next[w], "writer {w}'s events out of order");
+        next[w] += 1;
+    }
+}
+
+#[tokio::test]
+async fn memory_only_appends_do_not_wait_behind_a_stuck_commit_and_try_enqueue_reports_full() {
+    let store = Arc::new(GatedStore::new_closed());
+    let _release_on_exit = GateGuard(store.clone());
+    let options = TopicsOptions {
+        queue_capacity: 1,
+        ..memory_rules(16)
+    };
+    let topics = open(store.clone(), options).await;
+    let durable = p("/b/s");
+    // The first durable append is taken off the queue and blocks in the store; the second
+    // fills the queue.
+    let first = topics.try_enqueue(durable.clone(), evs(1..=1)).unwrap();
+    tokio::time::timeout(WAIT, store.entered.notified())
+        .await
+        .unwrap();
+    let second = topics.try_enqueue(durable.clone(), evs(2..=2)).unwrap();
+    match topics.try_enqueue(durable.clone(), evs(3..=3)) {
+        Err(herald_engine::TryEnqueueError::Full { topic, events }) => {
+            assert_eq!(topic, durable);
+            assert_eq!(events, evs(3..=3), "the append is handed back whole");
+        }
+        other => panic!("expected Full, got {other:?}"),
+    }
+    // A memory-only topic has nothing to commit: done at once, queue full or not.
+    let m = p("/mem/x");
+    let mut listener = topics.listener();
+    listener.subscribe(m.clone(), Some(1));
+    let done = tokio::time::timeout(WAIT, topics.append(m.clone(), evs(1..=2), None))
+        .await
+        .expect("a memory-only append waited for the stuck commit")
+        .unwrap();
+    assert_eq!((done.first, done.last), (1, 2));
+    let sync = topics.try_enqueue(m.clone(), evs(3..=3)).unwrap();
+    assert_eq!(sync.await.unwrap().first, 3);
+    assert_eq!(event_seqs(&collect(&mut listener, 3).await, &m), [1, 2, 3]);
+    // Conditional appends are checked against the topic's number.
+    assert!(matches!(
+        topics.append(m.clone(), evs(4..=4), Some(2)).await,
+        Err(TopicsError::Conflict {
+            expected: 2,
+            got: 3
+        })
+    ));
+    assert_eq!(
+        topics
+            .append(m.clone(), evs(4..=4), Some(3))
+            .await
+            .unwrap()
+            .last,
+        4
+    );
+    store.open_gate();
+    assert_eq!(first.await.unwrap().last, 1);
+    assert_eq!(second.await.unwrap().last, 2);
+    assert!(
+        store.list_logs("t:").unwrap().len() == 1,
+        "only the durable topic is stored"
+    );
+}
+
+#[tokio::test]
+async fn memory_only_topics_share_the_memory_budget() {
+    let options = TopicsOptions {
+        memory_budget_bytes: 4 * herald_engine::MIN_MEMORY_SHARE,
+        ..memory_rules(100_000)
+    };
+    let topics = open(Arc::new(MemoryStore::default()), options).await;
+    let kib = |i: u64| NewEvent::json(format!("{i:>1024}").into_bytes());
+    let retained = |events: &[herald_engine::Event]| -> usize {
+        events.iter().map(herald_engine::footprint).sum()
+    };
+    // Alone, a topic has the whole budget.
+    let alone = p("/mem/alone");
+    for i in 0..1000 {
+        topics
+            .append(alone.clone(), vec![kib(i)], None)
+            .await
+            .unwrap();
+    }
+    let kept = topics.read(&alone, 1, usize::MAX).await.unwrap();
+    let bytes = retained(&kept);
+    assert!(
+        bytes <= 4 * herald_engine::MIN_MEMORY_SHARE && bytes > 3 * herald_engine::MIN_MEMORY_SHARE,
+        "{bytes} bytes kept by the only memory-only topic"
+    );
+    assert_eq!(kept.last().map(|e| e.seq), Some(1000));
+    assert_eq!(
+        topics.info(&alone).await.unwrap().unwrap().first,
+        kept[0].seq,
+        "what the window dropped is gone"
+    );
+    // Eight topics share it, each down to the least share.
+    let many: Vec<Path> = (0..7).map(|i| p(&format!("/mem/t{i}"))).collect();
+    for i in 0..1000 {
+        for t in many.iter().chain([&alone]) {
+            topics.append(t.clone(), vec![kib(i)], None).await.unwrap();
+        }
+    }
+    for t in many.iter().chain([&alone]) {
+        let bytes = retained(&topics.read(t, 1, usize::MAX).await.unwrap());
+        assert!(
+            bytes <= herald_engine::MIN_MEMORY_SHARE && bytes > herald_engine::MIN_MEMORY_SHARE / 2,
+            "{t}: {bytes} bytes kept"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_memory_only_topic_deleted_and_appended_again_starts_a_new_epoch() {
+    let topics = open(Arc::new(MemoryStore::default()), memory_rules(16)).await;
+    let m = p("/mem/d");
+    let before = topics.append(m.clone(), evs(1..=3), None).await.unwrap();
+    let mut listener = topics.listener();
+    listener.subscribe(m.clone(), Some(1));
+    assert_eq!(event_seqs(&collect(&mut listener, 3).await, &m), [1, 2, 3]);
+    assert!(topics.delete(&m).await.unwrap());
+    assert!(topics.info(&m).await.unwrap().is_none());
+    let after = topics.append(m.clone(), evs(9..=9), None).await.unwrap();
+    assert!(after.epoch > before.epoch, "{after:?} after {before:?}");
+    assert_eq!((after.first, after.last), (1, 1));
+    let got = collect(&mut listener, 1).await;
+    assert!(
+        got.iter().any(|d| matches!(d, Delivery::Reset { .. })),
+        "the listener is told of the new incarnation: {got:?}"
+    );
+    assert_eq!(data(&topics.read(&m, 1, 10).await.unwrap()), ["9"]);
+}
+
 #[tokio::test]
 async fn a_failed_commit_stops_appends_and_nothing_is_visible() {
     let store = Arc::new(FailingStore::default());

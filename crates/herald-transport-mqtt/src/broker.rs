@@ -1,6 +1,8 @@
 //! The broker: shared state of every connection, the TCP accept loop, and publishing.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +10,7 @@ use bytes::Bytes;
 use herald_core::{Path, PathLimits};
 use herald_engine::{
     Accounts, KeyedRecords, NewEvent, PendingAppend, Retained, RetainedMessage, RetainedOptions,
-    Topics,
+    Topics, TryEnqueueError,
 };
 use herald_mqtt_codec::{Properties, QoS};
 use herald_store::Store;
@@ -384,8 +386,11 @@ impl Inner {
     }
 
     /// Appends a publish to its topic and, with the retain flag, updates the retained
-    /// message. Returns the pending append (durable when it resolves).
-    pub(crate) async fn publish(&self, out: Outgoing) -> Result<PendingAppend, PublishError> {
+    /// message. Returns the pending append (durable when it resolves) at once where it can:
+    /// a message that is not retained, while the topics engine's queue has room (always, for
+    /// a memory-only topic). Otherwise the work left, boxed, so that the caller pays for a
+    /// future only then.
+    pub(crate) fn publish(self: &Arc<Self>, out: Outgoing) -> Publishing {
         static DEFAULT_CT: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
         let content_type: Arc<str> = match out.properties.content_type.as_deref() {
             Some(ct) => Arc::from(ct),
@@ -402,16 +407,37 @@ impl Inner {
             properties,
             id: out.retain.then(rand::random::<u64>),
         };
-        let encoded = attrs.encode().ok_or(PublishError::Invalid)?;
-        if out.retain {
-            let message = (!out.payload.is_empty()).then(|| RetainedMessage {
+        let Some(encoded) = attrs.encode() else {
+            return Publishing::Done(Err(PublishError::Invalid));
+        };
+        let event = NewEvent::new(content_type, out.payload)
+            .with_origin(out.origin)
+            .with_attrs(encoded);
+        if !out.retain {
+            return match self.topics.try_enqueue(out.path, vec![event]) {
+                Ok(pending) => Publishing::Done(Ok(pending)),
+                Err(TryEnqueueError::Failed(e)) => Publishing::Done(Err(PublishError::Engine(e))),
+                Err(TryEnqueueError::Full { topic, events }) => {
+                    let topics = self.topics.clone();
+                    Publishing::Wait(Box::pin(async move {
+                        topics
+                            .enqueue(topic, events)
+                            .await
+                            .map_err(PublishError::Engine)
+                    }))
+                }
+            };
+        }
+        let inner = self.clone();
+        Publishing::Wait(Box::pin(async move {
+            let message = (!event.data.is_empty()).then(|| RetainedMessage {
                 t_ms: now_ms(),
-                content_type: content_type.clone(),
-                origin: out.origin.clone(),
-                attrs: encoded.clone(),
-                data: out.payload.clone(),
+                content_type: event.content_type.clone(),
+                origin: event.origin.clone(),
+                attrs: event.attrs.clone(),
+                data: event.data.clone(),
             });
-            match self.retained.set(&out.path, message).await {
+            match inner.retained.set(&out.path, message).await {
                 Ok(()) => {}
                 Err(herald_engine::RetainedError::Full { .. }) => {
                     return Err(PublishError::RetainedFull);
@@ -421,14 +447,34 @@ impl Inner {
                     return Err(PublishError::Invalid);
                 }
             }
+            inner
+                .topics
+                .enqueue(out.path, vec![event])
+                .await
+                .map_err(PublishError::Engine)
+        }))
+    }
+}
+
+/// What [`Inner::publish`] did.
+pub(crate) enum Publishing {
+    /// Queued (or refused) at once.
+    Done(Result<PendingAppend, PublishError>),
+    /// To be awaited: retaining, or waiting for room in the topics engine's queue.
+    Wait(PublishFuture),
+}
+
+/// The boxed rest of a publish that has to wait.
+pub(crate) type PublishFuture =
+    Pin<Box<dyn Future<Output = Result<PendingAppend, PublishError>> + Send>>;
+
+impl Publishing {
+    /// The outcome, waiting for it if need be.
+    pub(crate) async fn outcome(self) -> Result<PendingAppend, PublishError> {
+        match self {
+            Publishing::Done(result) => result,
+            Publishing::Wait(future) => future.await,
         }
-        let event = NewEvent::new(content_type, out.payload)
-            .with_origin(out.origin)
-            .with_attrs(encoded);
-        self.topics
-            .enqueue(out.path, vec![event])
-            .await
-            .map_err(PublishError::Engine)
     }
 }
 

@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use herald_core::{Access, Modes, Path};
-use herald_engine::{Delivery, Event, TopicsError};
+use herald_engine::{Delivery, Event, PendingAppend, TopicsError};
 use herald_mqtt_codec::{
     Ack, ConnAck, Connect, DecodeError, Decoder, Disconnect, Packet, Properties, Protocol, Publish,
     QoS, SubAck, SubOptions, Subscribe, UnsubAck, Unsubscribe, Will, encode, encoded_len,
@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::attrs::MessageAttrs;
-use crate::broker::{Inner, Outgoing, PublishError, now_ms};
+use crate::broker::{Inner, Outgoing, PublishError, PublishFuture, Publishing, now_ms};
 use crate::names::{dollar_rule_allows, filter_pattern, topic_name, topic_path};
 use crate::session::{Claim, OutState, PendingWill, Session, Subscription, next_shared};
 use crate::shared::SharedDelivery;
@@ -36,7 +36,15 @@ struct Reader<S> {
     rd: ReadHalf<S>,
     buf: BytesMut,
     decoder: Decoder,
+    /// How much to read at once: doubled while reads fill it, halved while they leave most
+    /// of it empty.
+    room: usize,
 }
+
+/// The least a read asks for (an idle connection's buffer).
+const MIN_READ_ROOM: usize = 512;
+/// The most a read asks for.
+const MAX_READ_ROOM: usize = 64 * 1024;
 
 impl<S: AsyncRead> Reader<S> {
     /// The next packet; `Ok(None)` at end of stream.
@@ -50,11 +58,18 @@ impl<S: AsyncRead> Reader<S> {
                 return Ok(Some(p));
             }
             // Small while idle (most connections are); a packet larger than what is buffered
-            // makes the buffer grow as its bytes arrive.
-            let room = if self.buf.is_empty() { 512 } else { 4096 };
+            // makes the buffer grow as its bytes arrive, and a busy publisher gets larger
+            // reads.
+            let room = if self.buf.is_empty() {
+                self.room
+            } else {
+                self.room.max(4096)
+            };
             self.buf.reserve(room);
             match self.rd.read_buf(&mut self.buf).await {
                 Ok(0) => return Ok(None),
+                Ok(n) if n >= room => self.room = (self.room * 2).min(MAX_READ_ROOM),
+                Ok(n) if n < room / 4 => self.room = (self.room / 2).max(MIN_READ_ROOM),
                 Ok(_) => {}
                 Err(e) => return Err(ReadError::Io(e)),
             }
@@ -128,6 +143,19 @@ enum End {
     Abnormal,
 }
 
+/// What [`Conn::on_publish`] leaves to do.
+enum Step {
+    /// Handled; `Some` ends the connection.
+    Done(Option<End>),
+    /// The broker has to wait (retaining, or for room in the engine's queue): await
+    /// `publishing`, then [`Conn::published`].
+    Wait {
+        id: u16,
+        qos: QoS,
+        publishing: PublishFuture,
+    },
+}
+
 type AckFuture = Pin<Box<dyn Future<Output = (u16, QoS, Result<(), PublishError>)> + Send>>;
 
 struct Conn<S> {
@@ -155,6 +183,8 @@ struct Conn<S> {
     retained_sent: HashMap<Path, Bytes>,
     /// The topic name of the last publish and its path.
     last_topic: Option<(String, Path)>,
+    /// The deliveries being handled (empty between batches; kept for its buffer).
+    batch: Vec<Delivery>,
 }
 
 /// How recent a retained message sent at SUBSCRIBE must be for its live copy to be looked for.
@@ -171,6 +201,7 @@ where
         rd,
         buf: BytesMut::new(),
         decoder: Decoder::new(inner.config.max_packet_size),
+        room: MIN_READ_ROOM,
     };
     let first = tokio::select! {
         _ = inner.shutdown.cancelled() => None,
@@ -425,6 +456,7 @@ where
         problem_info: c.properties.request_problem_information != Some(0),
         retained_sent: HashMap::new(),
         last_topic: None,
+        batch: Vec::new(),
     });
     Some(Ready {
         conn,
@@ -502,9 +534,27 @@ where
                     match read {
                         Ok(Some(packet)) => {
                             last_packet = Instant::now();
-                            // Boxed: its future (the deepest) would otherwise size every
-                            // connection's task, idle or not.
-                            if let Some(end) = Box::pin(self.handle(packet)).await {
+                            let end = match packet {
+                                // Boxed: their futures (the deepest) would otherwise size
+                                // every connection's task, idle or not.
+                                Packet::Subscribe(s) => {
+                                    Box::pin(self.on_subscribe(s)).await;
+                                    None
+                                }
+                                Packet::Unsubscribe(u) => {
+                                    Box::pin(self.on_unsubscribe(u)).await;
+                                    None
+                                }
+                                Packet::Publish(p) => match self.on_publish(p) {
+                                    Step::Done(end) => end,
+                                    Step::Wait { id, qos, publishing } => {
+                                        let result = publishing.await;
+                                        self.published(id, qos, result)
+                                    }
+                                },
+                                packet => self.handle(packet),
+                            };
+                            if let Some(end) = end {
                                 return end;
                             }
                         }
@@ -529,12 +579,15 @@ where
                 Some(shared) = next_shared(&mut self.session.shared), if can_pull => {
                     self.deliver_shared(shared);
                 }
-                deliveries = self.session.listener.next(), if can_pull => {
-                    match deliveries {
-                        Ok(batch) => {
-                            for d in batch {
+                pulled = self.session.listener.next_into(&mut self.batch), if can_pull => {
+                    match pulled {
+                        Ok(()) => {
+                            // Taken out for the loop and put back: the buffer is reused.
+                            let mut batch = std::mem::take(&mut self.batch);
+                            for d in batch.drain(..) {
                                 self.on_delivery(d);
                             }
+                            self.batch = batch;
                         }
                         Err(e) => {
                             tracing::warn!(client = %self.client_id, error = %e, "mqtt: reading topics failed");
@@ -575,10 +628,10 @@ where
         }
     }
 
-    /// Handles one packet; `Some` ends the connection.
-    async fn handle(&mut self, packet: Packet) -> Option<End> {
+    /// Handles a packet other than PUBLISH, SUBSCRIBE and UNSUBSCRIBE; `Some` ends the
+    /// connection.
+    fn handle(&mut self, packet: Packet) -> Option<End> {
         match packet {
-            Packet::Publish(p) => return self.on_publish(p).await,
             Packet::PubAck(a) => {
                 if let Some(i) = self.find_inflight(a.packet_id, OutState::Sent, QoS::AtLeastOnce) {
                     self.session.inflight.remove(i);
@@ -627,8 +680,6 @@ where
                 };
                 self.out.send(&Packet::PubComp(ack(a.packet_id, code)));
             }
-            Packet::Subscribe(s) => self.on_subscribe(s).await,
-            Packet::Unsubscribe(u) => self.on_unsubscribe(u).await,
             Packet::PingReq => self.out.send(&Packet::PingResp),
             Packet::Disconnect(d) => {
                 if let Some(expiry) = d.properties.session_expiry_interval {
@@ -670,20 +721,23 @@ where
 
     // ------------------------------------------------------------------ incoming publish
 
-    async fn on_publish(&mut self, mut p: Publish) -> Option<End> {
+    /// Handles an incoming PUBLISH, without waiting unless the broker must (see
+    /// [`Inner::publish`]); then the caller awaits [`Step::Wait`] and calls
+    /// [`Conn::published`].
+    fn on_publish(&mut self, mut p: Publish) -> Step {
         self.inner.metrics.received.increment(1);
         let alias = p.properties.topic_alias.take();
         if let Some(alias) = alias {
             if alias == 0 || alias > self.inner.config.topic_alias_maximum {
                 self.disconnect(reason::TOPIC_ALIAS_INVALID);
-                return Some(End::Abnormal);
+                return Step::Done(Some(End::Abnormal));
             }
             if p.topic.is_empty() {
                 match self.aliases.get(&alias) {
                     Some(t) => p.topic.clone_from(t),
                     None => {
                         self.disconnect(reason::PROTOCOL_ERROR);
-                        return Some(End::Abnormal);
+                        return Step::Done(Some(End::Abnormal));
                     }
                 }
             } else {
@@ -705,23 +759,23 @@ where
         };
         let Some(path) = path else {
             tracing::debug!(client = %self.client_id, topic = %p.topic, "mqtt: invalid topic name");
-            return self.refuse_publish(&p, reason::TOPIC_NAME_INVALID);
+            return Step::Done(self.refuse_publish(&p, reason::TOPIC_NAME_INVALID));
         };
         if !self.access.allows(&path, Modes::WRITE) {
             tracing::debug!(client = %self.client_id, %path, "mqtt: publish not authorized");
-            return self.refuse_publish(&p, reason::NOT_AUTHORIZED);
+            return Step::Done(self.refuse_publish(&p, reason::NOT_AUTHORIZED));
         }
         match p.qos {
             QoS::ExactlyOnce if self.session.incoming_qos2.contains(&p.packet_id) => {
                 // A resend of a message already accepted: acknowledge, do not append again.
                 self.out
                     .send(&Packet::PubRec(ack(p.packet_id, reason::SUCCESS)));
-                return None;
+                return Step::Done(None);
             }
             QoS::AtLeastOnce | QoS::ExactlyOnce => {
                 if self.acks.len() >= usize::from(self.inner.config.receive_maximum) {
                     self.disconnect(reason::RECEIVE_MAXIMUM_EXCEEDED);
-                    return Some(End::Abnormal);
+                    return Step::Done(Some(End::Abnormal));
                 }
             }
             QoS::AtMostOnce => {}
@@ -729,17 +783,35 @@ where
         let (id, qos) = (p.packet_id, p.qos);
         if qos == QoS::AtLeastOnce && !self.incoming_qos1.insert(id) {
             // Still being appended: the PUBACK for the first copy is coming.
-            return None;
+            return Step::Done(None);
         }
-        let result = Box::pin(self.inner.publish(Outgoing {
+        let publishing = self.inner.publish(Outgoing {
             path,
             qos,
             retain: p.retain,
             properties: p.properties,
             payload: p.payload,
             origin: self.client_id.clone(),
-        }))
-        .await;
+        });
+        match publishing {
+            Publishing::Done(result) => Step::Done(self.published(id, qos, result)),
+            Publishing::Wait(publishing) => Step::Wait {
+                id,
+                qos,
+                publishing,
+            },
+        }
+    }
+
+    /// Goes on with an incoming publish once the broker took it: a QoS 0 refusal ends the
+    /// connection; a QoS 1 or 2 publish is acknowledged once durable (at once if it is
+    /// already and no earlier acknowledgement waits).
+    fn published(
+        &mut self,
+        id: u16,
+        qos: QoS,
+        result: Result<PendingAppend, PublishError>,
+    ) -> Option<End> {
         match (qos, result) {
             (QoS::AtMostOnce, Ok(_)) => None,
             (QoS::AtMostOnce, Err(e)) => {
@@ -751,6 +823,18 @@ where
                 if qos == QoS::ExactlyOnce {
                     self.session.incoming_qos2.insert(id);
                 }
+                let pending = if self.acks.is_empty() {
+                    // Acknowledgements go out in the order of the publishes (MQTT 4.6).
+                    match pending.into_done() {
+                        Ok(done) => {
+                            let done = done.map(|_| ()).map_err(PublishError::Engine);
+                            return self.acknowledge(id, qos, done);
+                        }
+                        Err(pending) => pending,
+                    }
+                } else {
+                    pending
+                };
                 self.acks.push_back(Box::pin(async move {
                     let r = pending.await.map(|_| ()).map_err(PublishError::Engine);
                     (id, qos, r)
@@ -1255,6 +1339,7 @@ fn schedule_will(
                 payload: will.payload,
                 origin: client_id.clone(),
             })
+            .outcome()
             .await;
         match result {
             Ok(pending) => {

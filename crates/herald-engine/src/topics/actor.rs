@@ -12,8 +12,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{
-    Appended, Event, LOG_PREFIX, NewEvent, RETENTION_SNAPSHOT, Reply, Shared, Topic, TopicsError,
-    now_ms, parse_log_name, retention,
+    Appended, Event, InMemory, LOG_PREFIX, NewEvent, RETENTION_SNAPSHOT, Reply, Shared, Topic,
+    TopicsError, now_ms, parse_log_name, retention,
 };
 
 pub(crate) enum Command {
@@ -105,9 +105,6 @@ struct Staged {
 
 pub(crate) struct Actor {
     shared: Arc<Shared>,
-    /// The newest epoch handed out per path, so that a topic created again after a delete
-    /// always gets a larger epoch even if the clock has not moved.
-    epochs: HashMap<Path, u64>,
     stale: Vec<String>,
     retention_job: Option<JoinHandle<()>>,
 }
@@ -116,7 +113,6 @@ impl Actor {
     pub(crate) fn new(shared: Arc<Shared>, stale: Vec<String>) -> Self {
         Self {
             shared,
-            epochs: HashMap::new(),
             stale,
             retention_job: None,
         }
@@ -169,12 +165,22 @@ impl Actor {
                         let _ = reply.send(Err(TopicsError::Store(e.clone())));
                         continue;
                     }
+                    // Normally done by the caller already; here in case the topic's retention
+                    // became memory-only since.
+                    let events = match self.shared.append_in_memory(&topic, events, expect_last) {
+                        InMemory::Done(result) => {
+                            let _ = reply.send(result);
+                            continue;
+                        }
+                        InMemory::Durable(events) => events,
+                    };
                     let (t, is_new) = match created.get(&topic) {
                         Some(t) => (t.clone(), true),
                         None => match self.shared.topic(&topic) {
                             Some(t) => (t, false),
                             None => {
-                                let t = self.create(&topic);
+                                // Durable: memory-only ones were appended to above.
+                                let t = self.shared.incarnation(&topic, false);
                                 created.insert(topic.clone(), t.clone());
                                 (t, true)
                             }
@@ -256,15 +262,6 @@ impl Actor {
         }
         self.commit(staged).await;
         shutdown
-    }
-
-    /// A new incarnation of `path`, not yet visible to anyone.
-    fn create(&mut self, path: &Path) -> Arc<Topic> {
-        let previous = self.epochs.get(path).copied().unwrap_or(0);
-        let epoch = now_ms().max(previous + 1);
-        self.epochs.insert(path.clone(), epoch);
-        let memory_only = self.shared.retention(path).0.memory_only;
-        Arc::new(Topic::new(path.clone(), epoch, memory_only, 1, 0))
     }
 
     /// Stores the staged events in one batch, then publishes them and answers their writers.
@@ -360,30 +357,10 @@ impl Actor {
         let Some(last) = events.last().map(|e| e.seq) else {
             return;
         };
-        {
-            let opts = &self.shared.options;
-            let mut state = topic.lock();
-            for e in events {
-                state.window_bytes += e.data.len();
-                state.window.push_back(e);
-            }
-            let (max_events, max_bytes) = if topic.memory_only {
-                (opts.memory_window_events, opts.memory_window_bytes)
-            } else {
-                (opts.window_events, opts.window_bytes)
-            };
-            while state.window.len() > max_events
-                || (state.window_bytes > max_bytes && state.window.len() > 1)
-            {
-                if let Some(old) = state.window.pop_front() {
-                    state.window_bytes -= old.data.len();
-                    if topic.memory_only {
-                        // The window is a memory-only topic's whole history.
-                        state.first = old.seq + 1;
-                    }
-                }
-            }
-        }
+        let bounds = self.shared.window_bounds(topic.memory_only);
+        topic
+            .lock()
+            .push(events.into_iter(), topic.memory_only, bounds);
         topic.last.store(last, Ordering::Release);
         topic.wake();
     }
@@ -402,7 +379,7 @@ impl Actor {
                 .await
                 .unwrap_or_else(|e| Err(StoreError::Engine(Box::new(e))))?;
         }
-        self.epochs.insert(path.clone(), topic.epoch);
+        self.shared.retire_epoch(path, topic.epoch);
         let n = {
             let mut topics = self
                 .shared
@@ -412,7 +389,15 @@ impl Actor {
             topics.remove(path);
             topics.len()
         };
-        topic.deleted.store(true, Ordering::Release);
+        {
+            // Under the topic's lock, which appends to memory-only topics take: none lands
+            // in this incarnation after the delete returns.
+            let _state = topic.lock();
+            topic.deleted.store(true, Ordering::Release);
+        }
+        if topic.memory_only {
+            self.shared.memory_topics.fetch_sub(1, Ordering::Relaxed);
+        }
         // Wake the topic's listeners so they notice.
         topic.wake();
         self.shared.generation.send_modify(|g| *g += 1);

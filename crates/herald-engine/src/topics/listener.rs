@@ -91,8 +91,12 @@ impl Signal {
         }
     }
 
-    fn take(&self) -> HashSet<Path> {
-        std::mem::take(&mut *self.dirty.lock().unwrap_or_else(PoisonError::into_inner))
+    /// Moves the marked topics into `into` (empty), which keeps its table for the next time.
+    fn take_into(&self, into: &mut HashSet<Path>) {
+        std::mem::swap(
+            &mut *self.dirty.lock().unwrap_or_else(PoisonError::into_inner),
+            into,
+        );
     }
 }
 
@@ -123,6 +127,8 @@ pub struct Listener {
     rescan: bool,
     /// Wildcard subscriptions, registered in the shared pattern index.
     patterns: Vec<(PathPattern, Arc<PatternSub>)>,
+    /// The topics taken from the signal, kept empty between looks (for its table).
+    marked: HashSet<Path>,
 }
 
 static NEXT_PATTERN_ID: AtomicU64 = AtomicU64::new(1);
@@ -144,6 +150,7 @@ impl Listener {
             }),
             rescan: false,
             patterns: Vec::new(),
+            marked: HashSet::new(),
         }
     }
 
@@ -405,6 +412,19 @@ impl Listener {
     /// # Errors
     /// [`TopicsError::Store`] or [`TopicsError::Corrupt`] when reading history fails.
     pub async fn next(&mut self) -> Result<Vec<Delivery>, TopicsError> {
+        let mut out = Vec::new();
+        self.next_into(&mut out).await?;
+        Ok(out)
+    }
+
+    /// [`Listener::next`] into `out` (cleared first). A caller that keeps `out` from call to
+    /// call saves an allocation per batch: the listener and the caller trade their buffers,
+    /// each kept while it holds at most `listener_batch` deliveries.
+    ///
+    /// # Errors
+    /// As [`Listener::next`]; `out` is then empty.
+    pub async fn next_into(&mut self, out: &mut Vec<Delivery>) -> Result<(), TopicsError> {
+        out.clear();
         loop {
             if self.rescan || self.generation.has_changed().unwrap_or(false) {
                 self.rescan = false;
@@ -421,9 +441,12 @@ impl Listener {
                 }
             }
             self.adopt_new_topics();
-            for path in self.signal.take() {
+            let mut marked = std::mem::take(&mut self.marked);
+            self.signal.take_into(&mut marked);
+            for path in marked.drain() {
                 self.enqueue(&path);
             }
+            self.marked = marked;
             while self.ready.len() < self.shared.options.listener_batch {
                 // Taken off the queue only once polled: a cancelled poll leaves it first in
                 // line for the next call.
@@ -441,9 +464,15 @@ impl Listener {
                 }
             }
             if !self.ready.is_empty() {
-                let out = std::mem::take(&mut self.ready);
-                self.shared.metrics.delivered.increment(out.len() as u64);
-                return Ok(out);
+                self.shared
+                    .metrics
+                    .delivered
+                    .increment(self.ready.len() as u64);
+                std::mem::swap(&mut self.ready, out);
+                if self.ready.capacity() > self.shared.options.listener_batch.max(16) {
+                    self.ready = Vec::new();
+                }
+                return Ok(());
             }
             if self.todo.is_empty() {
                 self.wait().await;
@@ -491,13 +520,48 @@ impl Listener {
             .saturating_sub(self.ready.len())
             .max(1);
         let topic = topic.clone();
-        let events = self.shared.fetch(&topic, next, last, room).await?;
+        let epoch = topic.epoch;
+        // Events go straight from the window into `ready` when it holds them; a gap found
+        // below is put before them.
+        let start = self.ready.len();
+        let in_window = {
+            let (ready, name) = (&mut self.ready, &sub.path);
+            self.shared.read_window(&topic, next, last, room, |event| {
+                ready.push(Delivery::Event {
+                    topic: name.clone(),
+                    epoch,
+                    event,
+                });
+            })
+        };
+        if !in_window {
+            let events = self.shared.fetch(&topic, next, last, room).await?;
+            let Some(sub) = self.subs.get(path) else {
+                return Ok(false);
+            };
+            self.ready
+                .extend(events.into_iter().map(|event| Delivery::Event {
+                    topic: sub.path.clone(),
+                    epoch,
+                    event,
+                }));
+        }
         // Re-borrow after the await; nothing else can have touched `subs` (we hold `&mut self`).
         let Some(sub) = self.subs.get_mut(path) else {
+            self.ready.truncate(start);
             return Ok(false);
         };
-        let gap_to = match events.first() {
-            Some(e) if e.seq > next => Some(e.seq - 1),
+        let seq_at = |d: Option<&Delivery>| match d {
+            Some(Delivery::Event { event, .. }) => Some(event.seq),
+            _ => None,
+        };
+        let (first, newest) = if self.ready.len() > start {
+            (seq_at(self.ready.get(start)), seq_at(self.ready.last()))
+        } else {
+            (None, None)
+        };
+        let gap_to = match first {
+            Some(seq) if seq > next => Some(seq - 1),
             Some(_) => None,
             None => {
                 let first = topic.lock().first;
@@ -506,25 +570,20 @@ impl Listener {
         };
         if let Some(to) = gap_to {
             self.shared.metrics.gaps.increment(1);
-            self.ready.push(Delivery::Gap {
-                topic: sub.path.clone(),
-                from: next,
-                to,
-            });
+            self.ready.insert(
+                start,
+                Delivery::Gap {
+                    topic: sub.path.clone(),
+                    from: next,
+                    to,
+                },
+            );
             sub.position.next = to + 1;
         }
-        if let Some(e) = events.last() {
-            sub.position.next = e.seq + 1;
+        if let Some(seq) = newest {
+            sub.position.next = seq + 1;
         }
-        let epoch = topic.epoch;
-        let more = sub.position.next <= last;
-        self.ready
-            .extend(events.into_iter().map(|event| Delivery::Event {
-                topic: sub.path.clone(),
-                epoch,
-                event,
-            }));
-        Ok(more)
+        Ok(sub.position.next <= last)
     }
 
     /// Waits until a followed topic moves, or a topic is created or deleted (then sets

@@ -9,7 +9,9 @@
 //! - **Appends** go through one actor ([`Topics`] is its cloneable handle). It takes every queued
 //!   request (up to `max_batch`), numbers the events, and commits all of them to the store in one
 //!   atomic batch with one fsync (group commit). Only then are they published and acknowledged,
-//!   so nothing is visible before it is durable.
+//!   so nothing is visible before it is durable. Appends to **memory-only** topics have nothing
+//!   to commit and skip the actor: the caller numbers them under the topic's lock and publishes
+//!   them at once ([`Topics::try_enqueue`] does so without an `await`).
 //! - **Published** means: the events enter the topic's in-memory window (the newest few hundred
 //!   events), and the topic's committed sequence number, a `tokio::sync::watch` value, moves.
 //!   That is the whole fan-out: the actor does O(1) work per topic per batch, however many
@@ -23,7 +25,8 @@
 //!   background job every `retention_interval`, never by the append path. Events older than what
 //!   is retained are reported to listeners as [`Delivery::Gap`], never skipped silently.
 //! - **Memory-only** topics never touch the store: their history is the in-memory window, and
-//!   they start again at epoch = process start after a restart.
+//!   they start again at epoch = process start after a restart. Together their windows keep
+//!   about [`TopicsOptions::memory_budget_bytes`].
 //!
 //! # Storage layout
 //! Each topic incarnation is one store log named `t:{epoch:016x}:{path}`, whose records are
@@ -33,9 +36,10 @@
 mod actor;
 mod listener;
 mod retention;
+mod window;
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -49,6 +53,7 @@ use tokio::task::JoinHandle;
 pub use listener::{Delivery, Listener, Position};
 
 use actor::{Actor, Command};
+use window::Window;
 
 /// The prefix of every topic log in the store.
 pub const LOG_PREFIX: &str = "t:";
@@ -66,14 +71,18 @@ pub struct TopicsOptions {
     pub rules: RetentionRules,
     /// Events kept in memory per topic for listeners that are nearly caught up.
     pub window_events: usize,
-    /// Bytes (of event data) kept in memory per topic, at most.
+    /// Bytes kept in memory per topic, at most (counted as [`footprint`] does).
     pub window_bytes: usize,
     /// The window of a memory-only topic, which is its whole history: a listener further
     /// behind loses events (and is told, with [`Delivery::Gap`]). Larger than a durable
     /// topic's window, whose older events are still on disk.
     pub memory_window_events: usize,
-    /// Bytes (of event data) a memory-only topic keeps, at most.
+    /// Bytes a memory-only topic keeps, at most (counted as [`footprint`] does).
     pub memory_window_bytes: usize,
+    /// What memory-only topics keep together, about: each keeps at most an equal share
+    /// (between [`MIN_MEMORY_SHARE`] and `memory_window_bytes`), so that many busy topics
+    /// cannot hold memory without bound.
+    pub memory_budget_bytes: usize,
     /// How often retention is enforced.
     pub retention_interval: Duration,
     /// The most events one [`Listener::next`] returns.
@@ -89,11 +98,25 @@ impl Default for TopicsOptions {
             window_events: 256,
             window_bytes: 256 * 1024,
             memory_window_events: 65_536,
-            memory_window_bytes: 16 * 1024 * 1024,
+            memory_window_bytes: 32 * 1024 * 1024,
+            memory_budget_bytes: DEFAULT_MEMORY_BUDGET,
             retention_interval: Duration::from_secs(1),
             listener_batch: 1000,
         }
     }
+}
+
+/// The default [`TopicsOptions::memory_budget_bytes`]: 256 MiB.
+pub const DEFAULT_MEMORY_BUDGET: usize = 256 * 1024 * 1024;
+
+/// The least share of [`TopicsOptions::memory_budget_bytes`] a memory-only topic gets,
+/// however many there are.
+pub const MIN_MEMORY_SHARE: usize = 64 * 1024;
+
+/// The memory an event in a window takes, as the window bounds count it: its data and
+/// attributes and the event itself.
+pub fn footprint(event: &Event) -> usize {
+    event.data.len() + event.attrs.len() + std::mem::size_of::<Event>()
 }
 
 /// An event to append.
@@ -250,8 +273,35 @@ pub(crate) struct TopicState {
     /// The oldest retained sequence number.
     pub(crate) first: u64,
     /// The newest committed events, contiguous, oldest first.
-    pub(crate) window: VecDeque<Event>,
+    pub(crate) window: Window,
     pub(crate) window_bytes: usize,
+}
+
+impl TopicState {
+    /// Puts committed events into the window, then trims it to `(max_events, max_bytes)`
+    /// (see [`Shared::window_bounds`]; a memory-only topic's window is its whole history, so
+    /// trimming it moves `first`).
+    pub(crate) fn push(
+        &mut self,
+        events: impl Iterator<Item = Event>,
+        memory_only: bool,
+        (max_events, max_bytes): (usize, usize),
+    ) {
+        for e in events {
+            self.window_bytes += footprint(&e);
+            self.window.push_back(e);
+        }
+        while self.window.len() > max_events
+            || (self.window_bytes > max_bytes && self.window.len() > 1)
+        {
+            if let Some(old) = self.window.pop_front() {
+                self.window_bytes -= footprint(&old);
+                if memory_only {
+                    self.first = old.seq + 1;
+                }
+            }
+        }
+    }
 }
 
 impl Topic {
@@ -268,7 +318,7 @@ impl Topic {
             signals: Mutex::new(HashMap::new()),
             state: Mutex::new(TopicState {
                 first,
-                window: VecDeque::new(),
+                window: Window::default(),
                 window_bytes: 0,
             }),
         }
@@ -397,6 +447,14 @@ pub(crate) fn decode_event(seq: u64, raw: Vec<u8>) -> Result<Event, TopicsError>
     })
 }
 
+/// What [`Shared::append_in_memory`] did.
+pub(crate) enum InMemory {
+    /// The topic is memory-only: appended (or refused).
+    Done(Result<Appended, TopicsError>),
+    /// The topic is durable: the events, for the actor.
+    Durable(Vec<NewEvent>),
+}
+
 /// State shared by the handle, the actor, listeners and the retention job.
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
@@ -412,6 +470,11 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     /// Wildcard subscriptions, told about every topic created that matches them.
     pub(crate) patterns: Mutex<PatternIndex<Arc<PatternSub>>>,
+    /// The newest epoch handed out per path, so that a topic created again after a delete
+    /// always gets a larger epoch even if the clock has not moved.
+    pub(crate) epochs: Mutex<HashMap<Path, u64>>,
+    /// How many memory-only topics exist (they share `memory_budget_bytes`).
+    pub(crate) memory_topics: AtomicUsize,
 }
 
 /// One wildcard subscription of a listener: the topics created since it last looked.
@@ -446,6 +509,135 @@ impl Shared {
             .cloned()
     }
 
+    /// A new incarnation of `path`, not yet visible to anyone.
+    pub(crate) fn incarnation(&self, path: &Path, memory_only: bool) -> Arc<Topic> {
+        let epoch = {
+            let mut epochs = self.epochs.lock().unwrap_or_else(|e| e.into_inner());
+            let previous = epochs.get(path).copied().unwrap_or(0);
+            let epoch = now_ms().max(previous + 1);
+            epochs.insert(path.clone(), epoch);
+            epoch
+        };
+        Arc::new(Topic::new(path.clone(), epoch, memory_only, 1, 0))
+    }
+
+    /// Remembers the epoch of a deleted topic, so that its next incarnation gets a larger one.
+    pub(crate) fn retire_epoch(&self, path: &Path, epoch: u64) {
+        self.epochs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(path.clone(), epoch);
+    }
+
+    /// The most events and bytes a window keeps: a durable topic's are fixed; a memory-only
+    /// topic's bytes are its share of the budget.
+    pub(crate) fn window_bounds(&self, memory_only: bool) -> (usize, usize) {
+        let o = &self.options;
+        if !memory_only {
+            return (o.window_events, o.window_bytes);
+        }
+        let topics = self.memory_topics.load(Ordering::Relaxed).max(1);
+        let share = (o.memory_budget_bytes / topics)
+            .max(MIN_MEMORY_SHARE)
+            .min(o.memory_window_bytes);
+        (o.memory_window_events, share)
+    }
+
+    /// Tells wildcard subscriptions and listeners waiting for topics that `path` now exists.
+    pub(crate) fn announce(&self, path: &Path) {
+        self.patterns().matches(path, |sub| {
+            sub.found().push(path.clone());
+        });
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// The topic `path` if it is memory-only: the existing one, or a new one created (and
+    /// announced) here when none exists and its retention makes it memory-only. `None` for
+    /// a durable topic, existing or to be created by the actor.
+    fn memory_topic(&self, path: &Path) -> Option<Arc<Topic>> {
+        if let Some(topic) = self.topic(path) {
+            return topic.memory_only.then_some(topic);
+        }
+        if !self.retention(path).0.memory_only {
+            return None;
+        }
+        let (topic, count) = {
+            let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(topic) = topics.get(path) {
+                return topic.memory_only.then(|| topic.clone());
+            }
+            let topic = self.incarnation(path, true);
+            topics.insert(path.clone(), topic.clone());
+            self.memory_topics.fetch_add(1, Ordering::Relaxed);
+            (topic, topics.len())
+        };
+        self.metrics.topics.set(count as f64);
+        self.announce(path);
+        Some(topic)
+    }
+
+    /// Appends to `path` at once if it is (or is to be created) memory-only: such a topic has
+    /// nothing to commit, so its appends skip the actor. The events are numbered under the
+    /// topic's lock, which every append to it takes, so numbers never collide and one
+    /// caller's appends keep their order. A durable topic's events are handed back, for the
+    /// actor.
+    pub(crate) fn append_in_memory(
+        &self,
+        path: &Path,
+        events: Vec<NewEvent>,
+        expect_last: Option<u64>,
+    ) -> InMemory {
+        loop {
+            let Some(topic) = self.memory_topic(path) else {
+                return InMemory::Durable(events);
+            };
+            if let Some(e) = self.failed.get() {
+                return InMemory::Done(Err(TopicsError::Store(e.clone())));
+            }
+            let mut state = topic.lock();
+            if topic.is_deleted() {
+                // Deleted since it was looked up: append to its next incarnation.
+                continue;
+            }
+            let last = topic.committed_last();
+            if let Some(expected) = expect_last
+                && expected != last
+            {
+                return InMemory::Done(Err(TopicsError::Conflict {
+                    expected,
+                    got: last,
+                }));
+            }
+            let t_ms = now_ms().max(topic.last_t.load(Ordering::Relaxed));
+            topic.last_t.store(t_ms, Ordering::Relaxed);
+            let count = events.len() as u64;
+            let mut bytes = 0;
+            let numbered = events.into_iter().zip(last + 1..).map(|(e, seq)| {
+                bytes += e.data.len();
+                Event {
+                    seq,
+                    t_ms,
+                    content_type: e.content_type,
+                    origin: e.origin,
+                    attrs: e.attrs,
+                    data: e.data,
+                }
+            });
+            state.push(numbered, true, self.window_bounds(true));
+            topic.last.store(last + count, Ordering::Release);
+            drop(state);
+            topic.wake();
+            self.metrics.events.increment(count);
+            self.metrics.event_bytes.increment(bytes as u64);
+            return InMemory::Done(Ok(Appended {
+                epoch: topic.epoch,
+                first: last + 1,
+                last: last + count,
+                t_ms,
+            }));
+        }
+    }
+
     /// The retention in force for `path`, and whether it is a per-topic override.
     pub(crate) fn retention(&self, path: &Path) -> (Retention, bool) {
         if let Some(r) = self
@@ -457,6 +649,48 @@ impl Shared {
             return (*r, true);
         }
         (self.rules.resolve(path), false)
+    }
+
+    /// Hands `each` the committed events of `topic` with `from <= seq <= to`, at most `limit`,
+    /// oldest first, if the in-memory window holds them (always, for a memory-only topic,
+    /// whose window is its history); returns false, having handed nothing, when they must be
+    /// read from the store. Like [`Shared::fetch`], the events may start later than `from`
+    /// when older ones are no longer retained. Runs under the topic's lock: `each` must be
+    /// quick.
+    pub(crate) fn read_window(
+        &self,
+        topic: &Topic,
+        from: u64,
+        to: u64,
+        limit: usize,
+        mut each: impl FnMut(Event),
+    ) -> bool {
+        if from > to || limit == 0 {
+            return true;
+        }
+        let want = usize::try_from(to - from + 1)
+            .unwrap_or(usize::MAX)
+            .min(limit);
+        let state = topic.lock();
+        let from = from.max(state.first);
+        if from > to {
+            return true;
+        }
+        let skip = match state.window.front() {
+            Some(front) if front.seq <= from => {
+                usize::try_from(from - front.seq).unwrap_or(usize::MAX)
+            }
+            // Nothing older than the window exists anywhere.
+            _ if topic.memory_only => 0,
+            _ => return false,
+        };
+        state
+            .window
+            .iter_from(skip)
+            .take_while(|e| e.seq <= to)
+            .take(want)
+            .for_each(|e| each(e.clone()));
+        true
     }
 
     /// Reads committed events of `topic` with `from <= seq <= to`, at most `limit`, from the
@@ -472,40 +706,13 @@ impl Shared {
         if from > to || limit == 0 {
             return Ok(Vec::new());
         }
+        let mut events = Vec::new();
+        if self.read_window(topic, from, to, limit, |e| events.push(e)) {
+            return Ok(events);
+        }
         let want = usize::try_from(to - from + 1)
             .unwrap_or(usize::MAX)
             .min(limit);
-        {
-            let state = topic.lock();
-            let from = from.max(state.first);
-            if from > to {
-                return Ok(Vec::new());
-            }
-            let window_first = state.window.front().map(|e| e.seq);
-            if let Some(wf) = window_first
-                && wf <= from
-            {
-                let skip = usize::try_from(from - wf).unwrap_or(usize::MAX);
-                return Ok(state
-                    .window
-                    .iter()
-                    .skip(skip)
-                    .take_while(|e| e.seq <= to)
-                    .take(want)
-                    .cloned()
-                    .collect());
-            }
-            if topic.memory_only {
-                // Nothing older than the window exists anywhere.
-                return Ok(state
-                    .window
-                    .iter()
-                    .take_while(|e| e.seq <= to)
-                    .take(want)
-                    .cloned()
-                    .collect());
-            }
-        }
         let store = self.store.clone();
         let log = topic.log.clone();
         let records = tokio::task::spawn_blocking(move || store.read(&log, from, want))
@@ -563,7 +770,34 @@ type Reply<T> = oneshot::Sender<T>;
 
 /// An append queued with [`Topics::enqueue`]; await it for the outcome.
 #[derive(Debug)]
-pub struct PendingAppend(oneshot::Receiver<Result<Appended, TopicsError>>);
+pub struct PendingAppend(Pending);
+
+#[derive(Debug)]
+enum Pending {
+    /// Done already (a memory-only topic has nothing to commit); taken by the first poll.
+    Done(Option<Result<Appended, TopicsError>>),
+    /// Waiting for the actor's commit.
+    Queued(oneshot::Receiver<Result<Appended, TopicsError>>),
+}
+
+impl PendingAppend {
+    fn done(result: Result<Appended, TopicsError>) -> Self {
+        Self(Pending::Done(Some(result)))
+    }
+
+    /// The outcome if it is known already (always, for a memory-only topic), else the
+    /// pending append back: lets a caller skip boxing a future for what is done.
+    ///
+    /// # Errors
+    /// The pending append itself when its commit is still to come.
+    pub fn into_done(self) -> Result<Result<Appended, TopicsError>, PendingAppend> {
+        match self.0 {
+            Pending::Done(Some(result)) => Ok(result),
+            Pending::Done(None) => Ok(Err(TopicsError::Closed)),
+            Pending::Queued(rx) => Err(PendingAppend(Pending::Queued(rx))),
+        }
+    }
+}
 
 impl std::future::Future for PendingAppend {
     type Output = Result<Appended, TopicsError>;
@@ -572,10 +806,32 @@ impl std::future::Future for PendingAppend {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0)
-            .poll(cx)
-            .map(|r| r.unwrap_or(Err(TopicsError::Closed)))
+        match &mut self.0 {
+            // Polled again after completion (a contract breach by the caller): report the
+            // engine as gone rather than panic.
+            Pending::Done(result) => {
+                std::task::Poll::Ready(result.take().unwrap_or(Err(TopicsError::Closed)))
+            }
+            Pending::Queued(rx) => std::pin::Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or(Err(TopicsError::Closed))),
+        }
     }
+}
+
+/// Why [`Topics::try_enqueue`] did not queue an append.
+#[derive(Debug)]
+pub enum TryEnqueueError {
+    /// The actor's queue is full: the append is handed back, for [`Topics::enqueue`] (which
+    /// waits for room).
+    Full {
+        /// The topic, as given.
+        topic: Path,
+        /// The events, as given.
+        events: Vec<NewEvent>,
+    },
+    /// As [`Topics::enqueue`] fails.
+    Failed(TopicsError),
 }
 
 impl Topics {
@@ -603,6 +859,8 @@ impl Topics {
             options: options.clone(),
             metrics: Metrics::new(),
             patterns: Mutex::new(PatternIndex::new()),
+            epochs: Mutex::new(HashMap::new()),
+            memory_topics: AtomicUsize::new(0),
         });
         let mut topics = HashMap::new();
         for (path, l) in loaded.topics {
@@ -654,8 +912,8 @@ impl Topics {
     }
 
     /// Queues an append without waiting for its commit, so that one connection can have many
-    /// appends in flight (they join the same group commits). Appends queued by one task are
-    /// applied in the order they were queued. Waits only for queue space (back-pressure).
+    /// appends in flight (they join the same group commits). Appends queued by one task to one
+    /// topic are applied in the order they were queued. Waits only for queue space (back-pressure).
     /// Await the returned [`PendingAppend`] to learn the outcome.
     ///
     /// # Errors
@@ -669,7 +927,41 @@ impl Topics {
         self.queue(topic, events, None).await
     }
 
+    /// [`Topics::enqueue`] without waiting for queue space: appends to a memory-only topic
+    /// at once, else queues the append if the actor's queue has room. The hot path of
+    /// protocol adapters, which need not box an `async` call per message this way.
+    ///
+    /// # Errors
+    /// [`TryEnqueueError::Full`] with the append handed back when the queue is full;
+    /// [`TryEnqueueError::Failed`] as [`Topics::enqueue`] fails.
+    pub fn try_enqueue(
+        &self,
+        topic: Path,
+        events: Vec<NewEvent>,
+    ) -> Result<PendingAppend, TryEnqueueError> {
+        validate(&topic, &events).map_err(TryEnqueueError::Failed)?;
+        let events = match self.shared.append_in_memory(&topic, events, None) {
+            InMemory::Done(result) => return Ok(PendingAppend::done(result)),
+            InMemory::Durable(events) => events,
+        };
+        let (reply, rx) = oneshot::channel();
+        let command = Command::Append {
+            topic,
+            events,
+            expect_last: None,
+            reply,
+        };
+        match self.tx.try_send(command) {
+            Ok(()) => Ok(PendingAppend(Pending::Queued(rx))),
+            Err(mpsc::error::TrySendError::Full(Command::Append { topic, events, .. })) => {
+                Err(TryEnqueueError::Full { topic, events })
+            }
+            Err(_) => Err(TryEnqueueError::Failed(TopicsError::Closed)),
+        }
+    }
+
     /// Validates and queues an append; the returned future resolves once it is committed.
+    /// A memory-only topic has nothing to commit: the append is done at once, here.
     async fn queue(
         &self,
         topic: Path,
@@ -677,6 +969,10 @@ impl Topics {
         expect_last: Option<u64>,
     ) -> Result<PendingAppend, TopicsError> {
         validate(&topic, &events)?;
+        let events = match self.shared.append_in_memory(&topic, events, expect_last) {
+            InMemory::Done(result) => return Ok(PendingAppend::done(result)),
+            InMemory::Durable(events) => events,
+        };
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Append {
@@ -687,7 +983,7 @@ impl Topics {
             })
             .await
             .map_err(|_| TopicsError::Closed)?;
-        Ok(PendingAppend(rx))
+        Ok(PendingAppend(Pending::Queued(rx)))
     }
 
     /// Reads up to `limit` retained events with `seq >= from`, oldest first.

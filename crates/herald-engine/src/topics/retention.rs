@@ -110,7 +110,7 @@ fn trim_topic(
         state.first = cut;
         while state.window.front().is_some_and(|e| e.seq < cut) {
             if let Some(old) = state.window.pop_front() {
-                state.window_bytes -= old.data.len();
+                state.window_bytes -= super::footprint(&old);
             }
         }
     }
