@@ -307,13 +307,22 @@ impl Mqtt {
                         let acceptor = tls
                             .as_ref()
                             .map(|t| tokio_rustls::TlsAcceptor::from(t.borrow().clone()));
-                        self.inner.tasks.spawn(async move {
+                        let task = async move {
                             match acceptor {
                                 None => conn::run(inner, stream, peer).await,
-                                Some(acceptor) => tls_connection(inner, acceptor, stream, peer).await,
+                                // Boxed: the TLS state would otherwise size every
+                                // connection's task, TLS or not.
+                                // (A statement of its own: the unboxed future, a temporary
+                                // of the statement, would otherwise count too.)
+                                Some(acceptor) => {
+                                    let tls = Box::pin(tls_connection(inner, acceptor, stream, peer));
+                                    tls.await;
+                                }
                             }
                             drop(permit);
-                        });
+                        };
+
+                        self.inner.tasks.spawn(task);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "mqtt: accept failed");

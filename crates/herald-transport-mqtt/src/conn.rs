@@ -1,6 +1,6 @@
 //! One MQTT connection: CONNECT and authentication, then the packet loop.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
-use futures_util::stream::{FuturesOrdered, StreamExt};
 use herald_core::{Access, Modes, Path};
 use herald_engine::{Delivery, Event, PendingAppend, TopicsError};
 use herald_mqtt_codec::{
@@ -39,10 +38,13 @@ struct Reader<S> {
     /// How much to read at once: doubled while reads fill it, halved while they leave most
     /// of it empty.
     room: usize,
+    /// Whether the buffer may hold whole packets not decoded yet: the next
+    /// [`Reader::fill`] returns at once.
+    pending: bool,
 }
 
 /// The least a read asks for (an idle connection's buffer).
-const MIN_READ_ROOM: usize = 512;
+const MIN_READ_ROOM: usize = 64;
 /// The most a read asks for.
 const MAX_READ_ROOM: usize = 64 * 1024;
 
@@ -57,23 +59,44 @@ impl<S: AsyncRead> Reader<S> {
             {
                 return Ok(Some(p));
             }
-            // Small while idle (most connections are); a packet larger than what is buffered
-            // makes the buffer grow as its bytes arrive, and a busy publisher gets larger
-            // reads.
-            let room = if self.buf.is_empty() {
-                self.room
-            } else {
-                self.room.max(4096)
-            };
-            self.buf.reserve(room);
-            match self.rd.read_buf(&mut self.buf).await {
-                Ok(0) => return Ok(None),
-                Ok(n) if n >= room => self.room = (self.room * 2).min(MAX_READ_ROOM),
-                Ok(n) if n < room / 4 => self.room = (self.room / 2).max(MIN_READ_ROOM),
-                Ok(_) => {}
-                Err(e) => return Err(ReadError::Io(e)),
+            if !self.read().await.map_err(ReadError::Io)? {
+                return Ok(None);
             }
         }
+    }
+
+    /// Makes the buffer worth decoding: returns at once if it may hold whole packets still
+    /// (`pending`), else reads once. `Ok(false)` at end of stream.
+    async fn fill(&mut self) -> std::io::Result<bool> {
+        if std::mem::take(&mut self.pending) {
+            return Ok(true);
+        }
+        self.read().await
+    }
+
+    /// Reads once into the buffer; `Ok(false)` at end of stream.
+    async fn read(&mut self) -> std::io::Result<bool> {
+        // Small while idle (most connections are); a packet larger than what is buffered
+        // makes the buffer grow as its bytes arrive, and a busy publisher gets larger reads.
+        let room = if self.buf.is_empty() {
+            self.room
+        } else {
+            self.room.max(4096)
+        };
+        if self.buf.is_empty() && self.buf.capacity() > room * 4 {
+            // Quiet again: a small buffer (a fresh one: `reserve` would come back to the size
+            // this one started with).
+            self.buf = BytesMut::with_capacity(room);
+        } else {
+            self.buf.reserve(room);
+        }
+        match self.rd.read_buf(&mut self.buf).await? {
+            0 => return Ok(false),
+            n if n >= room => self.room = (self.room * 2).min(MAX_READ_ROOM),
+            n if n < room / 4 => self.room = (self.room / 2).max(MIN_READ_ROOM),
+            _ => {}
+        }
+        Ok(true)
     }
 }
 
@@ -143,6 +166,22 @@ enum End {
     Abnormal,
 }
 
+/// The outcome of the oldest pending append of an incoming publish, once known; `None` when
+/// none is pending. Cancel-safe: it is taken off the queue only once done.
+async fn next_ack(acks: &mut VecDeque<AckFuture>) -> Option<(u16, QoS, Result<(), PublishError>)> {
+    let outcome = acks.front_mut()?.await;
+    acks.pop_front();
+    Some(outcome)
+}
+
+/// What [`Conn::dispatch`] leaves to do.
+enum Next<'a> {
+    /// Handled; `Some` ends the connection.
+    Done(Option<End>),
+    /// To be awaited; `Some` ends the connection.
+    Wait(Pin<Box<dyn Future<Output = Option<End>> + Send + 'a>>),
+}
+
 /// What [`Conn::on_publish`] leaves to do.
 enum Step {
     /// Handled; `Some` ends the connection.
@@ -167,20 +206,25 @@ struct Conn<S> {
     access: Access,
     session: Box<Session>,
     /// Appends of incoming QoS 1 and 2 publishes, acknowledged in order once durable.
-    acks: FuturesOrdered<AckFuture>,
+    /// (A queue polled at its front, not a `FuturesOrdered`, which allocates its ready-queue
+    /// up front: this is per connection, and the answers go out in order anyway.)
+    acks: VecDeque<AckFuture>,
     /// Incoming QoS 1 publishes being appended (their ids may not be reused meanwhile).
     incoming_qos1: std::collections::HashSet<u16>,
-    aliases: HashMap<u16, String>,
+    /// Ordered maps here and below: empty, they take half the room of a hash map, and they
+    /// are rarely used.
+    aliases: BTreeMap<u16, String>,
     /// The client's Receive Maximum, capped by the server's.
     window: usize,
-    will: Option<Will>,
+    /// Boxed: most connections have none, and a will is large (its properties).
+    will: Option<Box<Will>>,
     keep_alive: Option<Duration>,
     /// Whether the client accepts reason strings on acknowledgements (MQTT 5 Request
     /// Problem Information, on by default).
     problem_info: bool,
     /// Retained messages sent at SUBSCRIBE that were retained moments before (their live copy
     /// may still come), by topic: the attributes identify the publish.
-    retained_sent: HashMap<Path, Bytes>,
+    retained_sent: BTreeMap<Path, Bytes>,
     /// The topic name of the last publish and its path.
     last_topic: Option<(String, Path)>,
     /// The deliveries being handled (empty between batches; kept for its buffer).
@@ -196,12 +240,32 @@ where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     inner.metrics.connections.increment(1.0);
+    // Connecting (the CONNECT packet, authentication, the session hand-over) and finishing
+    // are boxed, so the task that lives as long as the connection is not sized for them.
+    // Each box is made in a statement of its own: the unboxed future is a temporary of the
+    // statement that makes it, and one awaited in the same statement would count too.
+    let connecting = Box::pin(connect(inner.clone(), stream, peer));
+    if let Some(mut ready) = connecting.await {
+        ready.conn.resend_inflight();
+        let end = ready.conn.run(&ready.claim).await;
+        let finishing = Box::pin(ready.conn.finish(ready.claim, end));
+        finishing.await;
+    }
+    inner.metrics.connections.decrement(1.0);
+}
+
+/// Reads the CONNECT packet and accepts the connection; `None` when it is refused or broken.
+async fn connect<S>(inner: Arc<Inner>, stream: S, peer: SocketAddr) -> Option<Ready<S>>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     let (rd, wr) = tokio::io::split(stream);
     let mut reader = Reader {
         rd,
         buf: BytesMut::new(),
         decoder: Decoder::new(inner.config.max_packet_size),
         room: MIN_READ_ROOM,
+        pending: false,
     };
     let first = tokio::select! {
         _ = inner.shutdown.cancelled() => None,
@@ -213,8 +277,7 @@ where
             tracing::debug!(%peer, %name, level, "mqtt: unsupported protocol version");
             // Answered in 3.1.1's form, which every version can read.
             refuse(wr, Protocol::V311, 1).await;
-            inner.metrics.connections.decrement(1.0);
-            return;
+            return None;
         }
         Some(Ok(Err(ReadError::Decode(e)))) => {
             tracing::debug!(%peer, error = %e, "mqtt: bad first packet");
@@ -226,18 +289,13 @@ where
             inner.metrics.protocol_errors.increment(1);
             None
         }
+        Some(Ok(Err(ReadError::Io(e)))) => {
+            tracing::debug!(%peer, error = %e, "mqtt: read failed before CONNECT");
+            None
+        }
         _ => None,
     };
-    if let Some(connect) = connect {
-        // Connecting (authentication, the session hand-over) is boxed and done before the
-        // packet loop, so the task that lives as long as the connection is not sized for it.
-        if let Some(mut ready) = Box::pin(accept(inner.clone(), reader, wr, connect, peer)).await {
-            ready.conn.resend_inflight();
-            let end = ready.conn.run(&ready.claim).await;
-            Box::pin(ready.conn.finish(ready.claim, end)).await;
-        }
-    }
-    inner.metrics.connections.decrement(1.0);
+    accept(inner, reader, wr, connect?, peer).await
 }
 
 /// Sends a refusing CONNACK and closes.
@@ -446,15 +504,15 @@ where
         client_id,
         access,
         session,
-        acks: FuturesOrdered::new(),
+        acks: VecDeque::new(),
         incoming_qos1: Default::default(),
-        aliases: HashMap::new(),
+        aliases: BTreeMap::new(),
         window,
-        will: c.will,
+        will: c.will.map(Box::new),
         keep_alive: (c.keep_alive > 0)
             .then(|| Duration::from_millis(u64::from(c.keep_alive) * 1500)),
         problem_info: c.properties.request_problem_information != Some(0),
-        retained_sent: HashMap::new(),
+        retained_sent: BTreeMap::new(),
         last_topic: None,
         batch: Vec::new(),
     });
@@ -530,48 +588,49 @@ where
                     self.disconnect(reason::KEEP_ALIVE_TIMEOUT);
                     return End::Abnormal;
                 }
-                read = self.reader.next(), if can_read => {
-                    match read {
-                        Ok(Some(packet)) => {
-                            last_packet = Instant::now();
-                            let end = match packet {
-                                // Boxed: their futures (the deepest) would otherwise size
-                                // every connection's task, idle or not.
-                                Packet::Subscribe(s) => {
-                                    Box::pin(self.on_subscribe(s)).await;
-                                    None
-                                }
-                                Packet::Unsubscribe(u) => {
-                                    Box::pin(self.on_unsubscribe(u)).await;
-                                    None
-                                }
-                                Packet::Publish(p) => match self.on_publish(p) {
-                                    Step::Done(end) => end,
-                                    Step::Wait { id, qos, publishing } => {
-                                        let result = publishing.await;
-                                        self.published(id, qos, result)
-                                    }
-                                },
-                                packet => self.handle(packet),
-                            };
-                            if let Some(end) = end {
-                                return end;
-                            }
-                        }
-                        Ok(None) => return End::Abnormal,
-                        Err(ReadError::Io(e)) => {
+                // Reads only fill the buffer; the packets are decoded and handled below, one
+                // at a time, so that no decoded packet (the largest value here) is held in the
+                // state of this loop, which every connection carries while idle.
+                filled = self.reader.fill(), if can_read => {
+                    match filled {
+                        Ok(true) => {}
+                        Ok(false) => return End::Abnormal,
+                        Err(e) => {
                             tracing::debug!(client = %self.client_id, error = %e, "mqtt: read failed");
                             return End::Abnormal;
                         }
-                        Err(ReadError::Decode(e)) => {
-                            tracing::debug!(client = %self.client_id, error = %e, "mqtt: bad packet");
-                            self.inner.metrics.protocol_errors.increment(1);
-                            self.disconnect_because(e.reason_code(), e.to_string());
-                            return End::Abnormal;
+                    }
+                    loop {
+                        let end = {
+                            // The decoded packet is gone by the end of this statement, before
+                            // the await below.
+                            let next = match self.reader.decoder.decode(&mut self.reader.buf) {
+                                Ok(Some(packet)) => self.dispatch(packet),
+                                Ok(None) => break,
+                                Err(e) => {
+                                    tracing::debug!(client = %self.client_id, error = %e, "mqtt: bad packet");
+                                    self.inner.metrics.protocol_errors.increment(1);
+                                    self.disconnect_because(e.reason_code(), e.to_string());
+                                    return End::Abnormal;
+                                }
+                            };
+                            match next {
+                                Next::Done(end) => end,
+                                Next::Wait(work) => work.await,
+                            }
+                        };
+                        last_packet = Instant::now();
+                        if let Some(end) = end {
+                            return end;
+                        }
+                        if self.out.queued() >= read_limit {
+                            // The rest waits until the output drains (see `can_read`).
+                            self.reader.pending = true;
+                            break;
                         }
                     }
                 }
-                Some((id, qos, result)) = self.acks.next(), if !self.acks.is_empty() => {
+                Some((id, qos, result)) = next_ack(&mut self.acks), if !self.acks.is_empty() => {
                     if let Some(end) = self.acknowledge(id, qos, result) {
                         return end;
                     }
@@ -625,6 +684,33 @@ where
                     ..Properties::default()
                 },
             }));
+        }
+    }
+
+    /// Handles `packet` at once where it can, else hands back the work left (boxed, so that
+    /// only a pointer to it lives in the packet loop's state).
+    fn dispatch(&mut self, packet: Packet) -> Next<'_> {
+        match packet {
+            Packet::Subscribe(s) => Next::Wait(Box::pin(async move {
+                self.on_subscribe(s).await;
+                None
+            })),
+            Packet::Unsubscribe(u) => Next::Wait(Box::pin(async move {
+                self.on_unsubscribe(u).await;
+                None
+            })),
+            Packet::Publish(p) => match self.on_publish(p) {
+                Step::Done(end) => Next::Done(end),
+                Step::Wait {
+                    id,
+                    qos,
+                    publishing,
+                } => Next::Wait(Box::pin(async move {
+                    let result = publishing.await;
+                    self.published(id, qos, result)
+                })),
+            },
+            packet => Next::Done(self.handle(packet)),
         }
     }
 
@@ -985,7 +1071,11 @@ where
                     *slot = sub.clone();
                 }
             }
-            None => self.session.subs.push(sub.clone()),
+            None => {
+                // Grown one at a time: most sessions hold one or two subscriptions.
+                self.session.subs.reserve_exact(1);
+                self.session.subs.push(sub.clone());
+            }
         }
         if shared {
             self.inner.join_shared(&mut self.session, &sub);
@@ -1124,7 +1214,8 @@ where
     }
 
     /// A message its shared subscription group gave this session.
-    fn deliver_shared(&mut self, d: SharedDelivery) {
+    #[allow(clippy::boxed_local)] // as it comes from the channel (see `SharedChannel`)
+    fn deliver_shared(&mut self, d: Box<SharedDelivery>) {
         let Some(sub) = self.session.subs.iter().find(|s| *s.filter == *d.filter) else {
             return;
         };
@@ -1252,7 +1343,7 @@ where
         let will = self.will.take().filter(|_| send_will);
         // Let the appends still pending finish, acknowledging them if the client still
         // listens.
-        while let Some((id, qos, result)) = self.acks.next().await {
+        while let Some((id, qos, result)) = next_ack(&mut self.acks).await {
             let _ = self.acknowledge(id, qos, result);
         }
         let Conn {
@@ -1289,7 +1380,7 @@ where
             let delay =
                 Duration::from_secs(u64::from(w.properties.will_delay_interval.unwrap_or(0)))
                     .min(expiry);
-            schedule_will(inner.clone(), client_id.clone(), w, delay)
+            schedule_will(inner.clone(), client_id.clone(), *w, delay)
         });
         inner.sessions.release(claim, Some(session), pending_will);
         tracing::debug!(client = %client_id, "mqtt: disconnected");

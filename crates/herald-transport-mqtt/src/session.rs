@@ -8,16 +8,24 @@
 //! sent but not acknowledged (`inflight`) are resent with DUP on reconnect.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use herald_core::{Path, PathPattern};
 use herald_engine::Listener;
 use herald_mqtt_codec::{Publish, SubOptions};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc};
 
 use crate::shared::{MEMBER_QUEUE, SharedDelivery};
 use tokio_util::sync::CancellationToken;
+
+/// Where a session's shared subscription groups hand it messages (boxed: they wait in the
+/// channel and in the packet loop's state).
+pub(crate) type SharedChannel = (
+    mpsc::Sender<Box<SharedDelivery>>,
+    mpsc::Receiver<Box<SharedDelivery>>,
+);
 
 /// One subscription of a session.
 #[derive(Debug, Clone)]
@@ -68,14 +76,12 @@ pub(crate) struct Session {
     pub(crate) member_id: u64,
     /// Where its groups put the messages they give it; made by its first shared
     /// subscription (most sessions have none, and the channel costs a few KiB).
-    pub(crate) shared: Option<(mpsc::Sender<SharedDelivery>, mpsc::Receiver<SharedDelivery>)>,
+    pub(crate) shared: Option<SharedChannel>,
 }
 
 /// The next message a shared subscription group gave a session, from its `shared` channel
 /// (never, without one).
-pub(crate) async fn next_shared(
-    shared: &mut Option<(mpsc::Sender<SharedDelivery>, mpsc::Receiver<SharedDelivery>)>,
-) -> Option<SharedDelivery> {
+pub(crate) async fn next_shared(shared: &mut Option<SharedChannel>) -> Option<Box<SharedDelivery>> {
     match shared {
         Some((_, rx)) => rx.recv().await,
         None => std::future::pending().await,
@@ -101,7 +107,7 @@ impl Session {
     }
 
     /// The sender its shared subscription groups hand messages to.
-    pub(crate) fn shared_sender(&mut self) -> mpsc::Sender<SharedDelivery> {
+    pub(crate) fn shared_sender(&mut self) -> mpsc::Sender<Box<SharedDelivery>> {
         self.shared
             .get_or_insert_with(|| mpsc::channel(MEMBER_QUEUE))
             .0
@@ -134,7 +140,7 @@ enum Slot {
         owner: Option<String>,
         generation: u64,
         kick: CancellationToken,
-        done: watch::Receiver<bool>,
+        done: Arc<Done>,
     },
     /// No connection holds it.
     Detached {
@@ -158,7 +164,42 @@ pub(crate) struct Claim {
     pub(crate) generation: u64,
     /// Cancelled when another connection takes the session over (or at shutdown).
     pub(crate) kick: CancellationToken,
-    done: watch::Sender<bool>,
+    done: Arc<Done>,
+}
+
+impl Drop for Claim {
+    /// A claim ends when it is released or, failing that, when its connection is gone.
+    fn drop(&mut self) {
+        self.done.set();
+    }
+}
+
+/// Set once the connection holding a session has handed it back (or is gone). Lighter than a
+/// `watch` channel (whose shared state is about 400 bytes), and there is one per connection.
+#[derive(Debug, Default)]
+pub(crate) struct Done {
+    set: AtomicBool,
+    notify: Notify,
+}
+
+impl Done {
+    fn set(&self) {
+        self.set.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a `set` in between is not missed.
+            notified.as_mut().enable();
+            if self.set.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// What [`Sessions::claim`] found.
@@ -211,7 +252,7 @@ impl Sessions {
         let mut took_over = false;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let mut done = {
+            let done = {
                 let mut slots = self.lock();
                 let held_by = match slots.get(&client_id) {
                     Some(Slot::Active { owner, .. }) => Some(owner.as_deref()),
@@ -233,14 +274,14 @@ impl Sessions {
                             .generation
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let kick = shutdown.child_token();
-                        let (done_tx, done_rx) = watch::channel(false);
+                        let done = Arc::new(Done::default());
                         slots.insert(
                             client_id.clone(),
                             Slot::Active {
                                 owner: owner.map(str::to_owned),
                                 generation,
                                 kick: kick.clone(),
-                                done: done_rx,
+                                done: done.clone(),
                             },
                         );
                         let session = match old {
@@ -262,7 +303,7 @@ impl Sessions {
                                 client_id,
                                 generation,
                                 kick,
-                                done: done_tx,
+                                done,
                             },
                             session,
                             took_over,
@@ -272,12 +313,10 @@ impl Sessions {
             };
             // The holder may be stuck writing to a dead peer; past the deadline its slot is
             // taken anyway (its session then ends with it).
-            let finished = tokio::time::timeout_at(deadline, done.wait_for(|d| *d))
-                .await
-                .is_ok_and(|r| r.is_ok());
+            let finished = tokio::time::timeout_at(deadline, done.wait()).await.is_ok();
             if !finished {
                 let mut slots = self.lock();
-                if matches!(slots.get(&client_id), Some(Slot::Active { done: d, .. }) if d.same_channel(&done))
+                if matches!(slots.get(&client_id), Some(Slot::Active { done: d, .. }) if Arc::ptr_eq(d, &done))
                 {
                     slots.remove(&client_id);
                 }
@@ -318,7 +357,8 @@ impl Sessions {
                 }
             }
         }
-        let _ = claim.done.send(true);
+        // Dropping `claim` sets its `done`.
+        drop(claim);
     }
 
     /// Forgets detached sessions whose expiry has passed; returns their client ids.

@@ -30,7 +30,7 @@ pub(crate) struct SharedDelivery {
 
 struct Member {
     id: u64,
-    tx: mpsc::Sender<SharedDelivery>,
+    tx: mpsc::Sender<Box<SharedDelivery>>,
 }
 
 struct Group {
@@ -54,7 +54,7 @@ impl SharedGroups {
         lost: &Counter,
         sub: &Subscription,
         id: u64,
-        tx: mpsc::Sender<SharedDelivery>,
+        tx: mpsc::Sender<Box<SharedDelivery>>,
     ) {
         let filter: Arc<str> = Arc::from(sub.filter.as_str());
         let mut groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
@@ -94,11 +94,13 @@ impl SharedGroups {
                 for d in batch {
                     match d {
                         Delivery::Event { topic, event, .. } => {
-                            let msg = SharedDelivery {
+                            // Boxed: it waits in channels and in every member's packet loop
+                            // state, which idle connections carry too.
+                            let msg = Box::new(SharedDelivery {
                                 filter: task_filter.clone(),
                                 topic,
                                 event,
-                            };
+                            });
                             let handed = tokio::select! {
                                 _ = task_stop.cancelled() => false,
                                 h = hand_out(&task_members, &mut cursor, msg) => h,
@@ -138,7 +140,7 @@ impl SharedGroups {
 impl SharedGroups {
     /// Gives a message that a leaving member had not delivered to another member of its
     /// group, if one has room; returns false when it had to be dropped.
-    pub(crate) fn redistribute(&self, msg: SharedDelivery) -> bool {
+    pub(crate) fn redistribute(&self, msg: Box<SharedDelivery>) -> bool {
         let groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(group) = groups.get(&msg.filter) else {
             return false;
@@ -161,7 +163,7 @@ impl SharedGroups {
 async fn hand_out(
     members: &Mutex<Vec<Member>>,
     cursor: &mut usize,
-    mut msg: SharedDelivery,
+    mut msg: Box<SharedDelivery>,
 ) -> bool {
     loop {
         let waiting = {
