@@ -36,8 +36,9 @@ const MAX_RESUME_ID_BYTES: usize = 64 * 1024;
 /// The largest body of a `POST /listen` command.
 const MAX_COMMAND_BYTES: usize = 64 * 1024;
 
-/// The initial read buffer of a listen WebSocket: clients send only small commands.
-const WS_READ_BUFFER_BYTES: usize = 1024;
+/// The initial read buffer of a listen WebSocket (also the size of each read): clients send
+/// only small commands, and idle listeners should be cheap.
+const WS_READ_BUFFER_BYTES: usize = 256;
 
 /// One requested stream.
 #[derive(Debug, Clone)]
