@@ -7,6 +7,7 @@
 //! measured difference is in `docs/benchmarks.md`.
 
 use std::fmt;
+use std::net::IpAddr;
 
 use anyhow::Context;
 use http_body_util::{BodyExt, Full};
@@ -15,7 +16,6 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::header::{CONTENT_TYPE, HOST};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use crate::args::Target;
 
@@ -119,10 +119,16 @@ impl Connection {
 
 /// Opens one HTTP/1.1 connection (TCP_NODELAY) to `target`.
 pub(crate) async fn open(target: &Target) -> anyhow::Result<SendRequest<Full<Bytes>>> {
-    let stream = TcpStream::connect(target.addr())
-        .await
-        .with_context(|| format!("cannot connect to {target}"))?;
-    stream.set_nodelay(true)?;
+    open_from(target, None).await
+}
+
+/// Opens one HTTP/1.1 connection (TCP_NODELAY) to `target`, from `source` when given (see
+/// [`crate::net`]).
+pub(crate) async fn open_from(
+    target: &Target,
+    source: Option<IpAddr>,
+) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+    let stream = crate::net::connect(target.addr(), source).await?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     // The connection task ends when the sender is dropped or the server closes the socket.
     tokio::spawn(async move {

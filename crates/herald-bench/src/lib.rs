@@ -18,8 +18,16 @@
 //!   - [`scenario::docs_put`]: sequential durable PUTs from many keep-alive clients.
 //!   - [`scenario::docs_fanout`]: change-to-WebSocket latency with many subscribers on one path.
 //!   - [`scenario::ws_idle`]: server RSS per idle WebSocket subscriber.
+//!   - [`scenario::listen_fanout`]: stream listen API (WebSocket or SSE) fan-out from MQTT
+//!     publishers: deliveries/s, loss per seqnum and latency.
+//!   - [`scenario::listen_idle`]: server RSS per idle stream listener.
+//!   - [`scenario::idle`]: what the idle scenarios share (bounded set-up, RSS readings).
+//!   - the MQTT, hpfeeds and stream-append scenarios, see [`scenario`].
 //! - [`http`]: one HTTP/1.1 keep-alive connection per client (hyper, or reqwest to compare).
-//! - [`ws`]: WebSocket client connections, optionally from a chosen loopback source address.
+//! - [`ws`]: WebSocket client connections.
+//! - [`sse`]: server-sent events client connections and the event stream parser.
+//! - [`net`]: TCP connections, optionally from a chosen loopback source address, and how many
+//!   source addresses a number of connections needs.
 //! - [`procfs`]: RSS, CPU time and open-file limits read from `/proc` (Linux only).
 //! - [`report`]: latency summaries, error counts, CPU shares and table formatting.
 //! - [`args`]: parsers for durations (`10s`), rates (`100/s`) and targets (`http://host:port`).
@@ -45,7 +53,9 @@
 
 pub mod args;
 pub mod http;
+pub mod net;
 pub mod procfs;
 pub mod report;
 pub mod scenario;
+pub mod sse;
 pub mod ws;

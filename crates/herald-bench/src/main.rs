@@ -7,8 +7,8 @@ use std::fmt::Display;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use herald_bench::scenario::{
-    docs_fanout, docs_put, hpfeeds_fanout, mqtt_fanout, mqtt_idle, mqtt_publish, streams_append,
-    ws_idle,
+    docs_fanout, docs_put, hpfeeds_fanout, listen_fanout, listen_idle, mqtt_fanout, mqtt_idle,
+    mqtt_publish, streams_append, ws_idle,
 };
 use serde::Serialize;
 
@@ -48,6 +48,11 @@ enum Scenario {
     MqttPublish(mqtt_publish::Options),
     /// Broker RSS per idle, subscribed MQTT connection.
     MqttIdle(mqtt_idle::Options),
+    /// Stream listen API (WebSocket or SSE) fan-out from MQTT publishers: deliveries/s, loss
+    /// and latency.
+    ListenFanout(listen_fanout::Options),
+    /// Server RSS per idle stream listener (WebSocket or SSE).
+    ListenIdle(listen_idle::Options),
 }
 
 fn main() -> std::process::ExitCode {
@@ -78,6 +83,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Scenario::MqttFanout(o) => emit(&mqtt_fanout::run(o).await?, &cli),
             Scenario::MqttPublish(o) => emit(&mqtt_publish::run(o).await?, &cli),
             Scenario::MqttIdle(o) => emit(&mqtt_idle::run(o).await?, &cli),
+            Scenario::ListenFanout(o) => emit(&listen_fanout::run(o).await?, &cli),
+            Scenario::ListenIdle(o) => emit(&listen_idle::run(o).await?, &cli),
         }
     })
 }

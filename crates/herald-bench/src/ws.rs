@@ -1,10 +1,10 @@
 //! WebSocket client connections for the subscriber scenarios.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::IpAddr;
 
 use anyhow::Context;
 use futures_util::StreamExt;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -19,12 +19,11 @@ pub type Socket = WebSocketStream<TcpStream>;
 /// frames are small.
 const READ_BUFFER_BYTES: usize = 4 * 1024;
 
-/// Opens a WebSocket to `path` on `target`, from `source` (port chosen by the kernel) when
-/// given.
+/// Opens a WebSocket to `path` (with its query, if any) on `target`, from `source` (port
+/// chosen by the kernel) when given, with a 4 KiB read buffer.
 ///
 /// Binding a source address is how one machine opens more than the ~28,000 connections its
-/// ephemeral port range allows towards one server address: every `127.0.0.x` has its own port
-/// range.
+/// ephemeral port range allows towards one server address (see [`crate::net`]).
 ///
 /// # Errors
 /// When the TCP connection or the WebSocket handshake fails.
@@ -33,32 +32,34 @@ pub async fn connect(
     path: &str,
     source: Option<IpAddr>,
 ) -> anyhow::Result<Socket> {
-    let addr = target.addr();
-    let stream = match source {
-        None => TcpStream::connect(addr).await,
-        Some(ip) => {
-            let socket = match addr {
-                SocketAddr::V4(_) => TcpSocket::new_v4()?,
-                SocketAddr::V6(_) => TcpSocket::new_v6()?,
-            };
-            // Lets a port in TIME_WAIT from an earlier run be bound again.
-            socket.set_reuseaddr(true)?;
-            socket
-                .bind(SocketAddr::new(ip, 0))
-                .with_context(|| format!("cannot bind a client socket to {ip}"))?;
-            socket.connect(addr).await
-        }
-    }
-    .with_context(|| format!("cannot connect to {target}"))?;
-    stream.set_nodelay(true)?;
+    connect_with(target, path, source, READ_BUFFER_BYTES).await
+}
+
+/// [`connect`] with a read buffer of `read_buffer_bytes`: larger for a subscriber that
+/// receives a lot, so that it reads with fewer system calls.
+///
+/// # Errors
+/// When the TCP connection or the WebSocket handshake fails.
+pub async fn connect_with(
+    target: &Target,
+    path: &str,
+    source: Option<IpAddr>,
+    read_buffer_bytes: usize,
+) -> anyhow::Result<Socket> {
+    let stream = crate::net::connect(target.addr(), source).await?;
     let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER_BYTES)
+        .read_buffer_size(read_buffer_bytes)
         .write_buffer_size(0);
     let (socket, _response) =
         tokio_tungstenite::client_async_with_config(target.ws_url(path), stream, Some(config))
             .await
-            .with_context(|| format!("WebSocket handshake on {path} failed"))?;
+            .with_context(|| format!("WebSocket handshake on {}", strip_query(path)))?;
     Ok(socket)
+}
+
+/// `path` without its query, for messages: a `/listen` query holds a session token.
+fn strip_query(path: &str) -> &str {
+    path.split_once('?').map_or(path, |(p, _)| p)
 }
 
 /// Opens a WebSocket like [`connect`] and waits for its first data frame (the subscribed
@@ -82,35 +83,13 @@ pub async fn connect_subscribed(
     }
 }
 
-/// The `i`-th of `count` loopback source addresses, `127.0.0.1` to `127.0.0.{count}`, or
-/// `None` when `count` is 0 (let the kernel choose).
-pub fn loopback_source(i: usize, count: u8) -> Option<IpAddr> {
-    if count == 0 {
-        return None;
-    }
-    // `i % count` < 255, so the last octet stays within 1..=255.
-    let octet = (i % usize::from(count)) as u8 + 1;
-    Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, octet)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn sources_round_robin() {
-        assert_eq!(loopback_source(0, 0), None);
-        assert_eq!(
-            loopback_source(0, 3),
-            Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)))
-        );
-        assert_eq!(
-            loopback_source(5, 3),
-            Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)))
-        );
-        assert_eq!(
-            loopback_source(254, 255),
-            Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 255)))
-        );
+    fn tokens_stay_out_of_messages() {
+        assert_eq!(strip_query("/listen?jwt=secret&s=a:b"), "/listen");
+        assert_eq!(strip_query("/a/b"), "/a/b");
     }
 }

@@ -22,9 +22,9 @@ async fn ws_idle_establishes_every_connection() -> anyhow::Result<()> {
         source_ips: Some(2),
     })
     .await?;
-    assert_eq!((report.established, report.failed), (50, 0));
+    assert_eq!((report.figures.established, report.figures.failed), (50, 0));
     assert_eq!(report.source_ips, 2);
-    assert!(report.rss_before > 0 && report.rss_after > 0);
+    assert!(report.figures.rss_before > 0 && report.figures.rss_after > 0);
     assert!(report.to_string().contains("server RSS per connection"));
     Ok(())
 }

@@ -8,7 +8,12 @@
 
 pub mod docs_fanout;
 pub mod docs_put;
+pub mod fanout;
 pub mod hpfeeds_fanout;
+pub mod idle;
+pub mod listen;
+pub mod listen_fanout;
+pub mod listen_idle;
 pub mod mqtt;
 pub mod mqtt_fanout;
 pub mod mqtt_idle;

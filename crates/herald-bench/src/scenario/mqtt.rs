@@ -17,7 +17,7 @@
 //! that is measured (`herald-transport-mqtt`) is not shared.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,7 +30,6 @@ use herald_mqtt_codec::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
@@ -201,23 +200,7 @@ impl Client {
         source: Option<IpAddr>,
         read_chunk: usize,
     ) -> anyhow::Result<Client> {
-        let addr = broker.addr.addr();
-        let stream = match source {
-            None => TcpStream::connect(addr).await,
-            Some(ip) => {
-                let socket = match addr {
-                    SocketAddr::V4(_) => TcpSocket::new_v4()?,
-                    SocketAddr::V6(_) => TcpSocket::new_v6()?,
-                };
-                socket.set_reuseaddr(true)?;
-                socket
-                    .bind(SocketAddr::new(ip, 0))
-                    .with_context(|| format!("cannot bind a client socket to {ip}"))?;
-                socket.connect(addr).await
-            }
-        }
-        .with_context(|| format!("cannot connect to {}", broker.addr.authority()))?;
-        stream.set_nodelay(true)?;
+        let stream = crate::net::connect(broker.addr.addr(), source).await?;
         let (read, mut write) = stream.into_split();
         let connect = Packet::Connect(Connect {
             protocol: broker.protocol,
@@ -365,6 +348,68 @@ pub fn payload(bytes: usize, run_id: u64, publisher: u32, counter: u64, kind: u8
     Bytes::from(p)
 }
 
+/// How a payload's header is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// The [`HEADER_BYTES`] bytes as they are (the MQTT scenarios).
+    Binary,
+    /// The same bytes in lowercase hexadecimal ([`Encoding::header_bytes`] ASCII characters),
+    /// so that the whole payload is text: Herald's listen API shows text events as JSON
+    /// strings, other bytes in base64 (the listen scenarios).
+    Hex,
+}
+
+impl Encoding {
+    /// The size of the header, the least payload size.
+    pub fn header_bytes(self) -> usize {
+        match self {
+            Encoding::Binary => HEADER_BYTES,
+            Encoding::Hex => 2 * HEADER_BYTES,
+        }
+    }
+
+    /// A payload of `bytes` bytes (at least the header): the header, then `x` padding.
+    pub fn payload(
+        self,
+        bytes: usize,
+        run_id: u64,
+        publisher: u32,
+        counter: u64,
+        kind: u8,
+    ) -> Bytes {
+        match self {
+            Encoding::Binary => payload(bytes, run_id, publisher, counter, kind),
+            Encoding::Hex => {
+                const DIGITS: &[u8; 16] = b"0123456789abcdef";
+                let binary = payload(HEADER_BYTES, run_id, publisher, counter, kind);
+                let mut p = Vec::with_capacity(bytes.max(2 * HEADER_BYTES));
+                for b in binary.iter() {
+                    p.push(DIGITS[usize::from(b >> 4)]);
+                    p.push(DIGITS[usize::from(b & 0x0f)]);
+                }
+                p.resize(bytes.max(2 * HEADER_BYTES), b'x');
+                Bytes::from(p)
+            }
+        }
+    }
+
+    /// Parses the header of a payload; `None` when it is too short or malformed.
+    pub fn parse(self, p: &[u8]) -> Option<Header> {
+        match self {
+            Encoding::Binary => parse_payload(p),
+            Encoding::Hex => {
+                let hex = p.get(..2 * HEADER_BYTES)?;
+                let mut binary = [0u8; HEADER_BYTES];
+                for (out, pair) in binary.iter_mut().zip(hex.chunks_exact(2)) {
+                    let text = std::str::from_utf8(pair).ok()?;
+                    *out = u8::from_str_radix(text, 16).ok()?;
+                }
+                parse_payload(&binary)
+            }
+        }
+    }
+}
+
 /// The header of a payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
@@ -428,6 +473,13 @@ impl Progress {
         }
     }
 
+    /// Subscriber `sub` gets only `publisher`'s messages: it never holds the others back.
+    pub fn only(&self, sub: usize, publisher: usize) {
+        for p in (0..self.publishers).filter(|p| *p != publisher) {
+            self.advance(sub, p, u64::MAX);
+        }
+    }
+
     /// Subscriber `sub` is gone: it no longer holds any publisher back.
     pub fn release(&self, sub: usize) {
         for p in 0..self.publishers {
@@ -459,6 +511,8 @@ pub struct PublisherPlan {
     pub qos: QoS,
     /// Payload size, bytes.
     pub payload_bytes: usize,
+    /// How the payload header is written.
+    pub encoding: Encoding,
     /// Run id in every payload.
     pub run_id: u64,
     /// This publisher's number.
@@ -695,7 +749,7 @@ pub async fn publisher(client: Client, plan: PublisherPlan) -> (PublisherResult,
                         &plan.topic,
                         plan.qos,
                         id,
-                        payload(
+                        plan.encoding.payload(
                             plan.payload_bytes,
                             plan.run_id,
                             plan.number,
@@ -767,6 +821,23 @@ mod tests {
     }
 
     #[test]
+    fn hex_payload_round_trip() {
+        let p = Encoding::Hex.payload(100, 7, 3, 42, KIND_PROBE);
+        assert_eq!(p.len(), 100);
+        assert!(p.is_ascii());
+        let h = Encoding::Hex.parse(&p).unwrap();
+        assert_eq!(
+            (h.run_id, h.publisher, h.counter, h.kind),
+            (7, 3, 42, KIND_PROBE)
+        );
+        assert_eq!(Encoding::Hex.payload(10, 1, 0, 0, KIND_DATA).len(), 58);
+        assert!(Encoding::Hex.parse(&p[..57]).is_none());
+        assert!(Encoding::Hex.parse(&[b'g'; 58]).is_none());
+        let b = Encoding::Binary.payload(40, 1, 2, 3, KIND_DATA);
+        assert_eq!(Encoding::Binary.parse(&b).unwrap().counter, 3);
+    }
+
+    #[test]
     fn protocols_and_qos() {
         assert_eq!(parse_protocol("3.1.1").unwrap(), Protocol::V311);
         assert_eq!(parse_protocol("5").unwrap(), Protocol::V5);
@@ -808,5 +879,7 @@ mod tests {
         assert_eq!(p.floor(1), 0);
         p.release(1);
         assert_eq!(p.floor(0), 7);
+        p.only(0, 1);
+        assert_eq!((p.floor(0), p.floor(1)), (7, 0));
     }
 }

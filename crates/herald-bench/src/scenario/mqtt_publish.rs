@@ -150,6 +150,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
                 topic: format!("{}/{i}", opts.prefix),
                 qos: opts.qos,
                 payload_bytes: opts.payload_bytes,
+                encoding: mqtt::Encoding::Binary,
                 run_id,
                 number: i as u32,
                 first,

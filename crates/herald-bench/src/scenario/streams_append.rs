@@ -257,7 +257,11 @@ fn setup_client() -> anyhow::Result<reqwest::Client> {
 }
 
 /// Logs in with `POST /sessions`; returns the session token as a header value.
-async fn login(target: &Target, user: &str, password: &str) -> anyhow::Result<HeaderValue> {
+pub(crate) async fn login(
+    target: &Target,
+    user: &str,
+    password: &str,
+) -> anyhow::Result<HeaderValue> {
     #[derive(Deserialize)]
     struct Session {
         token: String,
@@ -279,7 +283,7 @@ async fn login(target: &Target, user: &str, password: &str) -> anyhow::Result<He
 }
 
 /// The seqnum of the newest event of a stream (`GET ..?limit=1`), 0 when it is empty.
-async fn last_seq(
+pub(crate) async fn last_seq(
     target: &Target,
     path: &str,
     session: Option<&HeaderValue>,

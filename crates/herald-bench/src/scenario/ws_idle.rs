@@ -12,27 +12,19 @@
 //! raise). One client address reaches about 28,000 connections to one server address (the
 //! ephemeral port range `/proc/sys/net/ipv4/ip_local_port_range`); above 25,000 connections to
 //! a loopback target the sockets are spread over source addresses `127.0.0.1`, `127.0.0.2`, ...
-//! (`--source-ips` overrides).
+//! (`--source-ips` overrides; see [`crate::net`]).
 
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use futures_util::StreamExt;
 use serde::Serialize;
-use tokio::sync::{Semaphore, mpsc, watch};
-use tokio::time::Instant;
 
+use super::idle::{self, Figures, Slot};
 use crate::args::{Target, parse_doc_path, parse_duration};
-use crate::procfs::{self, Process};
-use crate::report::{self, Table};
-use crate::ws;
-
-/// Connections per source address before `--source-ips` is chosen automatically; below the
-/// ~28,000 ports of the default ephemeral range, leaving room for other sockets.
-const CONNECTIONS_PER_SOURCE: usize = 25_000;
+use crate::report::Table;
+use crate::{net, ws};
 
 /// Flags of `herald-bench ws-idle`.
 #[derive(Debug, Clone, clap::Args)]
@@ -75,26 +67,11 @@ pub struct Report {
     pub pid: u32,
     /// Connections requested.
     pub connections: usize,
-    /// Connections that got their first frame.
-    pub established: usize,
-    /// Connections that failed.
-    pub failed: usize,
-    /// The first failure, if any.
-    pub first_error: Option<String>,
     /// Source addresses used (0: chosen by the kernel).
     pub source_ips: u8,
-    /// Time to establish them all, seconds.
-    pub connect_s: f64,
-    /// Server `VmRSS` before connecting, bytes.
-    pub rss_before: u64,
-    /// Server `VmRSS` with every connection open, after `--settle`.
-    pub rss_after: u64,
-    /// Server `VmRSS` after closing them all, after `--settle`.
-    pub rss_after_close: u64,
-    /// `(rss_after - rss_before) / established`, bytes.
-    pub bytes_per_connection: f64,
-    /// The same for this process (the client side), bytes.
-    pub client_bytes_per_connection: f64,
+    /// Connections, time and memory.
+    #[serde(flatten)]
+    pub figures: Figures,
 }
 
 /// Runs the scenario.
@@ -103,145 +80,48 @@ pub struct Report {
 /// On invalid options, too low file limits, when the server's RSS cannot be read or when not
 /// every connection is established within `--connect-timeout`.
 pub async fn run(opts: &Options) -> anyhow::Result<Report> {
-    if opts.connections == 0 {
-        bail!("--connections must be at least 1");
-    }
-    let needed = opts.connections as u64 + 64;
-    super::check_open_files(needed, Process::Current)?;
-    super::check_open_files(needed, Process::Pid(opts.pid))?;
-    let source_ips = match opts.source_ips {
-        Some(n) => n,
-        None if opts.target.addr().ip().is_loopback() && opts.target.addr().is_ipv4() => {
-            let n = opts.connections.div_ceil(CONNECTIONS_PER_SOURCE);
-            if n > 1 {
-                u8::try_from(n).unwrap_or(u8::MAX)
-            } else {
-                0
-            }
-        }
-        None => 0,
+    let source_ips = net::source_ips(opts.source_ips, opts.target.addr(), opts.connections)?;
+    let plan = idle::Plan {
+        connections: opts.connections,
+        pid: opts.pid,
+        settle: opts.settle,
+        connect_concurrency: opts.connect_concurrency,
+        setup_timeout: opts.connect_timeout,
     };
-    if source_ips > 0 && !opts.target.addr().ip().is_loopback() {
-        bail!("--source-ips needs a loopback target (127.0.0.0/8)");
-    }
-
-    let server = Process::Pid(opts.pid);
-    let rss =
-        |p: Process| procfs::rss_bytes(p).with_context(|| format!("cannot read the RSS of {p:?}"));
-    let rss_before = rss(server)?;
-    let client_before = rss(Process::Current)?;
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (ready_tx, mut ready_rx) = mpsc::channel::<Result<(), String>>(opts.connections);
-    let permits = Arc::new(Semaphore::new(opts.connect_concurrency.max(1)));
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..opts.connections {
-        tasks.spawn(idle(
+    let (figures, _) = idle::run(&plan, |i, slot| {
+        idle(
             opts.target.clone(),
             format!("{}/{i}", opts.prefix),
-            ws::loopback_source(i, source_ips),
-            permits.clone(),
-            ready_tx.clone(),
-            stop_rx.clone(),
-        ));
-    }
-    drop(ready_tx);
-
-    let mut established = 0;
-    let mut failed = 0;
-    let mut first_error = None;
-    let deadline = started + opts.connect_timeout;
-    while established + failed < opts.connections {
-        match tokio::time::timeout_at(deadline, ready_rx.recv()).await {
-            Ok(Some(Ok(()))) => established += 1,
-            Ok(Some(Err(e))) => {
-                failed += 1;
-                first_error.get_or_insert(e);
-            }
-            Ok(None) => break,
-            Err(_) => {
-                let _ = stop_tx.send(true);
-                bail!(
-                    "only {established} of {} connections established within {:?}",
-                    opts.connections,
-                    opts.connect_timeout
-                );
-            }
-        }
-    }
-    let connect_s = started.elapsed().as_secs_f64();
-    if established == 0 {
-        bail!(
-            "no connection could be established: {}",
-            first_error.unwrap_or_default()
-        );
-    }
-
-    tokio::time::sleep(opts.settle).await;
-    let rss_after = rss(server)?;
-    let client_after = rss(Process::Current)?;
-
-    let _ = stop_tx.send(true);
-    while tasks.join_next().await.is_some() {}
-    tokio::time::sleep(opts.settle).await;
-    let rss_after_close = rss(server)?;
-
-    let per = |after: u64, before: u64| (after as f64 - before as f64) / established as f64;
+            net::loopback_source(i, source_ips),
+            slot,
+        )
+    })
+    .await?;
     Ok(Report {
         scenario: "ws-idle",
         target: opts.target.to_string(),
         pid: opts.pid,
         connections: opts.connections,
-        established,
-        failed,
-        first_error,
         source_ips,
-        connect_s,
-        rss_before,
-        rss_after,
-        rss_after_close,
-        bytes_per_connection: per(rss_after, rss_before),
-        client_bytes_per_connection: per(client_after, client_before),
+        figures,
     })
 }
 
 /// One idle subscriber: connect, take the first frame, then keep reading (which answers the
 /// server's pings) until told to stop.
-async fn idle(
-    target: Target,
-    path: String,
-    source: Option<IpAddr>,
-    permits: Arc<Semaphore>,
-    ready: mpsc::Sender<Result<(), String>>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let connected = {
-        // Held only while connecting, to bound the handshakes in flight.
-        let Ok(_permit) = permits.acquire().await else {
-            return;
-        };
-        ws::connect_subscribed(&target, &path, source).await
+async fn idle(target: Target, path: String, source: Option<IpAddr>, mut slot: Slot) {
+    let Some(mut socket) = slot
+        .establish(ws::connect_subscribed(&target, &path, source))
+        .await
+    else {
+        return;
     };
-    let mut socket = match connected {
-        Ok(s) => {
-            let _ = ready.send(Ok(())).await;
-            s
-        }
-        Err(e) => {
-            let _ = ready.send(Err(format!("{e:#}"))).await;
-            return;
-        }
-    };
-    drop(ready);
     loop {
         tokio::select! {
             msg = socket.next() => if matches!(msg, None | Some(Err(_))) {
                 return;
             },
-            changed = stop.changed() => if changed.is_err() || *stop.borrow() {
-                return;
-            },
+            () = slot.stopped() => return,
         }
     }
 }
@@ -252,36 +132,8 @@ impl fmt::Display for Report {
             "ws-idle  target={} pid={} connections={}",
             self.target, self.pid, self.connections
         ));
-        t.row(
-            "established",
-            format!(
-                "{} in {:.2} s ({} failed{})",
-                report::count(self.established as u64),
-                self.connect_s,
-                self.failed,
-                self.first_error
-                    .as_deref()
-                    .map(|e| format!(", first: {e}"))
-                    .unwrap_or_default()
-            ),
-        );
-        t.row("server RSS before", report::bytes(self.rss_before as f64));
-        t.row(
-            "server RSS with all open",
-            report::bytes(self.rss_after as f64),
-        );
-        t.row(
-            "server RSS after closing",
-            report::bytes(self.rss_after_close as f64),
-        );
-        t.row(
-            "server RSS per connection",
-            report::bytes(self.bytes_per_connection),
-        );
-        t.row(
-            "client RSS per connection",
-            report::bytes(self.client_bytes_per_connection),
-        );
+        self.figures.established_row(&mut t);
+        self.figures.memory_rows(&mut t);
         t.fmt(f)
     }
 }
