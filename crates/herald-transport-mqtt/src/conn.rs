@@ -600,6 +600,7 @@ where
                             return End::Abnormal;
                         }
                     }
+                    let mut got_packet = false;
                     loop {
                         let end = {
                             // The decoded packet is gone by the end of this statement, before
@@ -619,7 +620,7 @@ where
                                 Next::Wait(work) => work.await,
                             }
                         };
-                        last_packet = Instant::now();
+                        got_packet = true;
                         if let Some(end) = end {
                             return end;
                         }
@@ -628,6 +629,10 @@ where
                             self.reader.pending = true;
                             break;
                         }
+                    }
+                    if got_packet {
+                        // Once per read, not per packet: a clock read is not free.
+                        last_packet = Instant::now();
                     }
                 }
                 Some((id, qos, result)) = next_ack(&mut self.acks), if !self.acks.is_empty() => {
