@@ -543,6 +543,8 @@ where
     }
 
     async fn run(&mut self, claim: &Claim) -> End {
+        // Packets the client sent right behind its CONNECT may be buffered already.
+        self.reader.pending = true;
         // Keep-alive: one timer for the connection, re-armed only when it fires early (a packet
         // came since), so a packet costs a clock read, not a timer insertion and removal.
         let keep_alive = self.keep_alive.unwrap_or(Duration::from_secs(86_400 * 365));

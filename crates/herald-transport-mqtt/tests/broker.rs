@@ -65,6 +65,51 @@ async fn qos_0_1_2_both_ways_in_both_versions() {
 }
 
 #[tokio::test]
+async fn packets_pipelined_behind_connect_are_handled_without_waiting_for_more() {
+    let broker = Broker::start().await;
+    for protocol in [Protocol::V311, Protocol::V5] {
+        // CONNECT, SUBSCRIBE, PUBLISH (QoS 1) and PINGREQ in one write, then silence: each
+        // must be answered from what is already buffered.
+        let subscribe = Packet::Subscribe(herald_mqtt_codec::Subscribe {
+            packet_id: 5,
+            properties: Properties::default(),
+            filters: vec![("pipe/t".to_owned(), sub(QoS::AtLeastOnce))],
+        });
+        let publish = Packet::Publish(publish("pipe/t", b"hi", QoS::AtLeastOnce, 6));
+        let mut c = Client::connect_pipelined(
+            broker.addr,
+            protocol,
+            &[subscribe, publish, Packet::PingReq],
+        )
+        .await;
+        let mut got = Vec::new();
+        while got.len() < 5 {
+            match c.recv().await {
+                Packet::ConnAck(a) => got.push(format!("connack {}", a.code)),
+                Packet::SubAck(a) => got.push(format!("suback {}", a.packet_id)),
+                Packet::PubAck(a) => got.push(format!("puback {}", a.packet_id)),
+                Packet::PingResp => got.push("pingresp".to_owned()),
+                Packet::Publish(p) => got.push(format!("publish {}", p.topic)),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "connack 0",
+                "pingresp",
+                "puback 6",
+                "publish pipe/t",
+                "suback 5"
+            ],
+            "{protocol:?}"
+        );
+    }
+    broker.stop().await;
+}
+
+#[tokio::test]
 async fn delivered_qos_is_the_lower_of_publish_and_subscription() {
     let b = Broker::start().await;
     let mut s = b.admin(Protocol::V5, "sub").await;

@@ -203,6 +203,41 @@ impl Client {
         }
     }
 
+    /// Connects as the admin and sends `then` in the same write as the CONNECT (a pipelining
+    /// client); returns the client before reading anything.
+    pub async fn connect_pipelined(
+        addr: SocketAddr,
+        protocol: Protocol,
+        then: &[Packet],
+    ) -> Client {
+        let mut connect = Connect {
+            protocol,
+            clean_start: true,
+            keep_alive: 0,
+            properties: Properties::default(),
+            client_id: String::new(),
+            will: None,
+            username: None,
+            password: None,
+        };
+        login(&mut connect, ADMIN);
+        let mut out = BytesMut::new();
+        encode(&Packet::Connect(connect), protocol, &mut out);
+        for p in then {
+            encode(p, protocol, &mut out);
+        }
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(&out).await.unwrap();
+        let mut decoder = Decoder::new(16 * 1024 * 1024);
+        decoder.set_protocol(protocol);
+        Client {
+            stream,
+            buf: BytesMut::new(),
+            decoder,
+            protocol,
+        }
+    }
+
     pub async fn send(&mut self, packet: Packet) {
         let mut out = BytesMut::new();
         encode(&packet, self.protocol, &mut out);
