@@ -84,9 +84,25 @@ pub enum PathError {
 /// # Invariants
 /// Every segment is non-empty, is neither `.` nor `..`, and the limits the path was parsed
 /// with held.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Default, Eq, PartialOrd, Ord)]
 pub struct Path {
     segments: Arc<[String]>,
+}
+
+impl PartialEq for Path {
+    /// Clones of one path (the common case: fan-out hands out clones) compare by pointer;
+    /// others segment by segment, as the derived comparison would.
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.segments, &other.segments) || self.segments == other.segments
+    }
+}
+
+impl std::hash::Hash for Path {
+    /// The segments, as the derived hash would: equal paths (by pointer or by segments) have
+    /// equal segments, so they hash alike.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.segments.hash(state);
+    }
 }
 
 impl Path {

@@ -33,6 +33,39 @@ pub fn encode(packet: &Packet, protocol: Protocol, out: &mut BytesMut) {
     write_body(packet, protocol, out);
 }
 
+/// A QoS 0 PUBLISH without properties (in MQTT 5, an empty property list): what a broker
+/// sends most, written without building a [`Packet`] or measuring it twice. The bytes are
+/// those [`encode`] writes for the same packet. Returns how many were written.
+pub fn encode_plain_publish(
+    topic: &str,
+    retain: bool,
+    payload: &[u8],
+    protocol: Protocol,
+    out: &mut BytesMut,
+) -> usize {
+    let body = plain_publish_body(topic, payload, protocol);
+    let start = out.len();
+    out.reserve(1 + varint_len(u32::try_from(body).unwrap_or(u32::MAX)) + body);
+    out.put_u8(0x30 | u8::from(retain));
+    out.put_varint(u32::try_from(body).unwrap_or(u32::MAX));
+    out.put_str(topic);
+    if protocol == Protocol::V5 {
+        out.put_u8(0);
+    }
+    out.put(payload);
+    out.len() - start
+}
+
+/// The number of bytes [`encode_plain_publish`] writes.
+pub fn plain_publish_len(topic: &str, payload: &[u8], protocol: Protocol) -> usize {
+    let body = plain_publish_body(topic, payload, protocol);
+    1 + varint_len(u32::try_from(body).unwrap_or(u32::MAX)) + body
+}
+
+fn plain_publish_body(topic: &str, payload: &[u8], protocol: Protocol) -> usize {
+    measure(|c| c.put_str(topic)) + usize::from(protocol == Protocol::V5) + payload.len()
+}
+
 /// The number of bytes `encode` would write (so the broker can enforce the client's Maximum
 /// Packet Size before sending, e.g. by dropping reason_string / user_properties or skipping the
 /// message).

@@ -98,7 +98,7 @@ mod wire;
 pub use bytes::{Bytes, BytesMut};
 
 pub use decode::{Decoder, decode_packet};
-pub use encode::{encode, encoded_len};
+pub use encode::{encode, encode_plain_publish, encoded_len, plain_publish_len};
 pub use error::DecodeError;
 pub use packet::{
     Ack, Auth, ConnAck, Connect, Disconnect, Packet, Publish, SubAck, SubOptions, Subscribe,

@@ -5,7 +5,7 @@
 use herald_mqtt_codec::{
     Ack, Auth, Bytes, BytesMut, ConnAck, Connect, DecodeError, Decoder, Disconnect, Packet,
     Properties, Protocol, Publish, QoS, SubAck, SubOptions, Subscribe, UnsubAck, Unsubscribe, Will,
-    decode_packet, encode, encoded_len,
+    decode_packet, encode, encode_plain_publish, encoded_len, plain_publish_len,
 };
 use proptest::collection::vec;
 use proptest::option;
@@ -458,6 +458,38 @@ fn check_reencodes(packet: &Packet, proto: Protocol) -> Result<(), TestCaseError
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// The direct QoS 0 writer gives the bytes of the general encoder, whatever the topic
+    /// (multi-byte characters, over the 65,535-byte field limit) and payload sizes (across
+    /// the remaining-length varint's steps).
+    #[test]
+    fn plain_publish_matches_the_general_encoder(
+        proto in proto(),
+        topic in prop_oneof![
+            "[a-z/é€]{0,40}",
+            (65_530usize..65_540).prop_map(|n| "é".repeat(n / 2)),
+        ],
+        payload_len in prop_oneof![0usize..200, 16_370usize..16_400, 2_097_140usize..2_097_160],
+        retain in any::<bool>(),
+    ) {
+        let payload = vec![7u8; payload_len];
+        let packet = Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain,
+            topic: topic.clone(),
+            packet_id: 0,
+            properties: Properties::default(),
+            payload: Bytes::from(payload.clone()),
+        });
+        let mut direct = BytesMut::from(&b"before"[..]);
+        let written = encode_plain_publish(&topic, retain, &payload, proto, &mut direct);
+        prop_assert_eq!(&direct[..6], b"before");
+        let direct = &direct[6..];
+        prop_assert_eq!(written, direct.len());
+        prop_assert_eq!(plain_publish_len(&topic, &payload, proto), direct.len());
+        prop_assert_eq!(direct, &encoded(&packet, proto)[..]);
+    }
 
     #[test]
     fn round_trip((proto, packet) in proto_packet()) {

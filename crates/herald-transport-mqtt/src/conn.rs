@@ -12,8 +12,8 @@ use herald_core::{Access, Modes, Path};
 use herald_engine::{Delivery, Event, PendingAppend, TopicsError};
 use herald_mqtt_codec::{
     Ack, ConnAck, Connect, DecodeError, Decoder, Disconnect, Packet, Properties, Protocol, Publish,
-    QoS, SubAck, SubOptions, Subscribe, UnsubAck, Unsubscribe, Will, encode, encoded_len,
-    parse_shared, reason, valid_topic_filter, valid_topic_name,
+    QoS, SubAck, SubOptions, Subscribe, UnsubAck, Unsubscribe, Will, encode, encode_plain_publish,
+    encoded_len, parse_shared, plain_publish_len, reason, valid_topic_filter, valid_topic_name,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
@@ -229,6 +229,8 @@ struct Conn<S> {
     last_topic: Option<(String, Path)>,
     /// The deliveries being handled (empty between batches; kept for its buffer).
     batch: Vec<Delivery>,
+    /// The topic of the last message sent and its MQTT name.
+    delivered_name: Option<(Path, String)>,
 }
 
 /// How recent a retained message sent at SUBSCRIBE must be for its live copy to be looked for.
@@ -515,6 +517,7 @@ where
         retained_sent: BTreeMap::new(),
         last_topic: None,
         batch: Vec::new(),
+        delivered_name: None,
     });
     Some(Ready {
         conn,
@@ -1288,8 +1291,37 @@ where
             }
             None => None,
         };
+        let qos = sub_qos.min(attrs.qos);
+        let v5 = self.protocol == Protocol::V5;
+        if qos == QoS::AtMostOnce
+            && (!v5
+                || (attrs.properties.is_empty()
+                    && remaining.is_none()
+                    && !attrs.explicit_content_type
+                    && subscription_ids.is_empty()))
+        {
+            // The common case, written straight into the output: no packet built, the topic's
+            // name kept from the last delivery.
+            let name = match &self.delivered_name {
+                Some((path, name)) if path == topic => name,
+                _ => {
+                    &self
+                        .delivered_name
+                        .insert((topic.clone(), topic_name(topic)))
+                        .1
+                }
+            };
+            if plain_publish_len(name, &payload, self.protocol) > self.out.max_packet {
+                // MQTT 5 3.1.2-24: a packet over the client's maximum is discarded.
+                self.inner.metrics.oversize.increment(1);
+                return;
+            }
+            encode_plain_publish(name, retain, &payload, self.protocol, &mut self.out.buf);
+            self.inner.metrics.sent.increment(1);
+            return;
+        }
         let mut properties = Properties::default();
-        if self.protocol == Protocol::V5 {
+        if v5 {
             properties = attrs.properties;
             properties.message_expiry_interval = remaining;
             if attrs.explicit_content_type {
@@ -1299,14 +1331,13 @@ where
         }
         let publish = Publish {
             dup: false,
-            qos: sub_qos.min(attrs.qos),
+            qos,
             retain,
             topic: topic_name(topic),
             packet_id: 0,
             properties,
             payload,
         };
-        let qos = publish.qos;
         let packet = Packet::Publish(publish);
         if encoded_len(&packet, self.protocol) > self.out.max_packet {
             // MQTT 5 3.1.2-24: a packet over the client's maximum is discarded.
