@@ -160,6 +160,20 @@ pub fn ack(packet_id: u16) -> Ack {
     }
 }
 
+/// A CONNECT with a clean start, keep-alive 0 and no credentials.
+fn bare_connect(protocol: Protocol) -> Connect {
+    Connect {
+        protocol,
+        clean_start: true,
+        keep_alive: 0,
+        properties: Properties::default(),
+        client_id: String::new(),
+        will: None,
+        username: None,
+        password: None,
+    }
+}
+
 /// A raw MQTT client: every packet is sent and received explicitly.
 pub struct Client {
     pub stream: TcpStream,
@@ -176,16 +190,7 @@ impl Client {
         protocol: Protocol,
         f: impl FnOnce(&mut Connect),
     ) -> (Client, ConnAck) {
-        let mut connect = Connect {
-            protocol,
-            clean_start: true,
-            keep_alive: 0,
-            properties: Properties::default(),
-            client_id: String::new(),
-            will: None,
-            username: None,
-            password: None,
-        };
+        let mut connect = bare_connect(protocol);
         f(&mut connect);
         let stream = TcpStream::connect(addr).await.unwrap();
         let mut decoder = Decoder::new(16 * 1024 * 1024);
@@ -210,16 +215,7 @@ impl Client {
         protocol: Protocol,
         then: &[Packet],
     ) -> Client {
-        let mut connect = Connect {
-            protocol,
-            clean_start: true,
-            keep_alive: 0,
-            properties: Properties::default(),
-            client_id: String::new(),
-            will: None,
-            username: None,
-            password: None,
-        };
+        let mut connect = bare_connect(protocol);
         login(&mut connect, ADMIN);
         let mut out = BytesMut::new();
         encode(&Packet::Connect(connect), protocol, &mut out);
