@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use super::{
     Appended, Event, InMemory, LOG_PREFIX, NewEvent, RETENTION_SNAPSHOT, Reply, Shared, Topic,
-    TopicsError, now_ms, parse_log_name, retention,
+    TopicsError, parse_log_name, retention,
 };
 
 pub(crate) enum Command {
@@ -198,19 +198,11 @@ impl Actor {
                         }));
                         continue;
                     }
-                    let t_ms = now_ms().max(t.last_t.load(Ordering::Relaxed));
-                    t.last_t.store(t_ms, Ordering::Relaxed);
+                    let t_ms = t.next_time();
                     let numbered: Vec<Event> = events
                         .into_iter()
                         .zip(last + 1..)
-                        .map(|(e, seq)| Event {
-                            seq,
-                            t_ms,
-                            content_type: e.content_type,
-                            origin: e.origin,
-                            attrs: e.attrs,
-                            data: e.data,
-                        })
+                        .map(|(e, seq)| e.numbered(seq, t_ms))
                         .collect();
                     let records = if t.memory_only {
                         Ok(Vec::new())

@@ -164,6 +164,18 @@ impl NewEvent {
         self.attrs = attrs;
         self
     }
+
+    /// The event as accepted: number `seq`, time `t_ms`.
+    pub(crate) fn numbered(self, seq: u64, t_ms: u64) -> Event {
+        Event {
+            seq,
+            t_ms,
+            content_type: self.content_type,
+            origin: self.origin,
+            attrs: self.attrs,
+            data: self.data,
+        }
+    }
 }
 
 /// A stored event.
@@ -358,6 +370,15 @@ impl Topic {
         // The state is plain data; a panic elsewhere cannot leave it half-updated in a way
         // that matters more than losing the topic would.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The time for the next events: now, or the last events' time if the clock went back
+    /// (times never go backwards within a topic). Called by whoever numbers the topic's
+    /// events (the actor, or an append to a memory-only topic under its lock).
+    pub(crate) fn next_time(&self) -> u64 {
+        let t_ms = now_ms().max(self.last_t.load(Ordering::Relaxed));
+        self.last_t.store(t_ms, Ordering::Relaxed);
+        t_ms
     }
 
     pub(crate) fn committed_last(&self) -> u64 {
@@ -608,20 +629,12 @@ impl Shared {
                     got: last,
                 }));
             }
-            let t_ms = now_ms().max(topic.last_t.load(Ordering::Relaxed));
-            topic.last_t.store(t_ms, Ordering::Relaxed);
+            let t_ms = topic.next_time();
             let count = events.len() as u64;
             let mut bytes = 0;
             let numbered = events.into_iter().zip(last + 1..).map(|(e, seq)| {
                 bytes += e.data.len();
-                Event {
-                    seq,
-                    t_ms,
-                    content_type: e.content_type,
-                    origin: e.origin,
-                    attrs: e.attrs,
-                    data: e.data,
-                }
+                e.numbered(seq, t_ms)
             });
             state.push(numbered, true, self.window_bounds(true));
             topic.last.store(last + count, Ordering::Release);
