@@ -558,6 +558,46 @@ async fn memory_only_topics_share_the_memory_budget() {
     }
 }
 
+/// A topic marks itself in a listener's signal only when the listener has taken the last
+/// mark: whatever the interleaving of appends and reads, every append is seen.
+#[tokio::test]
+async fn a_listener_is_woken_again_after_each_read_however_appends_interleave() {
+    for options in [TopicsOptions::default(), memory_rules(1_000)] {
+        let topics = open(Arc::new(MemoryStore::default()), options).await;
+        let (a, b) = (p("/mem/wa"), p("/mem/wb"));
+        let mut listener = topics.listener();
+        listener.subscribe(a.clone(), Some(1));
+        listener.subscribe(b.clone(), Some(1));
+        let mut seen = 0;
+        for round in 1..=50u64 {
+            // 1, 2 or 3 appends (to one topic or both) before the listener looks.
+            for k in 0..(round % 3 + 1) {
+                let topic = if (round + k) % 2 == 0 { &a } else { &b };
+                topics
+                    .append(topic.clone(), evs(1..=1), None)
+                    .await
+                    .unwrap();
+                seen += 1;
+            }
+            let mut have = 0;
+            tokio::time::timeout(WAIT, async {
+                while have < seen {
+                    have += listener
+                        .next()
+                        .await
+                        .unwrap()
+                        .iter()
+                        .filter(|d| matches!(d, Delivery::Event { .. }))
+                        .count();
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: {have} of {seen} events"));
+            seen = 0;
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_memory_only_topic_deleted_and_appended_again_starts_a_new_epoch() {
     let topics = open(Arc::new(MemoryStore::default()), memory_rules(16)).await;

@@ -1,7 +1,7 @@
 //! Listeners: gap-free, duplicate-free delivery of a set of topics.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use herald_core::{Path, PathPattern};
@@ -60,6 +60,9 @@ struct Sub {
     position: Position,
     /// Whether it is in the listener's `todo` queue.
     queued: bool,
+    /// Set by the followed topic when it marks itself in the signal; cleared here when the
+    /// mark is taken, before the topic is looked at (so a later move marks it again).
+    marked: Arc<AtomicBool>,
 }
 
 /// How topics tell a listener that they moved: each topic a listener follows holds its
@@ -157,7 +160,7 @@ impl Listener {
 
     /// Follows `topic`'s incarnation `t` for subscription `sub`.
     fn attach(&self, sub: &mut Sub, t: Arc<Topic>) {
-        t.watch(&self.signal);
+        t.watch(&self.signal, sub.marked.clone());
         sub.attached = Some(t);
     }
 
@@ -203,6 +206,7 @@ impl Listener {
                 next: 1,
             },
             queued: false,
+            marked: Arc::default(),
         };
         match self.shared.topic(&sub.path) {
             Some(t) => {
@@ -253,6 +257,7 @@ impl Listener {
                 next: from.max(1),
             },
             queued: false,
+            marked: Arc::default(),
         };
         if let Some(t) = self.shared.topic(&sub.path) {
             if t.epoch == epoch {
@@ -449,6 +454,9 @@ impl Listener {
             let mut marked = std::mem::take(&mut self.marked);
             self.signal.take_into(&mut marked);
             for path in marked.drain() {
+                if let Some(sub) = self.subs.get(&path) {
+                    sub.marked.store(false, Ordering::Release);
+                }
                 self.enqueue(&path);
             }
             self.marked = marked;
@@ -507,7 +515,7 @@ impl Listener {
                 sub.position.next = 1;
             }
             sub.position.epoch = Some(t.epoch);
-            t.watch(&signal);
+            t.watch(&signal, sub.marked.clone());
             sub.attached = Some(t);
         }
         let Some(topic) = &sub.attached else {

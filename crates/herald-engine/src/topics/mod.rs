@@ -276,7 +276,14 @@ pub(crate) struct Topic {
     pub(crate) deleted: AtomicBool,
     pub(crate) state: Mutex<TopicState>,
     /// The listeners following this topic, told by [`Topic::wake`] when it moves.
-    signals: Mutex<HashMap<u64, Weak<listener::Signal>>>,
+    signals: Mutex<HashMap<u64, Watcher>>,
+}
+
+/// A listener following a topic (see [`Topic::watch`]).
+#[derive(Debug)]
+struct Watcher {
+    signal: Weak<listener::Signal>,
+    marked: Arc<AtomicBool>,
 }
 
 /// The mutable part of a topic, locked briefly by the actor, the retention job and readers.
@@ -337,11 +344,19 @@ impl Topic {
     }
 
     /// Tells `signal`'s listener about this topic's commits and deletion from now on.
-    pub(crate) fn watch(&self, signal: &Arc<listener::Signal>) {
+    /// `marked` is the listener's flag for this topic: set when the topic marks itself in the
+    /// signal, cleared by the listener when it takes the mark (before it looks at the topic).
+    pub(crate) fn watch(&self, signal: &Arc<listener::Signal>, marked: Arc<AtomicBool>) {
         self.signals
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(signal.id(), Arc::downgrade(signal));
+            .insert(
+                signal.id(),
+                Watcher {
+                    signal: Arc::downgrade(signal),
+                    marked,
+                },
+            );
     }
 
     /// Stops telling the listener with signal `id`.
@@ -353,16 +368,23 @@ impl Topic {
     }
 
     /// Tells every listener following this topic that it moved (after a commit or a delete).
+    /// A listener already told and not yet looking costs one atomic swap: under load most
+    /// are, and marking (a lock, a hash of the path, a wake-up) is the expensive part.
     pub(crate) fn wake(&self) {
         self.signals
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, signal| match signal.upgrade() {
-                Some(signal) => {
-                    signal.mark(&self.path);
-                    true
+            .retain(|_, w| {
+                if w.marked.swap(true, Ordering::AcqRel) {
+                    return true;
                 }
-                None => false,
+                match w.signal.upgrade() {
+                    Some(signal) => {
+                        signal.mark(&self.path);
+                        true
+                    }
+                    None => false,
+                }
             });
     }
 
