@@ -13,9 +13,10 @@ and OUT/machine.txt, all written by bench/compare.sh.
 """
 
 import argparse
-import json
 import os
 import sys
+
+from benchfmt import cpu, f2, load, ms, n, ratio, read
 
 NAMES = {
     "herald": "Herald durable",
@@ -43,54 +44,6 @@ SHORT = {
 
 def name(b):
     return NAMES.get(b, b)
-
-
-def read(path):
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
-def load(out, broker, scenario, run="result"):
-    d = os.path.join(out, f"{broker}-{scenario}")
-    text = read(os.path.join(d, f"{run}.json"))
-    if not text:
-        return None
-    try:
-        r = json.loads(text)
-    except ValueError:
-        return None
-    r["_load"] = (read(os.path.join(d, f"{run}.load")) or "?").split()[0]
-    other = read(os.path.join(d, f"{run}.other"))
-    r["_other"] = float(other) if other else None
-    r["_cmd"] = read(os.path.join(d, f"{run}.cmd"))
-    return r
-
-
-def ms(us):
-    return f"{us / 1000:.2f} ms" if us < 100_000 else f"{us / 1000:.0f} ms"
-
-
-def n(x):
-    return f"{x:,.0f}"
-
-
-def ratio(x, base):
-    return f"{x / base:.2f}×" if base else "–"
-
-
-def f2(v):
-    return "?" if v is None else f"{v:.2f}"
-
-
-def cpu(r):
-    c = r.get("cpu") or {}
-    other = c.get("other_cores")
-    if other is None:
-        other = r.get("_other")
-    return f"{f2(c.get('server_cores'))} / {f2(c.get('bench_cores'))} / {f2(other)}"
 
 
 def errors(r):

@@ -58,10 +58,6 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 install_ref() {
   if [[ ! -x "$REF_VENV/bin/hpfeeds-broker" ]]; then
     log "installing the reference broker into $REF_VENV"

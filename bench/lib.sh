@@ -32,6 +32,11 @@ stop_server() {
 trap stop_server EXIT
 trap 'stop_server; exit 130' INT TERM
 
+# free_port: prints a loopback TCP port that was free a moment ago.
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
 # field NAME FILE: the value of "NAME":"..." in a one-line JSON file.
 field() { grep -o "\"$1\":\"[^\"]*\"" "$2" | cut -d'"' -f4; }
 

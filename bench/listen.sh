@@ -90,7 +90,7 @@ for server in $SERVERS; do
     esac
     cmd+=(--transport "${scenario##*-}")
     load=$(cut -d' ' -f1-3 /proc/loadavg)
-    echo "$load" >"$dir/load.txt"
+    echo "$load" >"$dir/result.load"
     log "$server $scenario (uptime: $(uptime)): herald-bench ${cmd[*]}"
     HERALD_ADMIN_PASSWORD=$PASSWORD bench "${cmd[@]}" --pid "$SERVER_PID" \
       --json-out "$dir/result.json" || echo "  (run failed; see above)"
@@ -100,36 +100,13 @@ done
 log "done (uptime: $(uptime))"
 
 log "summary"
-python3 - "$OUT" "$SERVERS" "$SCENARIOS" <<'EOF' | tee "$OUT/summary.md"
-import json, os, sys
+PYTHONPATH="$ROOT/bench" python3 - "$OUT" "$SERVERS" "$SCENARIOS" <<'EOF' | tee "$OUT/summary.md"
+import sys
+
+from benchfmt import cpu, load, ms, n
 
 out, servers, scenarios = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
 names = {"herald": "durable", "herald-mem": "memory-only"}
-
-def load(server, scenario):
-    d = os.path.join(out, f"{server}-{scenario}")
-    try:
-        with open(os.path.join(d, "result.json")) as f:
-            r = json.load(f)
-    except (OSError, ValueError):
-        return None
-    try:
-        with open(os.path.join(d, "load.txt")) as f:
-            r["_load"] = f.read().split()[0]
-    except OSError:
-        r["_load"] = "?"
-    return r
-
-def ms(us):
-    return f"{us / 1000:.2f} ms" if us < 100_000 else f"{us / 1000:.0f} ms"
-
-def n(x):
-    return f"{x:,.0f}"
-
-def cpu(r):
-    c = r.get("cpu") or {}
-    f = lambda v: "?" if v is None else f"{v:.2f}"
-    return f"{f(c.get('server_cores'))} / {f(c.get('bench_cores'))} / {f(c.get('other_cores'))}"
 
 fanouts = [s for s in scenarios if not s.startswith("idle")]
 idles = [s for s in scenarios if s.startswith("idle")]
@@ -139,7 +116,7 @@ if fanouts:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for s in fanouts:
         for b in servers:
-            r = load(b, s)
+            r = load(out, b, s)
             if not r:
                 print(f"| {names.get(b, b)} | {s} | | | failed | | | | | | | | | | | | |")
                 continue
@@ -157,7 +134,7 @@ if idles:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for s in idles:
         for b in servers:
-            r = load(b, s)
+            r = load(out, b, s)
             if not r:
                 print(f"| {names.get(b, b)} | {s} | failed | | | | | | | |")
                 continue

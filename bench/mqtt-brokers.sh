@@ -5,10 +5,6 @@
 # under DIR, sets SERVER_PID and ADDR, and exports MQTT_BENCH_USERNAME / MQTT_BENCH_PASSWORD for
 # herald-bench. Needs HERALD (the binary) and PASSWORD (random per run).
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 # wait_port NAME PORT DIR: until 127.0.0.1:PORT accepts (30 s at most) or SERVER_PID dies.
 wait_port() {
   local name=$1 port=$2 dir=$3

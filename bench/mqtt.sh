@@ -118,7 +118,7 @@ for broker in $BROKERS; do
       *) echo "unknown scenario $scenario (known: fanout fanout-rate fanout-qos1 publish idle idle-password)" >&2; exit 2 ;;
     esac
     load=$(cut -d' ' -f1-3 /proc/loadavg)
-    echo "$load" >"$dir/load.txt"
+    echo "$load" >"$dir/result.load"
     log "$broker $scenario (uptime: $(uptime)): herald-bench ${cmd[*]} --addr $ADDR --protocol $PROTOCOL"
     bench "${cmd[@]}" --addr "$ADDR" --protocol "$PROTOCOL" --pid "$SERVER_PID" \
       --json-out "$dir/result.json" || echo "  (run failed; see above)"
@@ -127,44 +127,18 @@ for broker in $BROKERS; do
 done
 
 log "summary"
-python3 - "$OUT" "$BROKERS" "$SCENARIOS" <<'EOF' | tee "$OUT/summary.md"
-import json, os, sys
+PYTHONPATH="$ROOT/bench" python3 - "$OUT" "$BROKERS" "$SCENARIOS" <<'EOF' | tee "$OUT/summary.md"
+import sys
+
+from benchfmt import cpu, load, ms, n, ratio
 
 out, brokers, scenarios = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
 names = {"mosquitto": "Mosquitto", "mosquitto-nodelay": "Mosquitto (TCP_NODELAY)",
          "herald": "Herald durable", "herald-mem": "Herald memory-only"}
 
-def load(broker, scenario):
-    d = os.path.join(out, f"{broker}-{scenario}")
-    try:
-        with open(os.path.join(d, "result.json")) as f:
-            r = json.load(f)
-    except (OSError, ValueError):
-        return None
-    try:
-        with open(os.path.join(d, "load.txt")) as f:
-            r["_load"] = f.read().split()[0]
-    except OSError:
-        r["_load"] = "?"
-    return r
-
-def ms(us):
-    return f"{us / 1000:.2f} ms" if us < 100_000 else f"{us / 1000:.0f} ms"
-
-def n(x):
-    return f"{x:,.0f}"
-
-def ratio(x, base):
-    return f"{x / base:.2f}×" if base else "–"
-
-def cpu(r):
-    c = r.get("cpu") or {}
-    f = lambda v: "?" if v is None else f"{v:.2f}"
-    return f"{f(c.get('server_cores'))} / {f(c.get('bench_cores'))} / {f(c.get('other_cores'))}"
-
 base_broker = "mosquitto" if "mosquitto" in brokers else brokers[0]
 for s in scenarios:
-    rows = {b: load(b, s) for b in brokers}
+    rows = {b: load(out, b, s) for b in brokers}
     base = rows.get(base_broker)
     if s.startswith("fanout"):
         first = next((r for r in rows.values() if r), None)
