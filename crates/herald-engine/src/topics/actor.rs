@@ -315,9 +315,7 @@ impl Actor {
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(s.topic.path.clone(), s.topic.clone());
-                self.shared.patterns().matches(&s.topic.path, |sub| {
-                    sub.found().push(s.topic.path.clone());
-                });
+                self.shared.announce(&s.topic.path);
                 new_topics = true;
             }
             let (Some(first), Some(last)) = (s.events.first(), s.events.last()) else {
@@ -340,7 +338,6 @@ impl Actor {
                 .unwrap_or_else(|e| e.into_inner())
                 .len();
             m.topics.set(n as f64);
-            self.shared.generation.send_modify(|g| *g += 1);
         }
     }
 

@@ -854,6 +854,14 @@ impl std::future::Future for PendingAppend {
     }
 }
 
+/// What [`Topics::prepare`] made of an append.
+enum Prepared {
+    /// Done already (a memory-only topic).
+    Done(PendingAppend),
+    /// For the actor: the command, and where its outcome comes.
+    ForActor(Command, oneshot::Receiver<Result<Appended, TopicsError>>),
+}
+
 /// Why [`Topics::try_enqueue`] did not queue an append.
 #[derive(Debug)]
 pub enum TryEnqueueError {
@@ -974,17 +982,10 @@ impl Topics {
         topic: Path,
         events: Vec<NewEvent>,
     ) -> Result<PendingAppend, TryEnqueueError> {
-        validate(&topic, &events).map_err(TryEnqueueError::Failed)?;
-        let events = match self.shared.append_in_memory(&topic, events, None) {
-            InMemory::Done(result) => return Ok(PendingAppend::done(result)),
-            InMemory::Durable(events) => events,
-        };
-        let (reply, rx) = oneshot::channel();
-        let command = Command::Append {
-            topic,
-            events,
-            expect_last: None,
-            reply,
+        let (command, rx) = match self.prepare(topic, events, None) {
+            Ok(Prepared::Done(pending)) => return Ok(pending),
+            Ok(Prepared::ForActor(command, rx)) => (command, rx),
+            Err(e) => return Err(TryEnqueueError::Failed(e)),
         };
         match self.tx.try_send(command) {
             Ok(()) => Ok(PendingAppend(Pending::Queued(rx))),
@@ -996,29 +997,45 @@ impl Topics {
     }
 
     /// Validates and queues an append; the returned future resolves once it is committed.
-    /// A memory-only topic has nothing to commit: the append is done at once, here.
     async fn queue(
         &self,
         topic: Path,
         events: Vec<NewEvent>,
         expect_last: Option<u64>,
     ) -> Result<PendingAppend, TopicsError> {
+        match self.prepare(topic, events, expect_last)? {
+            Prepared::Done(pending) => Ok(pending),
+            Prepared::ForActor(command, rx) => {
+                self.tx
+                    .send(command)
+                    .await
+                    .map_err(|_| TopicsError::Closed)?;
+                Ok(PendingAppend(Pending::Queued(rx)))
+            }
+        }
+    }
+
+    /// Validates an append and does it at once if the topic is memory-only (nothing to
+    /// commit); else makes the actor's command and the receiver of its outcome.
+    fn prepare(
+        &self,
+        topic: Path,
+        events: Vec<NewEvent>,
+        expect_last: Option<u64>,
+    ) -> Result<Prepared, TopicsError> {
         validate(&topic, &events)?;
         let events = match self.shared.append_in_memory(&topic, events, expect_last) {
-            InMemory::Done(result) => return Ok(PendingAppend::done(result)),
+            InMemory::Done(result) => return Ok(Prepared::Done(PendingAppend::done(result))),
             InMemory::Durable(events) => events,
         };
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Append {
-                topic,
-                events,
-                expect_last,
-                reply,
-            })
-            .await
-            .map_err(|_| TopicsError::Closed)?;
-        Ok(PendingAppend(Pending::Queued(rx)))
+        let command = Command::Append {
+            topic,
+            events,
+            expect_last,
+            reply,
+        };
+        Ok(Prepared::ForActor(command, rx))
     }
 
     /// Reads up to `limit` retained events with `seq >= from`, oldest first.
