@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::attrs::MessageAttrs;
-use crate::broker::{Inner, Outgoing, PublishError, PublishFuture, Publishing, now_ms};
+use crate::broker::{Inner, Outgoing, PublishError, Publishing, now_ms};
 use crate::names::{dollar_rule_allows, filter_pattern, topic_name, topic_path};
 use crate::session::{Claim, OutState, PendingWill, Session, Subscription, next_shared};
 use crate::shared::SharedDelivery;
@@ -180,19 +180,6 @@ enum Next<'a> {
     Done(Option<End>),
     /// To be awaited; `Some` ends the connection.
     Wait(Pin<Box<dyn Future<Output = Option<End>> + Send + 'a>>),
-}
-
-/// What [`Conn::on_publish`] leaves to do.
-enum Step {
-    /// Handled; `Some` ends the connection.
-    Done(Option<End>),
-    /// The broker has to wait (retaining, or for room in the engine's queue): await
-    /// `publishing`, then [`Conn::published`].
-    Wait {
-        id: u16,
-        qos: QoS,
-        publishing: PublishFuture,
-    },
 }
 
 type AckFuture = Pin<Box<dyn Future<Output = (u16, QoS, Result<(), PublishError>)> + Send>>;
@@ -709,17 +696,7 @@ where
                 self.on_unsubscribe(u).await;
                 None
             })),
-            Packet::Publish(p) => match self.on_publish(p) {
-                Step::Done(end) => Next::Done(end),
-                Step::Wait {
-                    id,
-                    qos,
-                    publishing,
-                } => Next::Wait(Box::pin(async move {
-                    let result = publishing.await;
-                    self.published(id, qos, result)
-                })),
-            },
+            Packet::Publish(p) => self.on_publish(p),
             packet => Next::Done(self.handle(packet)),
         }
     }
@@ -818,22 +795,21 @@ where
     // ------------------------------------------------------------------ incoming publish
 
     /// Handles an incoming PUBLISH, without waiting unless the broker must (see
-    /// [`Inner::publish`]); then the caller awaits [`Step::Wait`] and calls
-    /// [`Conn::published`].
-    fn on_publish(&mut self, mut p: Publish) -> Step {
+    /// [`Inner::publish`]): then what is left, the wait and [`Conn::published`], is boxed.
+    fn on_publish(&mut self, mut p: Publish) -> Next<'_> {
         self.inner.metrics.received.increment(1);
         let alias = p.properties.topic_alias.take();
         if let Some(alias) = alias {
             if alias == 0 || alias > self.inner.config.topic_alias_maximum {
                 self.disconnect(reason::TOPIC_ALIAS_INVALID);
-                return Step::Done(Some(End::Abnormal));
+                return Next::Done(Some(End::Abnormal));
             }
             if p.topic.is_empty() {
                 match self.aliases.get(&alias) {
                     Some(t) => p.topic.clone_from(t),
                     None => {
                         self.disconnect(reason::PROTOCOL_ERROR);
-                        return Step::Done(Some(End::Abnormal));
+                        return Next::Done(Some(End::Abnormal));
                     }
                 }
             } else {
@@ -855,23 +831,23 @@ where
         };
         let Some(path) = path else {
             tracing::debug!(client = %self.client_id, topic = %p.topic, "mqtt: invalid topic name");
-            return Step::Done(self.refuse_publish(&p, reason::TOPIC_NAME_INVALID));
+            return Next::Done(self.refuse_publish(&p, reason::TOPIC_NAME_INVALID));
         };
         if !self.access.allows(&path, Modes::WRITE) {
             tracing::debug!(client = %self.client_id, %path, "mqtt: publish not authorized");
-            return Step::Done(self.refuse_publish(&p, reason::NOT_AUTHORIZED));
+            return Next::Done(self.refuse_publish(&p, reason::NOT_AUTHORIZED));
         }
         match p.qos {
             QoS::ExactlyOnce if self.session.incoming_qos2.contains(&p.packet_id) => {
                 // A resend of a message already accepted: acknowledge, do not append again.
                 self.out
                     .send(&Packet::PubRec(ack(p.packet_id, reason::SUCCESS)));
-                return Step::Done(None);
+                return Next::Done(None);
             }
             QoS::AtLeastOnce | QoS::ExactlyOnce => {
                 if self.acks.len() >= usize::from(self.inner.config.receive_maximum) {
                     self.disconnect(reason::RECEIVE_MAXIMUM_EXCEEDED);
-                    return Step::Done(Some(End::Abnormal));
+                    return Next::Done(Some(End::Abnormal));
                 }
             }
             QoS::AtMostOnce => {}
@@ -879,7 +855,7 @@ where
         let (id, qos) = (p.packet_id, p.qos);
         if qos == QoS::AtLeastOnce && !self.incoming_qos1.insert(id) {
             // Still being appended: the PUBACK for the first copy is coming.
-            return Step::Done(None);
+            return Next::Done(None);
         }
         let publishing = self.inner.publish(Outgoing {
             path,
@@ -890,12 +866,11 @@ where
             origin: self.client_id.clone(),
         });
         match publishing {
-            Publishing::Done(result) => Step::Done(self.published(id, qos, result)),
-            Publishing::Wait(publishing) => Step::Wait {
-                id,
-                qos,
-                publishing,
-            },
+            Publishing::Done(result) => Next::Done(self.published(id, qos, result)),
+            Publishing::Wait(publishing) => Next::Wait(Box::pin(async move {
+                let result = publishing.await;
+                self.published(id, qos, result)
+            })),
         }
     }
 
