@@ -51,6 +51,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let signals = ShutdownSignals::install()?;
     let metrics = match settings.metrics {
         Listen::On(_) => Some(install_metrics()?),
         Listen::Off => None,
@@ -260,7 +261,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     tracing::info!(data_dir = %settings.data_dir.display(), "herald is ready");
 
-    wait_for_signal().await;
+    signals.wait().await;
     tracing::info!("shutdown requested: draining listeners");
     shutdown.cancel();
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
@@ -475,30 +476,46 @@ fn write_ready_file(
     Ok(())
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = async {
+/// SIGINT and SIGTERM handlers, installed when made. They are made before any listener
+/// opens and before the ready file is written, so a signal sent as soon as Herald says it
+/// is ready starts a clean shutdown instead of killing the process.
+struct ShutdownSignals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    #[cfg(unix)]
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {})
+    }
+
+    /// Waits for the first signal.
+    #[cfg(unix)]
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+
+    #[cfg(not(unix))]
+    async fn wait(self) {
         if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for SIGINT");
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
     }
 }
 

@@ -386,3 +386,62 @@ async fn invalid_settings_are_reported() {
         assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
     }
 }
+
+/// The SIGTERM handler is installed before the store opens. A SIGTERM that arrives while
+/// Herald is still starting, or just as it writes its ready file, starts a clean shutdown
+/// once startup is done; it does not kill the process (as it did before: the handler was
+/// installed only after the ready file was written).
+#[tokio::test]
+async fn a_sigterm_during_startup_shuts_down_cleanly() {
+    use tokio::io::AsyncBufReadExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = command();
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--icepeak", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .args(["--metrics", "127.0.0.1:0"])
+        .arg("--ready-file")
+        .arg(dir.path().join("ready.json"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("herald spawns");
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    within("the store opens", async {
+        while let Some(line) = lines.next_line().await.expect("stderr") {
+            log.push_str(&line);
+            log.push('\n');
+            if line.contains("store opened") {
+                return;
+            }
+        }
+        panic!("herald exited before opening its store:\n{log}");
+    })
+    .await;
+
+    let pid = child.id().expect("running").to_string();
+    assert!(within("kill -TERM", command_kill(&pid)).await.success());
+    // Keep reading stderr so a full pipe never blocks the server.
+    let rest = tokio::spawn(async move {
+        let mut rest = String::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+        rest
+    });
+    let status = within_for(
+        std::time::Duration::from_secs(25),
+        "herald exit",
+        child.wait(),
+    )
+    .await
+    .expect("wait");
+    log.push_str(&rest.await.unwrap());
+    assert!(status.success(), "herald exited with {status}:\n{log}");
+    assert!(log.contains("shutdown requested"), "{log}");
+}

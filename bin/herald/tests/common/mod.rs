@@ -653,7 +653,7 @@ impl Proc {
     }
 }
 
-async fn command_kill(pid: &str) -> std::process::ExitStatus {
+pub(crate) async fn command_kill(pid: &str) -> std::process::ExitStatus {
     tokio::process::Command::new("kill")
         .args(["-TERM", pid])
         .status()
