@@ -1088,3 +1088,62 @@ async fn a_listener_on_thousands_of_topics_gets_every_event_once() {
         [2, 3]
     );
 }
+
+/// Events of a topic that several listeners follow are shared by all of them and keep the
+/// first rendering a wire format makes; events of a topic with one listener render anew
+/// (a kept rendering would only hold memory). Durable and memory-only topics alike.
+#[tokio::test]
+async fn events_followed_by_several_listeners_are_rendered_once() {
+    use std::sync::atomic::AtomicUsize;
+
+    static WIRE: herald_engine::Wire = herald_engine::Wire::new("test");
+    let options = fast_retention(vec![(
+        "/mem/#",
+        Retention {
+            memory_only: true,
+            ..Retention::default()
+        },
+    )]);
+    let topics = open(Arc::new(MemoryStore::default()), options).await;
+    for topic in [p("/mem/x"), p("/durable/x")] {
+        let renders = AtomicUsize::new(0);
+        let render = |e: &herald_engine::Event| {
+            let mut out = Vec::new();
+            e.render_into(&WIRE, &mut out, |e, out| {
+                renders.fetch_add(1, Ordering::Relaxed);
+                out.extend_from_slice(format!("<{}>", e.seq).as_bytes());
+            });
+            out
+        };
+        let first_event = |ds: Vec<Delivery>| match ds.into_iter().next() {
+            Some(Delivery::Event { event, .. }) => event,
+            other => panic!("{other:?}"),
+        };
+
+        // One listener: every call renders.
+        let mut one = topics.listener();
+        one.subscribe(topic.clone(), None);
+        topics
+            .append(topic.clone(), evs(1..=1), None)
+            .await
+            .unwrap();
+        let e = first_event(collect(&mut one, 1).await);
+        assert_eq!(render(&e), b"<1>");
+        assert_eq!(render(&e), b"<1>");
+        assert_eq!(renders.load(Ordering::Relaxed), 2, "{topic}");
+
+        // Two listeners: both get the same event, rendered once.
+        let mut two = topics.listener();
+        two.subscribe(topic.clone(), None);
+        topics
+            .append(topic.clone(), evs(2..=2), None)
+            .await
+            .unwrap();
+        let a = first_event(collect(&mut one, 1).await);
+        let b = first_event(collect(&mut two, 1).await);
+        assert!(a.ptr_eq(&b), "{topic}");
+        assert_eq!(render(&a), b"<2>");
+        assert_eq!(render(&b), b"<2>");
+        assert_eq!(renders.load(Ordering::Relaxed), 3, "{topic}");
+    }
+}

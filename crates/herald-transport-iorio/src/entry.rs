@@ -5,7 +5,7 @@
 //! flagged by `"enc":"base64"`. Entries carry the content type in `ct` unless it is plain
 //! `application/json`.
 
-use std::fmt::Write as _;
+use std::io::Write as _;
 
 use herald_core::Path;
 use herald_engine::Event;
@@ -34,40 +34,55 @@ pub(crate) fn is_valid_json(data: &[u8]) -> bool {
     serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok()
 }
 
-/// Event data rendered as a JSON value.
-pub(crate) struct Data {
-    /// The JSON text of the value.
-    pub(crate) json: String,
-    /// Whether the value is a base64 string.
-    pub(crate) base64: bool,
+/// How event data is written as a JSON value.
+enum Data<'a> {
+    /// Valid JSON text, embedded as is (trimmed).
+    Json(&'a str),
+    /// UTF-8 text, as a JSON string.
+    Text(&'a str),
+    /// Other bytes, as a JSON string of their base64.
+    Base64(&'a [u8]),
 }
 
-/// Renders event data as JSON as the module docs describe.
-pub(crate) fn data(content_type: &str, bytes: &[u8]) -> Data {
-    if is_json_type(content_type)
-        && is_valid_json(bytes)
-        && let Ok(text) = std::str::from_utf8(bytes)
-    {
-        return Data {
-            json: text.trim().to_owned(),
-            base64: false,
-        };
+impl<'a> Data<'a> {
+    /// How `bytes` of type `content_type` are written, as the module docs describe.
+    fn of(content_type: &str, bytes: &'a [u8]) -> Self {
+        match std::str::from_utf8(bytes) {
+            Ok(text) if is_json_type(content_type) && is_valid_json(bytes) => {
+                Data::Json(text.trim())
+            }
+            Ok(text) => Data::Text(text),
+            Err(_) => Data::Base64(bytes),
+        }
     }
-    match std::str::from_utf8(bytes) {
-        Ok(text) => Data {
-            json: json_string(text),
-            base64: false,
-        },
-        Err(_) => Data {
-            json: json_string(&base64(bytes)),
-            base64: true,
-        },
+
+    fn push(&self, out: &mut Vec<u8>) {
+        match self {
+            Data::Json(text) => out.extend_from_slice(text.as_bytes()),
+            Data::Text(text) => push_json_string(out, text),
+            Data::Base64(bytes) => {
+                out.push(b'"');
+                push_base64(out, bytes);
+                out.push(b'"');
+            }
+        }
     }
 }
 
 /// `s` as a JSON string literal.
 pub(crate) fn json_string(s: &str) -> String {
     serde_json::Value::String(s.to_owned()).to_string()
+}
+
+/// Appends `s` as a JSON string literal.
+fn push_json_string(out: &mut Vec<u8>, s: &str) {
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Text made of the JSON pieces this module writes, all UTF-8.
+pub(crate) fn utf8(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// The bucket and stream names of a topic: its first segment and the rest joined by `/`
@@ -79,41 +94,44 @@ pub(crate) fn bucket_stream(topic: &Path) -> (String, String) {
     }
 }
 
-/// Appends the shared `meta` fields of data: `"ct"` unless plain JSON, `"enc"` for base64.
-fn push_data_meta(out: &mut String, event: &Event, data: &Data) {
-    if !is_plain_json(&event.content_type) {
-        out.push_str(",\"ct\":");
-        out.push_str(&json_string(&event.content_type));
-    }
-    if data.base64 {
-        out.push_str(",\"enc\":\"base64\"");
-    }
-    if !event.origin.is_empty() {
-        out.push_str(",\"origin\":");
-        out.push_str(&json_string(&event.origin));
-    }
-}
-
 /// IorioDB's query entry `{"meta":{"id","t"},"data":..}`.
 pub(crate) fn query_entry(event: &Event) -> String {
-    listen_entry(event, "")
+    let mut out = Vec::with_capacity(event.data.len() + 48);
+    push_listen_entry(&mut out, event, "");
+    utf8(out)
 }
 
-/// IorioDB's listen entry `{"meta":{"id","t","bucket","stream"},"data":..}`; `names` is the
-/// pre-rendered `,"bucket":..,"stream":..` part.
-pub(crate) fn listen_entry(event: &Event, names: &str) -> String {
-    let data = data(&event.content_type, &event.data);
-    let mut out = String::with_capacity(data.json.len() + names.len() + 48);
+/// IorioDB's listen entry `{"meta":{"id","t","bucket","stream"},"data":..}`, appended to
+/// `out`; `names` is the pre-rendered `,"bucket":..,"stream":..` part. Metadata follows:
+/// `"ct"` unless plain JSON, `"enc"` for base64 data, `"origin"` when recorded.
+pub(crate) fn push_listen_entry(out: &mut Vec<u8>, event: &Event, names: &str) {
+    let data = Data::of(&event.content_type, &event.data);
     let _ = write!(
         out,
         "{{\"meta\":{{\"id\":{},\"t\":{}{names}",
         event.seq, event.t_ms
     );
-    push_data_meta(&mut out, event, &data);
-    out.push_str("},\"data\":");
-    out.push_str(&data.json);
-    out.push('}');
-    out
+    if !is_plain_json(&event.content_type) {
+        out.extend_from_slice(b",\"ct\":");
+        push_json_string(out, &event.content_type);
+    }
+    if matches!(data, Data::Base64(_)) {
+        out.extend_from_slice(b",\"enc\":\"base64\"");
+    }
+    if !event.origin.is_empty() {
+        out.extend_from_slice(b",\"origin\":");
+        push_json_string(out, &event.origin);
+    }
+    out.extend_from_slice(b"},\"data\":");
+    data.push(out);
+    out.push(b'}');
+}
+
+#[cfg(test)]
+fn listen_entry(event: &Event, names: &str) -> String {
+    let mut out = Vec::new();
+    push_listen_entry(&mut out, event, names);
+    utf8(out)
 }
 
 /// The `,"bucket":..,"stream":..` part of a listen entry.
@@ -139,38 +157,40 @@ pub(crate) fn reset_entry(names: &str, epoch: u64) -> String {
 
 /// The native API's event object `{"seq","t","ct","data"[,"enc"]}`.
 pub(crate) fn native_event(event: &Event) -> String {
-    let data = data(&event.content_type, &event.data);
-    let mut out = String::with_capacity(data.json.len() + event.content_type.len() + 48);
-    let _ = write!(
-        out,
-        "{{\"seq\":{},\"t\":{},\"ct\":{}",
-        event.seq,
-        event.t_ms,
-        json_string(&event.content_type)
-    );
-    if data.base64 {
-        out.push_str(",\"enc\":\"base64\"");
+    let data = Data::of(&event.content_type, &event.data);
+    let mut out = Vec::with_capacity(event.data.len() + event.content_type.len() + 48);
+    let _ = write!(out, "{{\"seq\":{},\"t\":{},\"ct\":", event.seq, event.t_ms);
+    push_json_string(&mut out, &event.content_type);
+    if matches!(data, Data::Base64(_)) {
+        out.extend_from_slice(b",\"enc\":\"base64\"");
     }
-    out.push_str(",\"data\":");
-    out.push_str(&data.json);
-    out.push('}');
-    out
+    out.extend_from_slice(b",\"data\":");
+    data.push(&mut out);
+    out.push(b'}');
+    utf8(out)
 }
 
 /// Standard base64 (RFC 4648 §4) with padding.
-pub(crate) fn base64(bytes: &[u8]) -> String {
+#[cfg(test)]
+fn base64(bytes: &[u8]) -> String {
+    let mut out = Vec::new();
+    push_base64(&mut out, bytes);
+    utf8(out)
+}
+
+/// Appends standard base64 (RFC 4648 §4) with padding.
+fn push_base64(out: &mut Vec<u8>, bytes: &[u8]) {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let sym = |i: u32| char::from(ALPHABET.get((i & 63) as usize).copied().unwrap_or(b'A'));
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    let sym = |i: u32| ALPHABET.get((i & 63) as usize).copied().unwrap_or(b'A');
+    out.reserve(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
         let b = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
         let n = (b(0) << 16) | (b(1) << 8) | b(2);
         out.push(sym(n >> 18));
         out.push(sym(n >> 12));
-        out.push(if chunk.len() > 1 { sym(n >> 6) } else { '=' });
-        out.push(if chunk.len() > 2 { sym(n) } else { '=' });
+        out.push(if chunk.len() > 1 { sym(n >> 6) } else { b'=' });
+        out.push(if chunk.len() > 2 { sym(n) } else { b'=' });
     }
-    out
 }
 
 #[cfg(test)]
@@ -182,14 +202,14 @@ mod tests {
     use super::*;
 
     fn ev(ct: &str, data: &'static [u8]) -> Event {
-        Event {
-            seq: 3,
-            t_ms: 7,
-            content_type: Arc::from(ct),
-            origin: Arc::from(""),
-            attrs: Bytes::new(),
-            data: Bytes::from_static(data),
-        }
+        Event::new(
+            3,
+            7,
+            Arc::from(ct),
+            Arc::from(""),
+            Bytes::new(),
+            Bytes::from_static(data),
+        )
     }
 
     #[test]

@@ -18,7 +18,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use herald_core::{Modes, Path, PathLimits};
-use herald_engine::{Delivery, Listener};
+use herald_engine::{Delivery, Listener, Wire};
 use serde_json::{Value, json};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
@@ -186,6 +186,10 @@ struct Tracked {
     next: u64,
 }
 
+/// Listen entries: rendered once per event, for every listener of its stream (their
+/// `bucket` and `stream` are the topic's, the same for all of them).
+static LISTEN_ENTRY: Wire = Wire::new("iorio listen entry");
+
 /// One batch ready to push: a JSON array and, for SSE, the resume id after it.
 #[derive(Debug)]
 struct Batch {
@@ -273,7 +277,7 @@ impl Feed {
     ) -> Vec<Batch> {
         let max_events = config.max_batch_events.max(1);
         let mut out = Vec::new();
-        let mut current = String::new();
+        let mut current = Vec::new();
         let mut count = 0usize;
         for delivery in deliveries {
             let (topic, epoch, next) = match &delivery {
@@ -285,31 +289,34 @@ impl Feed {
                 Delivery::Gap { topic, to, .. } => (topic, None, to.saturating_add(1)),
                 Delivery::Reset { topic, epoch } => (topic, Some(*epoch), 1),
             };
-            let names = match self.find(topic).ok().and_then(|i| self.streams.get(i)) {
-                Some(t) => t.names.to_string(),
-                None => {
-                    let (b, s) = entry::bucket_stream(topic);
-                    entry::names_fragment(&b, &s)
-                }
-            };
-            let rendered = match &delivery {
-                Delivery::Event { event, .. } => entry::listen_entry(event, &names),
-                Delivery::Gap { from, to, .. } => entry::gap_entry(&names, *from, *to),
-                Delivery::Reset { epoch, .. } => entry::reset_entry(&names, *epoch),
-            };
-            if count > 0
-                && (count >= max_events
-                    || current.len() + rendered.len() + 2 > config.max_batch_bytes)
-            {
-                current.push(']');
-                out.push(Batch {
-                    json: std::mem::take(&mut current),
-                    id: ids.then(|| self.resume_id()),
-                });
+            if count >= max_events {
+                self.finish_batch(&mut out, &mut current, ids);
                 count = 0;
             }
-            current.push(if count == 0 { '[' } else { ',' });
-            current.push_str(&rendered);
+            let start = current.len();
+            current.push(if count == 0 { b'[' } else { b',' });
+            match &delivery {
+                // Every listener of the stream renders the event the same way: once.
+                Delivery::Event { event, .. } => {
+                    event.render_into(&LISTEN_ENTRY, &mut current, |event, out| {
+                        entry::push_listen_entry(out, event, &self.names(topic));
+                    });
+                }
+                Delivery::Gap { from, to, .. } => current
+                    .extend_from_slice(entry::gap_entry(&self.names(topic), *from, *to).as_bytes()),
+                Delivery::Reset { epoch, .. } => current
+                    .extend_from_slice(entry::reset_entry(&self.names(topic), *epoch).as_bytes()),
+            }
+            // With its closing `]`, the batch would be too big: the entry starts the next.
+            if count > 0 && current.len() + 1 > config.max_batch_bytes {
+                let mut next = Vec::with_capacity(current.len() - start);
+                next.push(b'[');
+                next.extend_from_slice(current.get(start + 1..).unwrap_or_default());
+                current.truncate(start);
+                self.finish_batch(&mut out, &mut current, ids);
+                current = next;
+                count = 0;
+            }
             count += 1;
             if let Some(t) = self.tracked_mut(topic) {
                 if epoch.is_some() {
@@ -319,13 +326,30 @@ impl Feed {
             }
         }
         if count > 0 {
-            current.push(']');
-            out.push(Batch {
-                json: current,
-                id: ids.then(|| self.resume_id()),
-            });
+            self.finish_batch(&mut out, &mut current, ids);
         }
         out
+    }
+
+    /// Closes the batch in `current` and moves it to `out`, with the resume id of the
+    /// positions so far when `ids`.
+    fn finish_batch(&self, out: &mut Vec<Batch>, current: &mut Vec<u8>, ids: bool) {
+        current.push(b']');
+        out.push(Batch {
+            json: entry::utf8(std::mem::take(current)),
+            id: ids.then(|| self.resume_id()),
+        });
+    }
+
+    /// The `,"bucket":..,"stream":..` of `topic`'s entries.
+    fn names(&self, topic: &Path) -> std::borrow::Cow<'_, str> {
+        match self.find(topic).ok().and_then(|i| self.streams.get(i)) {
+            Some(t) => std::borrow::Cow::Borrowed(&t.names),
+            None => {
+                let (b, s) = entry::bucket_stream(topic);
+                std::borrow::Cow::Owned(entry::names_fragment(&b, &s))
+            }
+        }
     }
 
     /// The SSE resume id of the current positions (see the crate docs).

@@ -368,6 +368,48 @@ async fn sse_split_batches_each_resume_exactly() {
 }
 
 #[tokio::test]
+async fn sse_batches_stay_within_the_byte_limit_and_each_resumes_exactly() {
+    const LIMIT: usize = 200;
+    let mut cfg = config();
+    cfg.max_batch_bytes = LIMIT;
+    let s = TestServer::start(cfg).await;
+    let admin = s.admin_token().await;
+    for n in 1..=7 {
+        append(&s, "/b/sz", n).await;
+    }
+    // An entry over the limit travels alone.
+    let big = json!({"big": "x".repeat(LIMIT)}).to_string();
+    s.topics
+        .append(path("/b/sz"), vec![NewEvent::json(big)], None)
+        .await
+        .unwrap();
+    append(&s, "/b/sz", 9).await;
+
+    let query = format!("jwt={admin}&s=b:sz:1");
+    let mut sse = SseReader::open(&s, &query, None).await;
+    let _start = sse.next().await;
+    let mut seen = Vec::new();
+    let mut batches = Vec::new();
+    while seen.len() < 9 {
+        let msg = sse.next().await;
+        let Some(data) = msg.data else { continue };
+        let got = ids(&serde_json::from_str(&data).unwrap());
+        assert!(data.len() <= LIMIT || got.len() == 1, "{data}");
+        seen.extend(got.iter().copied());
+        batches.push((got, msg.id.unwrap()));
+    }
+    assert_eq!(seen, (1..=9).collect::<Vec<_>>());
+    assert!(batches.len() >= 5, "{batches:?}");
+    // Every batch's id resumes right after its last entry.
+    for (got, id) in batches.iter().take(batches.len() - 1) {
+        let mut sse = SseReader::open(&s, &query, Some(id)).await;
+        let _ = sse.next().await;
+        let (next, _) = sse.entries(1).await;
+        assert_eq!(next[0].1, got.last().unwrap() + 1, "after {got:?}");
+    }
+}
+
+#[tokio::test]
 async fn sse_resume_after_delete_starts_with_a_reset() {
     let s = TestServer::start(config()).await;
     let admin = s.admin_token().await;
@@ -431,6 +473,77 @@ async fn ws_next(ws: &mut Ws) -> Value {
 async fn ws_command(ws: &mut Ws, cmd: Value) -> Value {
     ws.send(Message::text(cmd.to_string())).await.unwrap();
     ws_next(ws).await
+}
+
+/// The next `n` entries a WebSocket listener receives, however they are batched.
+async fn ws_entries(ws: &mut Ws, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        out.extend(ws_next(ws).await.as_array().unwrap().iter().cloned());
+    }
+    out
+}
+
+/// Listeners of one stream share each event's rendering, made once by whichever listener
+/// gets to it first: over every transport they all receive the same entries, and a listener
+/// of another stream gets its own.
+#[tokio::test]
+async fn listeners_of_a_stream_receive_the_same_entries_over_every_transport() {
+    let s = TestServer::start(config()).await;
+    let admin = s.admin_token().await;
+    let query = format!("jwt={admin}&s=b:shared:1");
+    let mut sse = SseReader::open(&s, &query, None).await;
+    let _start = sse.next().await;
+    let mut ws1 = ws_connect(&s, &query).await;
+    let mut ws2 = ws_connect(&s, &query).await;
+    let mut other = ws_connect(&s, &format!("jwt={admin}&s=b:other:1")).await;
+
+    let events = [
+        NewEvent::json(r#"{"n":1}"#),
+        NewEvent::new("text/plain".into(), "hi \"there\"").with_origin("sensor-1".into()),
+        NewEvent::new("application/octet-stream".into(), vec![0xff, 0, 1]),
+    ];
+    for e in events {
+        s.topics
+            .append(path("/b/shared"), vec![e], None)
+            .await
+            .unwrap();
+    }
+    s.topics
+        .append(path("/b/other"), vec![NewEvent::json("2")], None)
+        .await
+        .unwrap();
+
+    let expected = [
+        json!({"meta": {"id": 1, "bucket": "b", "stream": "shared"}, "data": {"n": 1}}),
+        json!({"meta": {"id": 2, "bucket": "b", "stream": "shared", "ct": "text/plain",
+            "origin": "sensor-1"}, "data": "hi \"there\""}),
+        json!({"meta": {"id": 3, "bucket": "b", "stream": "shared",
+            "ct": "application/octet-stream", "enc": "base64"}, "data": "/wAB"}),
+    ];
+    let without_time = |mut entries: Vec<Value>| {
+        for e in &mut entries {
+            assert!(e["meta"]["t"].as_u64().unwrap() > 0, "{e}");
+            e["meta"].as_object_mut().unwrap().remove("t");
+        }
+        entries
+    };
+    let first = ws_entries(&mut ws1, 3).await;
+    assert_eq!(without_time(first.clone()), expected);
+    assert_eq!(ws_entries(&mut ws2, 3).await, first);
+    let mut from_sse = Vec::new();
+    while from_sse.len() < 3 {
+        if let Some(data) = sse.next().await.data {
+            let batch: Value = serde_json::from_str(&data).unwrap();
+            from_sse.extend(batch.as_array().unwrap().iter().cloned());
+        }
+    }
+    assert_eq!(from_sse, first);
+    let theirs = without_time(ws_entries(&mut other, 1).await);
+    assert_eq!(
+        theirs,
+        [json!({"meta": {"id": 1, "bucket": "b", "stream": "other"}, "data": 2})]
+    );
 }
 
 #[tokio::test]

@@ -199,11 +199,7 @@ impl Actor {
                         continue;
                     }
                     let t_ms = t.next_time();
-                    let numbered: Vec<Event> = events
-                        .into_iter()
-                        .zip(last + 1..)
-                        .map(|(e, seq)| e.numbered(seq, t_ms))
-                        .collect();
+                    let numbered: Vec<Event> = t.number(events, last + 1, t_ms).collect();
                     let records = if t.memory_only {
                         Ok(Vec::new())
                     } else {

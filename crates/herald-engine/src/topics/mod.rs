@@ -34,6 +34,7 @@
 //! [`RETENTION_SNAPSHOT`].
 
 mod actor;
+mod event;
 mod listener;
 mod retention;
 mod window;
@@ -50,6 +51,7 @@ use herald_store::{Store, StoreError};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+pub use event::{Event, EventParts, Wire};
 pub use listener::{Delivery, Listener, Position};
 
 use actor::{Actor, Command};
@@ -114,9 +116,12 @@ pub const DEFAULT_MEMORY_BUDGET: usize = 256 * 1024 * 1024;
 pub const MIN_MEMORY_SHARE: usize = 64 * 1024;
 
 /// The memory an event in a window takes, as the window bounds count it: its data and
-/// attributes and the event itself.
+/// attributes and the event itself (its handle and its shared parts).
 pub fn footprint(event: &Event) -> usize {
-    event.data.len() + event.attrs.len() + std::mem::size_of::<Event>()
+    event.data.len()
+        + event.attrs.len()
+        + std::mem::size_of::<Event>()
+        + std::mem::size_of::<EventParts>()
 }
 
 /// An event to append.
@@ -165,34 +170,23 @@ impl NewEvent {
         self
     }
 
-    /// The event as accepted: number `seq`, time `t_ms`.
-    pub(crate) fn numbered(self, seq: u64, t_ms: u64) -> Event {
-        Event {
+    /// The event as accepted: number `seq`, time `t_ms`; `many_listen` when more than one
+    /// listener follows its topic (it then keeps a rendering, see [`Event::rendered`]).
+    pub(crate) fn numbered(self, seq: u64, t_ms: u64, many_listen: bool) -> Event {
+        let event = Event::new(
             seq,
             t_ms,
-            content_type: self.content_type,
-            origin: self.origin,
-            attrs: self.attrs,
-            data: self.data,
+            self.content_type,
+            self.origin,
+            self.attrs,
+            self.data,
+        );
+        if many_listen {
+            event.keeping_renderings()
+        } else {
+            event
         }
     }
-}
-
-/// A stored event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
-    /// Its sequence number in the topic's current epoch.
-    pub seq: u64,
-    /// When it was accepted, in ms since the Unix epoch.
-    pub t_ms: u64,
-    /// Its media type.
-    pub content_type: Arc<str>,
-    /// Who published it; empty when not recorded.
-    pub origin: Arc<str>,
-    /// Its protocol attributes (see [`NewEvent::attrs`]); empty when none.
-    pub attrs: Bytes,
-    /// Its bytes.
-    pub data: Bytes,
 }
 
 /// The outcome of an append.
@@ -277,6 +271,8 @@ pub(crate) struct Topic {
     pub(crate) state: Mutex<TopicState>,
     /// The listeners following this topic, told by [`Topic::wake`] when it moves.
     signals: Mutex<HashMap<u64, Watcher>>,
+    /// How many entries `signals` has, read without its lock.
+    watchers: AtomicUsize,
 }
 
 /// A listener following a topic (see [`Topic::watch`]).
@@ -335,6 +331,7 @@ impl Topic {
             last_t: AtomicU64::new(0),
             deleted: AtomicBool::new(false),
             signals: Mutex::new(HashMap::new()),
+            watchers: AtomicUsize::new(0),
             state: Mutex::new(TopicState {
                 first,
                 window: Window::default(),
@@ -347,45 +344,65 @@ impl Topic {
     /// `marked` is the listener's flag for this topic: set when the topic marks itself in the
     /// signal, cleared by the listener when it takes the mark (before it looks at the topic).
     pub(crate) fn watch(&self, signal: &Arc<listener::Signal>, marked: Arc<AtomicBool>) {
-        self.signals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                signal.id(),
-                Watcher {
-                    signal: Arc::downgrade(signal),
-                    marked,
-                },
-            );
+        let mut signals = self.signals.lock().unwrap_or_else(|e| e.into_inner());
+        signals.insert(
+            signal.id(),
+            Watcher {
+                signal: Arc::downgrade(signal),
+                marked,
+            },
+        );
+        self.watchers.store(signals.len(), Ordering::Relaxed);
     }
 
     /// Stops telling the listener with signal `id`.
     pub(crate) fn unwatch(&self, id: u64) {
-        self.signals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        let mut signals = self.signals.lock().unwrap_or_else(|e| e.into_inner());
+        signals.remove(&id);
+        self.watchers.store(signals.len(), Ordering::Relaxed);
+    }
+
+    /// Whether more than one listener follows the topic, so that its new events are worth
+    /// rendering once for all of them (see [`Event::rendered`]).
+    pub(crate) fn many_listen(&self) -> bool {
+        self.watchers.load(Ordering::Relaxed) > 1
+    }
+
+    /// Numbers `events` from `first` at `t_ms`.
+    pub(crate) fn number(
+        &self,
+        events: impl IntoIterator<Item = NewEvent>,
+        first: u64,
+        t_ms: u64,
+    ) -> impl Iterator<Item = Event> {
+        let many = self.many_listen();
+        events
+            .into_iter()
+            .zip(first..)
+            .map(move |(e, seq)| e.numbered(seq, t_ms, many))
     }
 
     /// Tells every listener following this topic that it moved (after a commit or a delete).
     /// A listener already told and not yet looking costs one atomic swap: under load most
     /// are, and marking (a lock, a hash of the path, a wake-up) is the expensive part.
     pub(crate) fn wake(&self) {
-        self.signals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, w| {
-                if w.marked.swap(true, Ordering::AcqRel) {
-                    return true;
+        let mut signals = self.signals.lock().unwrap_or_else(|e| e.into_inner());
+        let before = signals.len();
+        signals.retain(|_, w| {
+            if w.marked.swap(true, Ordering::AcqRel) {
+                return true;
+            }
+            match w.signal.upgrade() {
+                Some(signal) => {
+                    signal.mark(&self.path);
+                    true
                 }
-                match w.signal.upgrade() {
-                    Some(signal) => {
-                        signal.mark(&self.path);
-                        true
-                    }
-                    None => false,
-                }
-            });
+                None => false,
+            }
+        });
+        if signals.len() != before {
+            self.watchers.store(signals.len(), Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, TopicState> {
@@ -480,14 +497,7 @@ pub(crate) fn decode_event(seq: u64, raw: Vec<u8>) -> Result<Event, TopicsError>
     // Advancing keeps the one allocation `Bytes::from(Vec)` made; `slice` would add a shared
     // header per event (measured: ~150 ns against ~30 ns per event in catch-up reads).
     bytes::Buf::advance(&mut data, offset);
-    Ok(Event {
-        seq,
-        t_ms,
-        content_type,
-        origin,
-        attrs,
-        data,
-    })
+    Ok(Event::new(seq, t_ms, content_type, origin, attrs, data))
 }
 
 /// What [`Shared::append_in_memory`] did.
@@ -654,9 +664,8 @@ impl Shared {
             let t_ms = topic.next_time();
             let count = events.len() as u64;
             let mut bytes = 0;
-            let numbered = events.into_iter().zip(last + 1..).map(|(e, seq)| {
+            let numbered = topic.number(events, last + 1, t_ms).inspect(|e| {
                 bytes += e.data.len();
-                e.numbered(seq, t_ms)
             });
             state.push(numbered, true, self.window_bounds(true));
             topic.last.store(last + count, Ordering::Release);

@@ -97,14 +97,14 @@ mod tests {
     use super::*;
 
     fn event(seq: u64) -> Event {
-        Event {
+        Event::new(
             seq,
-            t_ms: 0,
-            content_type: Arc::from("x"),
-            origin: Arc::from(""),
-            attrs: Bytes::new(),
-            data: Bytes::new(),
-        }
+            0,
+            Arc::from("x"),
+            Arc::from(""),
+            Bytes::new(),
+            Bytes::new(),
+        )
     }
 
     #[derive(Debug, Clone)]
