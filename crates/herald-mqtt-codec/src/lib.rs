@@ -24,7 +24,7 @@
 //!     protocol: Protocol::V5,
 //!     clean_start: true,
 //!     keep_alive: 60,
-//!     properties: Properties { session_expiry_interval: Some(300), ..Properties::default() },
+//!     properties: Properties::from(PropertyValues { session_expiry_interval: Some(300), ..PropertyValues::default() }),
 //!     client_id: "c1".into(),
 //!     will: None,
 //!     username: None,
@@ -104,6 +104,6 @@ pub use packet::{
     Ack, Auth, ConnAck, Connect, Disconnect, Packet, Publish, SubAck, SubOptions, Subscribe,
     UnsubAck, Unsubscribe, Will,
 };
-pub use props::Properties;
+pub use props::{Properties, PropertyValues};
 pub use topic::{parse_shared, topic_matches, valid_topic_filter, valid_topic_name};
 pub use types::{Protocol, QoS, connack_code_v311};

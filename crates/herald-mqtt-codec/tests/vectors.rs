@@ -3,8 +3,8 @@
 
 use herald_mqtt_codec::{
     Ack, Auth, Bytes, BytesMut, ConnAck, Connect, DecodeError, Decoder, Disconnect, Packet,
-    Properties, Protocol, Publish, QoS, SubAck, SubOptions, Subscribe, UnsubAck, Unsubscribe, Will,
-    decode_packet, encode, encoded_len, reason,
+    Properties, PropertyValues, Protocol, Publish, QoS, SubAck, SubOptions, Subscribe, UnsubAck,
+    Unsubscribe, Will, decode_packet, encode, encoded_len, reason,
 };
 
 const MIB: u32 = 1024 * 1024;
@@ -87,10 +87,10 @@ fn publish(qos: QoS, topic: &str, packet_id: u16, payload: &'static [u8]) -> Pub
 }
 
 fn reason_string(s: &str) -> Properties {
-    Properties {
+    Properties::from(PropertyValues {
         reason_string: Some(s.into()),
-        ..Properties::default()
-    }
+        ..PropertyValues::default()
+    })
 }
 
 // ---------------------------------------------------------------- MQTT 3.1.1
@@ -248,10 +248,10 @@ fn v311_encoding_drops_v5_fields() {
     };
     assert_eq!(enc(&Packet::UnsubAck(u), Protocol::V311), h("b0 02 00 02"));
     let p = Publish {
-        properties: Properties {
+        properties: Properties::from(PropertyValues {
             topic_alias: Some(1),
-            ..Properties::default()
-        },
+            ..PropertyValues::default()
+        }),
         ..publish(QoS::AtMostOnce, "a", 0, b"x")
     };
     assert_eq!(
@@ -311,22 +311,22 @@ fn v5_connect_with_properties_and_will() {
                09 03 00 01 74 18 00 00 00 05 00 01 77 00 00 \
                00 01 70";
     let packet = Connect {
-        properties: Properties {
+        properties: Properties::from(PropertyValues {
             session_expiry_interval: Some(120),
             receive_maximum: Some(10),
             user_properties: vec![("k".into(), "v".into())],
-            ..Properties::default()
-        },
+            ..PropertyValues::default()
+        }),
         will: Some(Will {
             topic: "w".into(),
             payload: Bytes::new(),
             qos: QoS::ExactlyOnce,
             retain: false,
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 content_type: Some("t".into()),
                 will_delay_interval: Some(5),
-                ..Properties::default()
-            },
+                ..PropertyValues::default()
+            }),
         }),
         // A password without a user name is allowed in 5.0.
         password: Some(Bytes::from_static(b"p")),
@@ -361,14 +361,14 @@ fn v5_connack() {
         Packet::ConnAck(ConnAck {
             session_present: true,
             code: 0,
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 assigned_client_identifier: Some("id".into()),
                 topic_alias_maximum: Some(5),
                 maximum_qos: Some(1),
                 maximum_packet_size: Some(65_536),
                 shared_subscription_available: Some(0),
-                ..Properties::default()
-            },
+                ..PropertyValues::default()
+            }),
         }),
     );
     // 3.1.1 form (no property length) is malformed on V5.
@@ -387,10 +387,10 @@ fn v5_publish() {
         "32 09 00 00 00 05 03 23 00 01 78",
         V5,
         Packet::Publish(Publish {
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 topic_alias: Some(1),
-                ..Properties::default()
-            },
+                ..PropertyValues::default()
+            }),
             ..publish(QoS::AtLeastOnce, "", 5, b"x")
         }),
     );
@@ -399,13 +399,13 @@ fn v5_publish() {
         V5,
         Packet::Publish(Publish {
             retain: true,
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 payload_format_indicator: Some(1),
                 message_expiry_interval: Some(60),
                 correlation_data: Some(Bytes::from_static(&[0xab, 0xcd])),
                 subscription_identifiers: vec![1, 129],
-                ..Properties::default()
-            },
+                ..PropertyValues::default()
+            }),
             ..publish(QoS::ExactlyOnce, "a", 7, b"")
         }),
     );
@@ -457,10 +457,10 @@ fn v5_subscribe_family() {
         V5,
         Packet::Subscribe(Subscribe {
             packet_id: 1,
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 subscription_identifiers: vec![7],
-                ..Properties::default()
-            },
+                ..PropertyValues::default()
+            }),
             filters: vec![("a".into(), options)],
         }),
     );
@@ -506,10 +506,10 @@ fn v5_disconnect_auth_ping() {
         disconnect(reason::DISCONNECT_WITH_WILL, Properties::default()),
     );
     decodes_to("e0 02 00 00", V5, &disconnect(0, Properties::default()));
-    let expiry = Properties {
+    let expiry = Properties::from(PropertyValues {
         session_expiry_interval: Some(0),
-        ..Properties::default()
-    };
+        ..PropertyValues::default()
+    });
     exact(
         "e0 07 8e 05 11 00 00 00 00",
         V5,
@@ -518,11 +518,11 @@ fn v5_disconnect_auth_ping() {
 
     let auth = Packet::Auth(Auth {
         reason: reason::CONTINUE_AUTHENTICATION,
-        properties: Properties {
+        properties: Properties::from(PropertyValues {
             authentication_method: Some("test".into()),
             authentication_data: Some(Bytes::new()),
-            ..Properties::default()
-        },
+            ..PropertyValues::default()
+        }),
     });
     exact("f0 0c 18 0a 15 00 04 74 65 73 74 16 00 00", V5, auth);
     // The short AUTH, and its long form.
@@ -878,10 +878,10 @@ fn encoding_keeps_fields_well_formed() {
     let c = Packet::ConnAck(ConnAck {
         session_present: false,
         code: 0,
-        properties: Properties {
+        properties: Properties::from(PropertyValues {
             topic_alias: Some(1),
-            ..Properties::default()
-        },
+            ..PropertyValues::default()
+        }),
     });
     assert_eq!(enc(&c, Protocol::V5), h("20 03 00 00 00"));
 }

@@ -202,6 +202,8 @@ impl<'a> Reader<'a> {
 
 #[cfg(test)]
 mod tests {
+    use herald_mqtt_codec::PropertyValues;
+
     use super::*;
 
     #[test]
@@ -210,14 +212,14 @@ mod tests {
             qos: QoS::AtLeastOnce,
             retain: true,
             explicit_content_type: true,
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 message_expiry_interval: Some(60),
                 payload_format_indicator: Some(1),
                 response_topic: Some("r/t".into()),
                 correlation_data: Some(Bytes::from_static(b"\x00\x01")),
                 user_properties: vec![("k".into(), "v".into()), ("k".into(), "w".into())],
-                ..Properties::default()
-            },
+                ..PropertyValues::default()
+            }),
             id: Some(7),
         };
         let bytes = attrs.encode().unwrap();
@@ -243,10 +245,10 @@ mod tests {
         assert_eq!(cut.properties.payload_format_indicator, Some(1));
         assert_eq!(cut.properties.message_expiry_interval, None);
         let too_long = MessageAttrs {
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 response_topic: Some("x".repeat(70_000)),
-                ..Properties::default()
-            },
+                ..PropertyValues::default()
+            }),
             ..MessageAttrs::foreign()
         };
         assert!(too_long.encode().is_none());

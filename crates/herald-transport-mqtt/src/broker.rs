@@ -408,7 +408,10 @@ impl Inner {
                 .clone(),
         };
         let mut properties = out.properties;
-        let explicit_ct = properties.content_type.take().is_some();
+        let explicit_ct = properties
+            .values_mut()
+            .and_then(|v| v.content_type.take())
+            .is_some();
         let attrs = MessageAttrs {
             qos: out.qos,
             retain: out.retain,

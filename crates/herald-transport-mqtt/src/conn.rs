@@ -11,9 +11,10 @@ use futures_util::FutureExt;
 use herald_core::{Access, Modes, Path};
 use herald_engine::{Delivery, Event, PendingAppend, TopicsError};
 use herald_mqtt_codec::{
-    Ack, ConnAck, Connect, DecodeError, Decoder, Disconnect, Packet, Properties, Protocol, Publish,
-    QoS, SubAck, SubOptions, Subscribe, UnsubAck, Unsubscribe, Will, encode, encode_plain_publish,
-    encoded_len, parse_shared, plain_publish_len, reason, valid_topic_filter, valid_topic_name,
+    Ack, ConnAck, Connect, DecodeError, Decoder, Disconnect, Packet, Properties, PropertyValues,
+    Protocol, Publish, QoS, SubAck, SubOptions, Subscribe, UnsubAck, Unsubscribe, Will, encode,
+    encode_plain_publish, encoded_len, parse_shared, plain_publish_len, reason, valid_topic_filter,
+    valid_topic_name,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
@@ -676,10 +677,10 @@ where
         if self.protocol == Protocol::V5 {
             self.out.send(&Packet::Disconnect(Disconnect {
                 reason: code,
-                properties: Properties {
+                properties: Properties::from(PropertyValues {
                     reason_string: Some(text),
-                    ..Properties::default()
-                },
+                    ..PropertyValues::default()
+                }),
             }));
         }
     }
@@ -798,7 +799,7 @@ where
     /// [`Inner::publish`]): then what is left, the wait and [`Conn::published`], is boxed.
     fn on_publish(&mut self, mut p: Publish) -> Next<'_> {
         self.inner.metrics.received.increment(1);
-        let alias = p.properties.topic_alias.take();
+        let alias = p.properties.values_mut().and_then(|v| v.topic_alias.take());
         if let Some(alias) = alias {
             if alias == 0 || alias > self.inner.config.topic_alias_maximum {
                 self.disconnect(reason::TOPIC_ALIAS_INVALID);
@@ -1298,11 +1299,16 @@ where
         let mut properties = Properties::default();
         if v5 {
             properties = attrs.properties;
-            properties.message_expiry_interval = remaining;
+            // (Only what is set is written: writing boxes the values.)
+            if remaining.is_some() {
+                properties.message_expiry_interval = remaining;
+            }
             if attrs.explicit_content_type {
                 properties.content_type = Some(content_type.to_string());
             }
-            properties.subscription_identifiers = subscription_ids;
+            if !subscription_ids.is_empty() {
+                properties.subscription_identifiers = subscription_ids;
+            }
         }
         let publish = Publish {
             dup: false,

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use common::*;
 use herald_core::{Path, PathLimits};
 use herald_engine::NewEvent;
-use herald_mqtt_codec::{Packet, Properties, Protocol, QoS, Will, reason};
+use herald_mqtt_codec::{Packet, Properties, PropertyValues, Protocol, QoS, Will, reason};
 
 fn path(s: &str) -> Path {
     Path::parse_url(s, &PathLimits::default()).unwrap()
@@ -471,10 +471,10 @@ async fn will_delay_is_cancelled_by_a_reconnect() {
         c.client_id = "delayed".into();
         c.clean_start = false;
         c.properties.session_expiry_interval = Some(60);
-        let properties = Properties {
+        let properties = Properties::from(PropertyValues {
             will_delay_interval: Some(1),
-            ..Properties::default()
-        };
+            ..PropertyValues::default()
+        });
         c.will = Some(Will {
             topic: "wd/x".into(),
             payload: Bytes::from_static(b"late"),
@@ -741,10 +741,10 @@ async fn properties_pass_through_and_expired_messages_are_dropped() {
     p.publish(short).await;
 
     let mut s = b.admin(Protocol::V5, "sub").await;
-    let props = Properties {
+    let props = Properties::from(PropertyValues {
         subscription_identifiers: vec![42],
-        ..Properties::default()
-    };
+        ..PropertyValues::default()
+    });
     s.subscribe_with(&[("pp/t", sub(QoS::AtMostOnce))], props)
         .await;
     let got = s.recv_publish().await;

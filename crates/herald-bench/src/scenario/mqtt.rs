@@ -233,6 +233,7 @@ impl Client {
                 ack.code,
                 ack.properties
                     .reason_string
+                    .as_ref()
                     .map(|r| format!(": {r}"))
                     .unwrap_or_default()
             ),
