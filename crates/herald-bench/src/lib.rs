@@ -28,6 +28,7 @@
 //! - [`sse`]: server-sent events client connections and the event stream parser.
 //! - [`net`]: TCP connections, optionally from a chosen loopback source address, and how many
 //!   source addresses a number of connections needs.
+//! - [`pace`]: sleeping to a deadline finer than tokio's 1 ms timer, for even publishing.
 //! - [`procfs`]: RSS, CPU time and open-file limits read from `/proc` (Linux only).
 //! - [`report`]: latency summaries, error counts, CPU shares and table formatting.
 //! - [`args`]: parsers for durations (`10s`), rates (`100/s`) and targets (`http://host:port`).
@@ -54,6 +55,7 @@
 pub mod args;
 pub mod http;
 pub mod net;
+pub mod pace;
 pub mod procfs;
 pub mod report;
 pub mod scenario;

@@ -684,7 +684,7 @@ pub async fn publisher(client: Client, plan: PublisherPlan) -> (PublisherResult,
                 let ahead = due.saturating_sub(result.published);
                 if ahead == 0 {
                     let next = plan.first + period.mul_f64(result.published as f64);
-                    tokio::time::sleep_until(next.min(plan.end)).await;
+                    crate::pace::sleep_until(next.min(plan.end)).await;
                     continue;
                 }
                 n = n.min(ahead);
