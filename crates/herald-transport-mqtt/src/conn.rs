@@ -1507,3 +1507,43 @@ fn ack(packet_id: u16, reason: u8) -> Ack {
         properties: Properties::default(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use herald_engine::{Accounts, AccountsOptions, Topics, TopicsOptions};
+    use herald_store::{MemoryStore, Store};
+    use tokio_util::sync::CancellationToken;
+
+    use crate::{Mqtt, MqttConfig};
+
+    /// The task of a connection lives as long as the connection, so its future is part of
+    /// what every idle connection costs. Connecting and finishing are boxed out of it; what is
+    /// left is the packet loop's state. A future over this bound means something large now
+    /// lives across an `.await` of the loop: box it, or raise the bound knowingly. (1,008
+    /// bytes in a debug build when written, most of it the connection's own state.)
+    #[tokio::test]
+    async fn the_connection_task_stays_small() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let (topics, _actor) = Topics::open(store.clone(), TopicsOptions::default())
+            .await
+            .unwrap();
+        let accounts = Accounts::open(store.clone(), AccountsOptions::default())
+            .await
+            .unwrap();
+        let mqtt = Mqtt::open(
+            topics,
+            accounts,
+            store,
+            MqttConfig::default(),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        let (stream, _peer) = tokio::io::duplex(64);
+        let task = super::run(mqtt.inner.clone(), stream, "127.0.0.1:1".parse().unwrap());
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 1280, "the connection task's future is {size} bytes");
+    }
+}
