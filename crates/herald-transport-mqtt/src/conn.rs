@@ -1195,7 +1195,7 @@ where
             sub_qos,
             retain,
             ids,
-            event.data.clone(),
+            &event.data,
         );
     }
 
@@ -1220,7 +1220,7 @@ where
             qos,
             retain,
             ids,
-            d.event.data.clone(),
+            &d.event.data,
         );
     }
 
@@ -1239,7 +1239,7 @@ where
             sub.options.qos,
             true,
             sub.id.into_iter().collect(),
-            message.data.clone(),
+            &message.data,
         );
     }
 
@@ -1253,7 +1253,7 @@ where
         sub_qos: QoS,
         retain: bool,
         subscription_ids: Vec<u32>,
-        payload: Bytes,
+        payload: &Bytes,
     ) {
         // An expired message is dropped whatever the protocol; MQTT 5 is told what is left.
         let remaining = match attrs.properties.message_expiry_interval {
@@ -1287,12 +1287,12 @@ where
                         .1
                 }
             };
-            if plain_publish_len(name, &payload, self.protocol) > self.out.max_packet {
+            if plain_publish_len(name, payload, self.protocol) > self.out.max_packet {
                 // MQTT 5 3.1.2-24: a packet over the client's maximum is discarded.
                 self.inner.metrics.oversize.increment(1);
                 return;
             }
-            encode_plain_publish(name, retain, &payload, self.protocol, &mut self.out.buf);
+            encode_plain_publish(name, retain, payload, self.protocol, &mut self.out.buf);
             self.inner.metrics.sent.increment(1);
             return;
         }
@@ -1317,7 +1317,8 @@ where
             topic: topic_name(topic),
             packet_id: 0,
             properties,
-            payload,
+            // The payload is shared, and counted, only by a packet that is built.
+            payload: payload.clone(),
         };
         let packet = Packet::Publish(publish);
         if encoded_len(&packet, self.protocol) > self.out.max_packet {
