@@ -16,15 +16,18 @@
 //! # Example
 //! ```
 //! use herald_mqtt_codec::{
-//!     BytesMut, Connect, Decoder, Packet, Properties, Protocol, Publish, QoS, encode,
-//!     encoded_len,
+//!     BytesMut, Connect, Decoder, Packet, Properties, PropertyValues, Protocol, Publish, QoS,
+//!     encode, encoded_len,
 //! };
 //!
 //! let connect = Packet::Connect(Connect {
 //!     protocol: Protocol::V5,
 //!     clean_start: true,
 //!     keep_alive: 60,
-//!     properties: Properties::from(PropertyValues { session_expiry_interval: Some(300), ..PropertyValues::default() }),
+//!     properties: Properties::from(PropertyValues {
+//!         session_expiry_interval: Some(300),
+//!         ..PropertyValues::default()
+//!     }),
 //!     client_id: "c1".into(),
 //!     will: None,
 //!     username: None,

@@ -274,4 +274,80 @@ mod tests {
             assert_eq!(base64(input), expected);
         }
     }
+
+    fn any_data() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let json = prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            ".{0,12}".prop_map(|s| serde_json::Value::String(s).to_string()),
+            (any::<i32>(), ".{0,6}", any::<bool>()).prop_map(|(n, s, b)| {
+                serde_json::json!({"n": n, "s": s, "b": [b, null]}).to_string()
+            }),
+        ];
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..48),
+            ".{0,24}".prop_map(String::into_bytes),
+            (json, "[ \n\t]{0,2}").prop_map(|(j, pad)| format!("{pad}{j}{pad}").into_bytes()),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever an event holds, its listen entry is one JSON object whose `data` gives
+        /// the event's bytes back as the module documentation describes.
+        #[test]
+        fn entries_are_json_and_keep_the_data(
+            ct in proptest::sample::select(vec![
+                "application/json",
+                "application/vnd.x+json; charset=utf-8",
+                "text/plain",
+                "application/octet-stream",
+                "odd \"type\\",
+            ]),
+            data in any_data(),
+            origin in ".{0,8}",
+            seq in proptest::prelude::any::<u64>(),
+        ) {
+            let event = Event::new(
+                seq,
+                7,
+                Arc::from(ct),
+                Arc::from(origin.as_str()),
+                Bytes::new(),
+                Bytes::from(data.clone()),
+            );
+            let text = listen_entry(&event, &names_fragment("b", "s/t"));
+            let v: serde_json::Value = serde_json::from_str(&text).expect("an entry is JSON");
+            let meta = &v["meta"];
+            proptest::prop_assert_eq!(&meta["id"], &serde_json::json!(seq));
+            proptest::prop_assert_eq!(&meta["bucket"], "b");
+            proptest::prop_assert_eq!(&meta["stream"], "s/t");
+            if is_plain_json(ct) {
+                proptest::prop_assert!(meta.get("ct").is_none());
+            } else {
+                proptest::prop_assert_eq!(&meta["ct"], ct);
+            }
+            if origin.is_empty() {
+                proptest::prop_assert!(meta.get("origin").is_none());
+            } else {
+                proptest::prop_assert_eq!(&meta["origin"], origin.as_str());
+            }
+            let got = &v["data"];
+            if is_json_type(ct) && is_valid_json(&data) {
+                let expected: serde_json::Value = serde_json::from_slice(&data).unwrap();
+                proptest::prop_assert_eq!(got, &expected);
+                proptest::prop_assert!(meta.get("enc").is_none());
+            } else if let Ok(text) = std::str::from_utf8(&data) {
+                proptest::prop_assert_eq!(got.as_str(), Some(text));
+                proptest::prop_assert!(meta.get("enc").is_none());
+            } else {
+                proptest::prop_assert_eq!(&meta["enc"], "base64");
+                let encoded = base64(&data);
+                proptest::prop_assert_eq!(got.as_str(), Some(encoded.as_str()));
+            }
+            // A query entry is the same without the names.
+            let query: serde_json::Value = serde_json::from_str(&query_entry(&event)).unwrap();
+            proptest::prop_assert!(query["meta"].get("bucket").is_none());
+            proptest::prop_assert_eq!(&query["data"], got);
+        }
+    }
 }
