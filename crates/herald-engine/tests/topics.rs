@@ -1147,3 +1147,39 @@ async fn events_followed_by_several_listeners_are_rendered_once() {
         assert_eq!(renders.load(Ordering::Relaxed), 3, "{topic}");
     }
 }
+
+/// A publisher's remembered topic (`try_enqueue_to`) is used only for its own path and only
+/// while that incarnation lives: appends to another topic go there, and after a delete the
+/// next append starts the new incarnation at 1. Durable topics are not remembered.
+#[tokio::test]
+async fn a_remembered_topic_is_left_for_other_paths_and_after_a_delete() {
+    let options = fast_retention(vec![(
+        "/mem/#",
+        Retention {
+            memory_only: true,
+            ..Retention::default()
+        },
+    )]);
+    let topics = open(Arc::new(MemoryStore::default()), options).await;
+    let mut last = herald_engine::LastTopic::default();
+    let (a, b, durable) = (p("/mem/a"), p("/mem/b"), p("/durable/x"));
+    let mut append = async |topic: &Path, n: u64| {
+        topics
+            .try_enqueue_to(&mut last, topic.clone(), evs(n..=n))
+            .unwrap()
+            .await
+            .unwrap()
+    };
+    let a1 = append(&a, 1).await;
+    assert_eq!((a1.first, append(&a, 2).await.last), (1, 2));
+    assert_eq!(append(&b, 1).await.first, 1);
+    assert_eq!(append(&durable, 1).await.first, 1);
+    assert_eq!(append(&a, 3).await.first, 3);
+    topics.delete(&a).await.unwrap();
+    let again = append(&a, 4).await;
+    assert_eq!(again.first, 1);
+    assert!(again.epoch > a1.epoch);
+    assert_eq!(data(&topics.read(&a, 1, 10).await.unwrap()), ["4"]);
+    assert_eq!(data(&topics.read(&b, 1, 10).await.unwrap()), ["1"]);
+    assert_eq!(data(&topics.read(&durable, 1, 10).await.unwrap()), ["1"]);
+}

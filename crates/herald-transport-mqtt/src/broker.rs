@@ -9,8 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use herald_core::{Path, PathLimits};
 use herald_engine::{
-    Accounts, KeyedRecords, NewEvent, PendingAppend, Retained, RetainedMessage, RetainedOptions,
-    Topics, TryEnqueueError,
+    Accounts, KeyedRecords, LastTopic, NewEvent, PendingAppend, Retained, RetainedMessage,
+    RetainedOptions, Topics, TryEnqueueError,
 };
 use herald_mqtt_codec::{Properties, QoS};
 use herald_store::Store;
@@ -399,7 +399,8 @@ impl Inner {
     /// a message that is not retained, while the topics engine's queue has room (always, for
     /// a memory-only topic). Otherwise the work left, boxed, so that the caller pays for a
     /// future only then.
-    pub(crate) fn publish(self: &Arc<Self>, out: Outgoing) -> Publishing {
+    /// `last` is the connection's handle on the topic it appended to last.
+    pub(crate) fn publish(self: &Arc<Self>, out: Outgoing, last: &mut LastTopic) -> Publishing {
         static DEFAULT_CT: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
         let content_type: Arc<str> = match out.properties.content_type.as_deref() {
             Some(ct) => Arc::from(ct),
@@ -426,7 +427,7 @@ impl Inner {
             .with_origin(out.origin)
             .with_attrs(encoded);
         if !out.retain {
-            return match self.topics.try_enqueue(out.path, vec![event]) {
+            return match self.topics.try_enqueue_to(last, out.path, vec![event]) {
                 Ok(pending) => Publishing::Done(Ok(pending)),
                 Err(TryEnqueueError::Failed(e)) => Publishing::Done(Err(PublishError::Engine(e))),
                 Err(TryEnqueueError::Full { topic, events }) => {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use herald_core::{Access, Modes, Path};
-use herald_engine::{Delivery, Event, PendingAppend, TopicsError};
+use herald_engine::{Delivery, Event, LastTopic, PendingAppend, TopicsError};
 use herald_mqtt_codec::{
     Ack, ConnAck, Connect, DecodeError, Decoder, Disconnect, Packet, Properties, PropertyValues,
     Protocol, Publish, QoS, SubAck, SubOptions, Subscribe, UnsubAck, Unsubscribe, Will, encode,
@@ -215,6 +215,8 @@ struct Conn<S> {
     retained_sent: BTreeMap<Path, Bytes>,
     /// The topic name of the last publish and its path.
     last_topic: Option<(String, Path)>,
+    /// The engine's handle on that topic, when memory-only (skips its lookup by path).
+    last_appended: LastTopic,
     /// The deliveries being handled (empty between batches; kept for its buffer).
     batch: Vec<Delivery>,
     /// The topic of the last message sent and its MQTT name.
@@ -504,6 +506,7 @@ where
         problem_info: c.properties.request_problem_information != Some(0),
         retained_sent: BTreeMap::new(),
         last_topic: None,
+        last_appended: LastTopic::default(),
         batch: Vec::new(),
         delivered_name: None,
     });
@@ -858,14 +861,17 @@ where
             // Still being appended: the PUBACK for the first copy is coming.
             return Next::Done(None);
         }
-        let publishing = self.inner.publish(Outgoing {
-            path,
-            qos,
-            retain: p.retain,
-            properties: p.properties,
-            payload: p.payload,
-            origin: self.client_id.clone(),
-        });
+        let publishing = self.inner.publish(
+            Outgoing {
+                path,
+                qos,
+                retain: p.retain,
+                properties: p.properties,
+                payload: p.payload,
+                origin: self.client_id.clone(),
+            },
+            &mut self.last_appended,
+        );
         match publishing {
             Publishing::Done(result) => Next::Done(self.published(id, qos, result)),
             Publishing::Wait(publishing) => Next::Wait(Box::pin(async move {
@@ -1442,14 +1448,17 @@ fn schedule_will(
             return;
         };
         let result = inner
-            .publish(Outgoing {
-                path,
-                qos: will.qos,
-                retain: will.retain,
-                properties: will.properties,
-                payload: will.payload,
-                origin: client_id.clone(),
-            })
+            .publish(
+                Outgoing {
+                    path,
+                    qos: will.qos,
+                    retain: will.retain,
+                    properties: will.properties,
+                    payload: will.payload,
+                    origin: client_id.clone(),
+                },
+                &mut LastTopic::default(),
+            )
             .outcome()
             .await;
         match result {

@@ -167,13 +167,17 @@ impl Actor {
                     }
                     // Normally done by the caller already; here in case the topic's retention
                     // became memory-only since.
-                    let events = match self.shared.append_in_memory(&topic, events, expect_last) {
-                        InMemory::Done(result) => {
-                            let _ = reply.send(result);
-                            continue;
-                        }
-                        InMemory::Durable(events) => events,
-                    };
+                    let events =
+                        match self
+                            .shared
+                            .append_in_memory(&topic, events, expect_last, None)
+                        {
+                            InMemory::Done(result) => {
+                                let _ = reply.send(result);
+                                continue;
+                            }
+                            InMemory::Durable(events) => events,
+                        };
                     let (t, is_new) = match created.get(&topic) {
                         Some(t) => (t.clone(), true),
                         None => match self.shared.topic(&topic) {

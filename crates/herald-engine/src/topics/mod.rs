@@ -500,6 +500,31 @@ pub(crate) fn decode_event(seq: u64, raw: Vec<u8>) -> Result<Event, TopicsError>
     Ok(Event::new(seq, t_ms, content_type, origin, attrs, data))
 }
 
+/// The memory-only topic a publisher appended to last (see [`Topics::try_enqueue_to`]).
+///
+/// A weak reference: it never keeps a deleted topic (and its window) alive, and a deleted or
+/// re-created topic is looked up again by path.
+#[derive(Debug, Default)]
+pub struct LastTopic(Option<Weak<Topic>>);
+
+impl LastTopic {
+    /// The remembered topic if it is `path`'s and not deleted.
+    fn get(&self, path: &Path) -> Option<Arc<Topic>> {
+        let topic = self.0.as_ref()?.upgrade()?;
+        (topic.path == *path && !topic.is_deleted()).then_some(topic)
+    }
+
+    fn remember(&mut self, topic: &Arc<Topic>) {
+        if !self
+            .0
+            .as_ref()
+            .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(topic)))
+        {
+            self.0 = Some(Arc::downgrade(topic));
+        }
+    }
+}
+
 /// What [`Shared::append_in_memory`] did.
 pub(crate) enum InMemory {
     /// The topic is memory-only: appended (or refused).
@@ -639,11 +664,16 @@ impl Shared {
         path: &Path,
         events: Vec<NewEvent>,
         expect_last: Option<u64>,
+        mut last_topic: Option<&mut LastTopic>,
     ) -> InMemory {
         loop {
-            let Some(topic) = self.memory_topic(path) else {
+            let remembered = last_topic.as_deref().and_then(|l| l.get(path));
+            let Some(topic) = remembered.or_else(|| self.memory_topic(path)) else {
                 return InMemory::Durable(events);
             };
+            if let Some(l) = last_topic.as_deref_mut() {
+                l.remember(&topic);
+            }
             if let Some(e) = self.failed.get() {
                 return InMemory::Done(Err(TopicsError::Store(e.clone())));
             }
@@ -991,7 +1021,22 @@ impl Topics {
         topic: Path,
         events: Vec<NewEvent>,
     ) -> Result<PendingAppend, TryEnqueueError> {
-        let (command, rx) = match self.prepare(topic, events, None) {
+        self.try_enqueue_to(&mut LastTopic::default(), topic, events)
+    }
+
+    /// [`Topics::try_enqueue`] for a publisher that mostly appends to one topic: `last`
+    /// remembers that topic if it is memory-only, so the next append to it skips the lookup
+    /// by path (a read lock on the map of all topics, shared by every publisher, and a hash).
+    ///
+    /// # Errors
+    /// As [`Topics::try_enqueue`].
+    pub fn try_enqueue_to(
+        &self,
+        last: &mut LastTopic,
+        topic: Path,
+        events: Vec<NewEvent>,
+    ) -> Result<PendingAppend, TryEnqueueError> {
+        let (command, rx) = match self.prepare(topic, events, None, Some(last)) {
             Ok(Prepared::Done(pending)) => return Ok(pending),
             Ok(Prepared::ForActor(command, rx)) => (command, rx),
             Err(e) => return Err(TryEnqueueError::Failed(e)),
@@ -1012,7 +1057,7 @@ impl Topics {
         events: Vec<NewEvent>,
         expect_last: Option<u64>,
     ) -> Result<PendingAppend, TopicsError> {
-        match self.prepare(topic, events, expect_last)? {
+        match self.prepare(topic, events, expect_last, None)? {
             Prepared::Done(pending) => Ok(pending),
             Prepared::ForActor(command, rx) => {
                 self.tx
@@ -1031,9 +1076,13 @@ impl Topics {
         topic: Path,
         events: Vec<NewEvent>,
         expect_last: Option<u64>,
+        last_topic: Option<&mut LastTopic>,
     ) -> Result<Prepared, TopicsError> {
         validate(&topic, &events)?;
-        let events = match self.shared.append_in_memory(&topic, events, expect_last) {
+        let events = match self
+            .shared
+            .append_in_memory(&topic, events, expect_last, last_topic)
+        {
             InMemory::Done(result) => return Ok(Prepared::Done(PendingAppend::done(result))),
             InMemory::Durable(events) => events,
         };
