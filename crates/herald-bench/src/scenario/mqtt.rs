@@ -115,7 +115,26 @@ pub struct Reader {
     chunk: usize,
 }
 
+/// A PUBLISH read in place by [`Reader::buffered_publish`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishSeen {
+    /// Its QoS.
+    pub qos: QoS,
+    /// Its packet identifier (0 for QoS 0).
+    pub packet_id: u16,
+    /// Its payload's header, when the payload is long enough to hold one.
+    pub header: Option<Header>,
+}
+
 impl Reader {
+    /// The next packet, if it is a whole QoS 0 or 1 PUBLISH, read in place: no topic string
+    /// and no shared payload are made, as the codec would (a subscriber's hot path). `None`
+    /// when the next packet is anything else, incomplete, or not well formed:
+    /// [`Reader::buffered`] then decodes it (and reports what is wrong).
+    pub fn buffered_publish(&mut self, protocol: Protocol) -> Option<PublishSeen> {
+        take_publish(&mut self.buf, protocol)
+    }
+
     /// The next packet already in the buffer, if a whole one is there.
     ///
     /// # Errors
@@ -436,6 +455,57 @@ pub fn parse_payload(p: &[u8]) -> Option<Header> {
         counter: u64_at(20)?,
         kind: *p.get(28)?,
     })
+}
+
+/// [`Reader::buffered_publish`] on a buffer.
+fn take_publish(buf: &mut BytesMut, protocol: Protocol) -> Option<PublishSeen> {
+    let b = &buf[..];
+    let first = *b.first()?;
+    let qos = match (first >> 4, (first >> 1) & 3) {
+        (3, 0) => QoS::AtMostOnce,
+        (3, 1) => QoS::AtLeastOnce,
+        _ => return None,
+    };
+    let (len, used) = varint(b.get(1..)?)?;
+    let total = 1 + used + len;
+    if total > MAX_PACKET as usize {
+        return None;
+    }
+    let body = b.get(1 + used..total)?;
+    let topic_len = usize::from(u16::from_be_bytes(body.get(..2)?.try_into().ok()?));
+    let mut at = 2 + topic_len;
+    let mut packet_id = 0;
+    if qos == QoS::AtLeastOnce {
+        packet_id = u16::from_be_bytes(body.get(at..at + 2)?.try_into().ok()?);
+        if packet_id == 0 {
+            return None;
+        }
+        at += 2;
+    }
+    if protocol == Protocol::V5 {
+        let (props, used) = varint(body.get(at..)?)?;
+        at += used + props;
+    }
+    let header = parse_payload(body.get(at..)?);
+    bytes::Buf::advance(buf, total);
+    Some(PublishSeen {
+        qos,
+        packet_id,
+        header,
+    })
+}
+
+/// An MQTT variable byte integer at the start of `b` and its length in bytes; `None` when
+/// incomplete or longer than four bytes.
+fn varint(b: &[u8]) -> Option<(usize, usize)> {
+    let mut value = 0usize;
+    for (i, &byte) in b.iter().take(4).enumerate() {
+        value |= usize::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
 }
 
 /// A short client identifier: `hb<run>-<role><i>` (at most 23 characters, the MQTT 3.1.1
@@ -805,7 +875,88 @@ pub async fn publisher(client: Client, plan: PublisherPlan) -> (PublisherResult,
 
 #[cfg(test)]
 mod tests {
+    use herald_mqtt_codec::{Packet, Properties, PropertyValues, Publish, encode};
+
     use super::*;
+
+    /// Publishes read in place give what the codec decodes, consume exactly their bytes, and
+    /// leave anything else (another packet, a partial or malformed one) to the codec.
+    #[test]
+    fn publishes_are_read_in_place_as_the_codec_reads_them() {
+        let publish = |qos, packet_id, topic: &str, properties, counter| {
+            Packet::Publish(Publish {
+                dup: false,
+                qos,
+                retain: false,
+                topic: topic.into(),
+                packet_id,
+                properties,
+                payload: payload(100, 7, 2, counter, KIND_DATA),
+            })
+        };
+        let props = Properties::from(PropertyValues {
+            subscription_identifiers: vec![3, 300_000],
+            user_properties: vec![("k".into(), "v".repeat(200))],
+            ..PropertyValues::default()
+        });
+        for protocol in [Protocol::V311, Protocol::V5] {
+            let packets = [
+                publish(QoS::AtMostOnce, 0, "a/b", Properties::default(), 1),
+                publish(QoS::AtLeastOnce, 9, &"t".repeat(300), props.clone(), 2),
+                Packet::PingResp,
+                publish(QoS::AtMostOnce, 0, "", Properties::default(), 3),
+            ];
+            let mut buf = BytesMut::new();
+            for p in &packets {
+                encode(p, protocol, &mut buf);
+            }
+            let whole = buf.len();
+            // A partial publish at the end.
+            encode(&packets[0], protocol, &mut buf);
+            buf.truncate(whole + 5);
+
+            let mut decoder = Decoder::new(MAX_PACKET);
+            decoder.set_protocol(protocol);
+            let mut seen = Vec::new();
+            loop {
+                if let Some(p) = take_publish(&mut buf, protocol) {
+                    seen.push(format!(
+                        "{:?} {} {:?}",
+                        p.qos,
+                        p.packet_id,
+                        p.header.map(|h| h.counter)
+                    ));
+                    continue;
+                }
+                match decoder.decode(&mut buf).unwrap() {
+                    Some(Packet::PingResp) => seen.push("ping".into()),
+                    Some(other) => panic!("left to the codec: {other:?}"),
+                    None => break,
+                }
+            }
+            assert_eq!(
+                seen,
+                [
+                    "AtMostOnce 0 Some(1)",
+                    "AtLeastOnce 9 Some(2)",
+                    "ping",
+                    "AtMostOnce 0 Some(3)"
+                ],
+                "{protocol:?}"
+            );
+            assert_eq!(buf.len(), 5, "the partial packet is left whole");
+        }
+        // Malformed: QoS 3, a packet identifier of 0, a topic length beyond the packet.
+        for bad in [
+            &[0x36u8, 2, 0, 0][..],
+            &[0x32, 4, 0, 0, 0, 0],
+            &[0x30, 2, 0, 9],
+        ] {
+            let mut buf = BytesMut::from(bad);
+            assert!(take_publish(&mut buf, Protocol::V311).is_none(), "{bad:?}");
+            assert_eq!(&buf[..], bad);
+        }
+    }
 
     #[test]
     fn payload_round_trip() {

@@ -334,55 +334,62 @@ async fn subscriber(client: Client, mut ctx: SubscriberCtx) -> anyhow::Result<Su
         // Take every complete packet in the buffer.
         let mut got = 0u64;
         loop {
-            let packet = match reader.buffered() {
-                Ok(Some(p)) => p,
-                Ok(None) => break,
-                Err(e) => {
-                    result.error = Some(format!("subscriber: {e:#}"));
-                    break;
-                }
+            // Publishes are read in place; anything else goes through the codec.
+            let p = match reader.buffered_publish(protocol) {
+                Some(p) => p,
+                None => match reader.buffered() {
+                    Ok(Some(Packet::Publish(p))) => mqtt::PublishSeen {
+                        qos: p.qos,
+                        packet_id: p.packet_id,
+                        header: mqtt::parse_payload(&p.payload),
+                    },
+                    Ok(Some(Packet::PingResp)) => continue,
+                    Ok(Some(Packet::Disconnect(d))) => {
+                        result.error =
+                            Some(format!("DISCONNECT 0x{:02x} to a subscriber", d.reason));
+                        continue;
+                    }
+                    Ok(Some(other)) => {
+                        result.error = Some(format!("unexpected {} to a subscriber", other.kind()));
+                        continue;
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        result.error = Some(format!("subscriber: {e:#}"));
+                        break;
+                    }
+                },
             };
-            match packet {
-                Packet::Publish(p) => {
-                    if p.qos == QoS::AtLeastOnce {
-                        mqtt::push_puback(&mut acks, protocol, p.packet_id);
-                    }
-                    let Some(h) = mqtt::parse_payload(&p.payload) else {
-                        continue;
-                    };
-                    if h.run_id != ctx.run_id {
-                        continue;
-                    }
-                    if h.kind == mqtt::KIND_PROBE {
-                        ctx.state.probe_seen.store(true, Ordering::Release);
-                        continue;
-                    }
-                    let publisher = h.publisher as usize;
-                    let Some(n) = result.per_publisher.get_mut(publisher) else {
-                        continue;
-                    };
-                    let now = unix_nanos();
-                    result
-                        .latency
-                        .saturating_record(now.saturating_sub(h.sent).max(1));
-                    let expected = &mut next_counter[publisher];
-                    if h.counter < *expected {
-                        result.out_of_order += 1;
-                    } else {
-                        *n += 1;
-                        *expected = h.counter + 1;
-                        moved[publisher] = true;
-                    }
-                    got += 1;
-                }
-                Packet::PingResp => {}
-                Packet::Disconnect(d) => {
-                    result.error = Some(format!("DISCONNECT 0x{:02x} to a subscriber", d.reason));
-                }
-                other => {
-                    result.error = Some(format!("unexpected {} to a subscriber", other.kind()));
-                }
+            if p.qos == QoS::AtLeastOnce {
+                mqtt::push_puback(&mut acks, protocol, p.packet_id);
             }
+            let Some(h) = p.header else {
+                continue;
+            };
+            if h.run_id != ctx.run_id {
+                continue;
+            }
+            if h.kind == mqtt::KIND_PROBE {
+                ctx.state.probe_seen.store(true, Ordering::Release);
+                continue;
+            }
+            let publisher = h.publisher as usize;
+            let Some(n) = result.per_publisher.get_mut(publisher) else {
+                continue;
+            };
+            let now = unix_nanos();
+            result
+                .latency
+                .saturating_record(now.saturating_sub(h.sent).max(1));
+            let expected = &mut next_counter[publisher];
+            if h.counter < *expected {
+                result.out_of_order += 1;
+            } else {
+                *n += 1;
+                *expected = h.counter + 1;
+                moved[publisher] = true;
+            }
+            got += 1;
         }
         if !acks.is_empty() {
             if let Err(e) = write.write_all(&acks).await {
