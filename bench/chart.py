@@ -343,8 +343,8 @@ def chart(out, brokers, scenarios, path):
              "KiB of broker RSS per connection", "Idle connections, one subscription each",
              lambda v: f"{v:.1f}")
         axes[k].axhline(4, color="black", linestyle="--", linewidth=0.8)
-        axes[k].text(0.01, 4, " target: 4 KiB", transform=axes[k].get_yaxis_transform(),
-                     fontsize=7, va="bottom", ha="left")
+        axes[k].text(0.5, 4, "target: 4 KiB", transform=axes[k].get_yaxis_transform(),
+                     fontsize=7, va="bottom", ha="center")
         def count(s):
             r = next((x for x in (load(out, b, s) for b in brokers) if x), None)
             return f"{r['connections']:,} connections" if r else s
