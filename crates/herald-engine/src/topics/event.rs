@@ -29,9 +29,9 @@ pub struct EventParts {
     pub attrs: Bytes,
     /// Its bytes.
     pub data: Bytes,
-    /// Whether renderings are kept (see [`Event::rendered`]).
+    /// Whether renderings are kept (see [`Event::render_into`]).
     keep_rendering: bool,
-    /// The first wire format's rendering (see [`Event::rendered`]).
+    /// The first wire format's rendering (see [`Event::render_into`]).
     rendered: OnceLock<Rendering>,
 }
 
@@ -81,7 +81,7 @@ impl Event {
         }))
     }
 
-    /// The same event, made to keep its first rendering (see [`Event::rendered`]): for the
+    /// The same event, made to keep its first rendering (see [`Event::render_into`]): for the
     /// events of a topic that several listeners follow. Only a new event, not yet shared,
     /// can be changed; a shared one is returned as it is.
     #[must_use]

@@ -171,7 +171,7 @@ impl NewEvent {
     }
 
     /// The event as accepted: number `seq`, time `t_ms`; `many_listen` when more than one
-    /// listener follows its topic (it then keeps a rendering, see [`Event::rendered`]).
+    /// listener follows its topic (it then keeps a rendering, see [`Event::render_into`]).
     pub(crate) fn numbered(self, seq: u64, t_ms: u64, many_listen: bool) -> Event {
         let event = Event::new(
             seq,
@@ -363,7 +363,7 @@ impl Topic {
     }
 
     /// Whether more than one listener follows the topic, so that its new events are worth
-    /// rendering once for all of them (see [`Event::rendered`]).
+    /// rendering once for all of them (see [`Event::render_into`]).
     pub(crate) fn many_listen(&self) -> bool {
         self.watchers.load(Ordering::Relaxed) > 1
     }
