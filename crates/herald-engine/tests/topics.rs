@@ -238,6 +238,17 @@ async fn delete_starts_a_new_epoch_from_one() {
     assert_eq!(data(&topics.read(&a, 1, 10).await.unwrap()), ["7"]);
 }
 
+/// Options with the topics under `/mem/` memory-only (and a fast retention pass).
+fn memory_only_under_mem() -> TopicsOptions {
+    fast_retention(vec![(
+        "/mem/#",
+        Retention {
+            memory_only: true,
+            ..Retention::default()
+        },
+    )])
+}
+
 fn fast_retention(rules: Vec<(&str, Retention)>) -> TopicsOptions {
     TopicsOptions {
         rules: RetentionRules::new(
@@ -361,13 +372,7 @@ async fn retention_override_is_durable_and_applied() {
 #[tokio::test]
 async fn memory_only_topics_never_touch_the_store() {
     let store = Arc::new(MemoryStore::default());
-    let options = fast_retention(vec![(
-        "/mem/#",
-        Retention {
-            memory_only: true,
-            ..Retention::default()
-        },
-    )]);
+    let options = memory_only_under_mem();
     let topics = open(store.clone(), options).await;
     let m = p("/mem/x");
     let mut listener = topics.listener();
@@ -392,13 +397,7 @@ async fn memory_only_topics_never_touch_the_store() {
 fn memory_rules(window: usize) -> TopicsOptions {
     TopicsOptions {
         memory_window_events: window,
-        ..fast_retention(vec![(
-            "/mem/#",
-            Retention {
-                memory_only: true,
-                ..Retention::default()
-            },
-        )])
+        ..memory_only_under_mem()
     }
 }
 
@@ -1097,13 +1096,7 @@ async fn events_followed_by_several_listeners_are_rendered_once() {
     use std::sync::atomic::AtomicUsize;
 
     static WIRE: herald_engine::Wire = herald_engine::Wire::new("test");
-    let options = fast_retention(vec![(
-        "/mem/#",
-        Retention {
-            memory_only: true,
-            ..Retention::default()
-        },
-    )]);
+    let options = memory_only_under_mem();
     let topics = open(Arc::new(MemoryStore::default()), options).await;
     for topic in [p("/mem/x"), p("/durable/x")] {
         let renders = AtomicUsize::new(0);
@@ -1153,13 +1146,7 @@ async fn events_followed_by_several_listeners_are_rendered_once() {
 /// next append starts the new incarnation at 1. Durable topics are not remembered.
 #[tokio::test]
 async fn a_remembered_topic_is_left_for_other_paths_and_after_a_delete() {
-    let options = fast_retention(vec![(
-        "/mem/#",
-        Retention {
-            memory_only: true,
-            ..Retention::default()
-        },
-    )]);
+    let options = memory_only_under_mem();
     let topics = open(Arc::new(MemoryStore::default()), options).await;
     let mut last = herald_engine::LastTopic::default();
     let (a, b, durable) = (p("/mem/a"), p("/mem/b"), p("/durable/x"));
