@@ -71,7 +71,9 @@ impl<'a> Data<'a> {
 
 /// `s` as a JSON string literal.
 pub(crate) fn json_string(s: &str) -> String {
-    serde_json::Value::String(s.to_owned()).to_string()
+    let mut out = Vec::with_capacity(s.len() + 2);
+    push_json_string(&mut out, s);
+    utf8(out)
 }
 
 /// Appends `s` as a JSON string literal.

@@ -85,7 +85,7 @@ impl Event {
     /// events of a topic that several listeners follow. Only a new event, not yet shared,
     /// can be changed; a shared one is returned as it is.
     #[must_use]
-    pub fn keeping_renderings(mut self) -> Self {
+    pub(crate) fn keeping_renderings(mut self) -> Self {
         if let Some(parts) = Arc::get_mut(&mut self.0) {
             parts.keep_rendering = true;
         }
@@ -96,8 +96,8 @@ impl Event {
     /// subscribers: the first call renders and keeps a copy with the event; later calls, from
     /// any task, copy that.
     ///
-    /// Only events made [`Event::keeping_renderings`] keep one: the topics engine makes the
-    /// events of topics that more than one listener follows so when it numbers them. Others
+    /// Only some events keep one: the topics engine marks the events of topics that more
+    /// than one listener follows as it numbers them (`Event::keeping_renderings`). Others
     /// are rendered straight into `out` on every call, as they have one reader (a single
     /// listener, a read from disk) and a kept rendering would only hold memory. An event
     /// keeps one rendering, for the first wire format that asks; any other format renders on
