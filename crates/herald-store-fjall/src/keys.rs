@@ -8,15 +8,19 @@
 //! |--------|--------------------------------------|---------------------------------|
 //! | `0x00` | `0x00`                               | format version, `u32` BE        |
 //! | `0x01` | `0x01 ++ u16_be(len) ++ name`        | `first` ++ `last` ++ `bytes`, `u64` BE each |
-//! | `0x02` | `0x02 ++ u16_be(len) ++ name ++ seq_be` | the record's bytes           |
+//! | `0x03` | `0x03 ++ u16_be(len) ++ name ++ last_be` | a block of records ending at `last` (see `block`) |
+//! | `0x02` | `0x02 ++ u16_be(len) ++ name ++ seq_be` | formats 1 and 2 only: one record's bytes |
 //!
 //! The length prefix makes `u16_be(len) ++ name` prefix-free: two different names differ
 //! within the first `2 + min(len)` bytes, so no name (however it is spelt, NUL bytes included)
 //! can produce a key inside another name's range. Big-endian `seq` makes byte order equal
-//! numeric order, so a range scan returns records in `seq` order.
+//! numeric order, so a range scan returns blocks in `seq` order. A block is keyed by its *last*
+//! record, so the block holding record `seq` is the first one at or after `seq`: a read finds
+//! it with a forward seek, and a trim below `before` deletes exactly the blocks keyed below it.
 //!
-//! Format version 1 stored bounds as `first ++ last` only (16 bytes); opening such a directory
-//! upgrades it to version 2 (see `FjallStore::open_with`), computing `bytes` from the records.
+//! Format version 1 stored bounds as `first ++ last` only (16 bytes); version 2 added `bytes`.
+//! Both stored one record per `0x02` entry. Opening such a directory upgrades it to version 3
+//! (see `FjallStore::open_with`).
 //!
 //! # `snapshots` keyspace
 //! | key                                          | value                                   |
@@ -27,14 +31,15 @@
 /// The longest log or snapshot name, in bytes.
 ///
 /// fjall keys are at most `u16::MAX` bytes (the journal stores the key length as a `u16`); the
-/// longest key this crate builds is a record key, `1 + 2 + len + 8` bytes.
+/// longest key this crate builds is a block key, `1 + 2 + len + 8` bytes.
 pub const MAX_NAME_LEN: usize = u16::MAX as usize - 1 - 2 - 8;
 
 /// The largest record [`Store::append`](herald_store::Store::append) accepts, in bytes.
 ///
 /// fjall stores value lengths as `u32` and truncates longer ones silently in its journal, so
-/// larger records are refused up front. (Snapshots have no such limit: they are chunked.)
-pub const MAX_RECORD_BYTES: usize = u32::MAX as usize;
+/// records whose block would be longer are refused up front. (Snapshots have no such limit:
+/// they are chunked.)
+pub const MAX_RECORD_BYTES: usize = u32::MAX as usize - crate::block::MAX_RECORD_OVERHEAD;
 
 /// The size of one stored piece of a snapshot.
 ///
@@ -45,16 +50,19 @@ pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// The version written under [`FORMAT_KEY`]; bump it when an encoding in this module changes.
 ///
-/// - 1: bounds values are `first ++ last` (see [`LogMeta::decode_v1`]).
+/// - 1: bounds values are `first ++ last` (see [`LogMeta::decode_v1`]); one record per entry.
 /// - 2: bounds values also hold `bytes`.
-pub(crate) const FORMAT_VERSION: u32 = 2;
+/// - 3: records are stored in blocks.
+pub(crate) const FORMAT_VERSION: u32 = 3;
 
-/// The one older version that [`FORMAT_VERSION`] directories are upgraded from on open.
+/// The older versions that [`FORMAT_VERSION`] directories are upgraded from on open.
 pub(crate) const FORMAT_VERSION_V1: u32 = 1;
+pub(crate) const FORMAT_VERSION_V2: u32 = 2;
 
 const TAG_FORMAT: u8 = 0x00;
 const TAG_META: u8 = 0x01;
 const TAG_RECORD: u8 = 0x02;
+const TAG_BLOCK: u8 = 0x03;
 
 const SNAPSHOT_HEADER: u8 = 0x00;
 const SNAPSHOT_CHUNK: u8 = 0x01;
@@ -64,6 +72,12 @@ pub(crate) const FORMAT_KEY: [u8; 1] = [TAG_FORMAT];
 
 /// The prefix shared by every meta key (for the scan on open).
 pub(crate) const META_PREFIX: [u8; 1] = [TAG_META];
+
+/// The prefix shared by every format-2 record key (for the upgrade to blocks).
+pub(crate) const V2_RECORD_PREFIX: [u8; 1] = [TAG_RECORD];
+
+/// The first key after every format-2 record key.
+pub(crate) const V2_RECORD_END: [u8; 1] = [TAG_RECORD + 1];
 
 /// Appends `u16_be(len) ++ name`, or returns `None` if the name is longer than
 /// [`MAX_NAME_LEN`].
@@ -98,19 +112,40 @@ pub(crate) fn decode_meta_key(key: &[u8]) -> Option<String> {
     String::from_utf8(name.to_vec()).ok()
 }
 
-/// The key of record `seq` in `log`, or `None` if the name is too long.
-pub(crate) fn record_key(log: &str, seq: u64) -> Option<Vec<u8>> {
+fn seq_key(tag: u8, log: &str, seq: u64) -> Option<Vec<u8>> {
     let mut key = Vec::with_capacity(1 + 2 + log.len() + 8);
-    key.push(TAG_RECORD);
+    key.push(tag);
     push_name(&mut key, log)?;
     key.extend_from_slice(&seq.to_be_bytes());
     Some(key)
 }
 
-/// The `seq` at the end of a record key.
-pub(crate) fn decode_record_seq(key: &[u8]) -> Option<u64> {
-    let (_, seq) = key.split_last_chunk::<8>()?;
-    Some(u64::from_be_bytes(*seq))
+/// The key of the block of `log` whose last record is `last`, or `None` if the name is too
+/// long.
+pub(crate) fn block_key(log: &str, last: u64) -> Option<Vec<u8>> {
+    seq_key(TAG_BLOCK, log, last)
+}
+
+/// The key of record `seq` of `log` in formats 1 and 2, or `None` if the name is too long.
+pub(crate) fn v2_record_key(log: &str, seq: u64) -> Option<Vec<u8>> {
+    seq_key(TAG_RECORD, log, seq)
+}
+
+/// The log name and `seq` of a format-2 record key.
+pub(crate) fn decode_v2_record_key(key: &[u8]) -> Option<(String, u64)> {
+    let (&tag, rest) = key.split_first()?;
+    if tag != TAG_RECORD {
+        return None;
+    }
+    let (rest, seq) = rest.split_last_chunk::<8>()?;
+    let (len, name) = rest.split_first_chunk::<2>()?;
+    if usize::from(u16::from_be_bytes(*len)) != name.len() {
+        return None;
+    }
+    Some((
+        String::from_utf8(name.to_vec()).ok()?,
+        u64::from_be_bytes(*seq),
+    ))
 }
 
 /// A log's bounds as kept in its meta entry and in memory.
@@ -118,9 +153,11 @@ pub(crate) fn decode_record_seq(key: &[u8]) -> Option<u64> {
 /// # Invariants
 /// - `first <= last + 1`; `first == last + 1` means every record was trimmed, and then
 ///   `bytes == 0`.
-/// - `first` is the `seq` of the oldest record actually stored (not merely a lower bound), so
-///   `bounds()` needs no disk access, and every record below `first` has been deleted.
-/// - `bytes` is the sum of the value lengths of the stored records `first..=last`.
+/// - `first` is the `seq` of the oldest record a read returns (not merely a lower bound), so
+///   `bounds()` needs no disk access. Every block whose records are all below `first` has been
+///   deleted; the one block a trim cut through may still hold records below `first`, which
+///   reads skip.
+/// - `bytes` is the sum of the data lengths of the records `first..=last`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct LogMeta {
     pub(crate) first: u64,
@@ -232,16 +269,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn record_keys_sort_by_name_then_seq() {
-        let a1 = record_key("a", 1).unwrap();
-        let a256 = record_key("a", 256).unwrap();
-        let a_nul = record_key("a\0", 0).unwrap();
-        let b0 = record_key("b", 0).unwrap();
+    fn block_keys_sort_by_name_then_seq() {
+        let a1 = block_key("a", 1).unwrap();
+        let a256 = block_key("a", 256).unwrap();
+        let a_nul = block_key("a\0", 0).unwrap();
+        let b0 = block_key("b", 0).unwrap();
         assert!(a1 < a256);
-        // Length first: every "a" record sorts before every "a\0" record.
-        assert!(record_key("a", u64::MAX).unwrap() < a_nul);
+        // Length first: every "a" block sorts before every "a\0" block.
+        assert!(block_key("a", u64::MAX).unwrap() < a_nul);
         assert!(a256 < b0);
-        assert_eq!(decode_record_seq(&a256), Some(256));
+        // Blocks sort after every format-2 record and every bounds entry.
+        assert!(v2_record_key("z", u64::MAX).unwrap() < block_key("", 0).unwrap());
+        assert!(meta_key("z").unwrap() < v2_record_key("", 0).unwrap());
+        let v2 = v2_record_key("a\0b", 9).unwrap();
+        assert_eq!(decode_v2_record_key(&v2), Some(("a\0b".to_owned(), 9)));
+        assert_eq!(decode_v2_record_key(&block_key("a", 9).unwrap()), None);
     }
 
     #[test]
@@ -250,7 +292,7 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for name in ["", "a", "a\0", "a\0\0", "\0", "ab"] {
             for seq in [0, 1, 0x0100, u64::MAX] {
-                assert!(seen.insert(record_key(name, seq).unwrap()));
+                assert!(seen.insert(block_key(name, seq).unwrap()));
             }
         }
     }
@@ -297,11 +339,11 @@ mod tests {
     #[test]
     fn names_longer_than_the_limit_are_refused() {
         let longest = "x".repeat(MAX_NAME_LEN);
-        let key = record_key(&longest, u64::MAX).unwrap();
+        let key = block_key(&longest, u64::MAX).unwrap();
         assert_eq!(key.len(), usize::from(u16::MAX));
         assert!(snapshot_chunk_key(&longest, u32::MAX).unwrap().len() <= usize::from(u16::MAX));
         let too_long = "x".repeat(MAX_NAME_LEN + 1);
-        assert_eq!(record_key(&too_long, 0), None);
+        assert_eq!(block_key(&too_long, 0), None);
         assert_eq!(meta_key(&too_long), None);
         assert_eq!(snapshot_header_key(&too_long), None);
     }

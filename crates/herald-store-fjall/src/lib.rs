@@ -14,15 +14,28 @@
 //! - [`FjallStore`]: the [`Store`] implementation (this file).
 //! - [`FjallOptions`] (`options`): cache, journal and memtable sizes.
 //! - `keys`: the on-disk key/value encodings, described below.
+//! - `block`: how an append's records for one log are packed into one value.
 //! - [`FormatError`]: what [`StoreError::Engine`] wraps when on-disk data does not decode.
 //!
 //! # On disk
 //! Two fjall keyspaces in the directory given to [`FjallStore::open`]:
-//! - `logs`: records under `0x02 ++ u16_be(name_len) ++ name ++ seq_be`, and each log's
-//!   `(first, last, bytes)` bounds under `0x01 ++ u16_be(name_len) ++ name`. The length prefix
-//!   keeps names that are prefixes of each other, or contain NUL, apart; big-endian `seq` keeps
-//!   records in order. Records and bounds share a keyspace, so they share a memtable and flush
-//!   together and a hot log never pins journals through a second, rarely flushed keyspace.
+//! - `logs`: records in **blocks** under `0x03 ++ u16_be(name_len) ++ name ++ last_be`, and each
+//!   log's `(first, last, bytes)` bounds under `0x01 ++ u16_be(name_len) ++ name`. The length
+//!   prefix keeps names that are prefixes of each other, or contain NUL, apart; big-endian `seq`
+//!   keeps blocks in order. Records and bounds share a keyspace, so they share a memtable and
+//!   flush together and a hot log never pins journals through a second, rarely flushed
+//!   keyspace.
+//!
+//! **Blocks.** One append writes the records it adds to a log as one fjall value (a new one
+//! every 16 KiB of data), keyed by its last record's `seq`. An LSM tree charges per entry: a
+//! memtable skiplist insert, a journal entry, and the same again in every flush and
+//! compaction. With one entry per record those costs were most of a durable append; with
+//! blocks they are paid once per log per append (group commit makes that tens to thousands of
+//! records). Keying by the *last* `seq` means the block holding record `n` is the first one
+//! keyed at or after `n`, found with a forward seek; and a trim below `n` deletes exactly the
+//! blocks keyed below `n`. The one block a trim cuts through stays until a later trim passes
+//! it: the watermark (`first`) hides its older records from reads, and `bytes` no longer counts
+//! them. Blocks are never rewritten.
 //! - `snapshots`: per name, a header (`seq`, length, chunk count) and the blob in
 //!   [`SNAPSHOT_CHUNK_BYTES`] chunks, all replaced in one batch.
 //!
@@ -33,13 +46,19 @@
 //! reading them on open never walks a record either.
 //!
 //! **Format versions.** The `logs` keyspace holds a format marker. Version 1 (before
-//! `LogBounds::bytes` existed) stored bounds as `(first, last)`; opening such a directory
-//! upgrades it in place to version 2: each log's retained records are read once to sum their
-//! lengths, then every bounds entry and the marker are rewritten in one synced batch (a crash
-//! leaves the old directory, upgraded again on the next open). There is no way back: a build
-//! that knows only version 1 refuses an upgraded directory (it reports the 24-byte bounds as
-//! corrupt) rather than misreading it. This build checks the marker before decoding anything, so
-//! a directory from a later format is refused with [`FormatError::UnsupportedVersion`].
+//! `LogBounds::bytes` existed) stored bounds as `(first, last)`; versions 1 and 2 stored one
+//! entry per record, under tag `0x02`. Opening an older directory upgrades it in place:
+//! - 1 → 2: each log's retained records are read once to sum their lengths, then every bounds
+//!   entry and the marker are rewritten in one synced batch (a crash leaves the old directory,
+//!   upgraded again on the next open).
+//! - 2 → 3: the records move into blocks, in steps of one batch each (a step writes the blocks
+//!   and removes the old entries together), so a crash leaves every record in exactly one
+//!   layout and the next open carries on; the marker is set, synced, once no old entry is left.
+//!
+//! There is no way back: a build that knows only version 2 refuses an upgraded directory with
+//! its own unsupported-version error rather than misreading it. This build checks the marker
+//! before decoding anything, so a directory from a later format is refused with
+//! [`FormatError::UnsupportedVersion`].
 //!
 //! **Deleting a log** ([`Store::delete_log`]) is a trim of every record, in the same steps, whose
 //! last step also removes the bounds entry. A crash in between leaves the log trimmed by a
@@ -87,6 +106,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod block;
 mod keys;
 mod options;
 
@@ -102,11 +122,17 @@ use herald_store::{Append, Durability, LogBounds, Store, StoreError};
 pub use keys::{MAX_NAME_LEN, MAX_RECORD_BYTES, SNAPSHOT_CHUNK_BYTES};
 pub use options::FjallOptions;
 
+use block::BlockWriter;
 use keys::{LogMeta, SnapshotHeader};
 
-/// How many deletes one trim batch holds at most. A trim of millions of records is split into
-/// batches of this size, each moving the watermark, so memory stays bounded.
+/// How many blocks one trim step deletes at most. A trim of millions of records is split into
+/// steps, each one batch that moves the watermark, so memory stays bounded and appends are not
+/// held up for the whole trim.
 const TRIM_BATCH: usize = 16 * 1024;
+
+/// How many bytes of blocks one trim step reads at most (a step stops at whichever of this and
+/// [`TRIM_BATCH`] comes first). Also the size of one step of the upgrade to blocks.
+const TRIM_BYTES: usize = 8 * 1024 * 1024;
 
 /// What a trim ([`FjallStore::cut`]) removes.
 #[derive(Debug, Clone, Copy)]
@@ -253,8 +279,8 @@ impl FjallStore {
     /// Opening replays into memory the journal that was active at the last close (and any
     /// sealed journal not yet freed): with the default options up to roughly 64–90 MB, which
     /// took 0.1–1 s in the `group_commit` benchmark. It then reads every log's bounds entry
-    /// (never a record), except for the one-time upgrade of a format-1 directory, which reads
-    /// every retained record once (see the crate docs).
+    /// (never a record), except for the one-time upgrade of a directory of an older format,
+    /// which reads every retained record once (see the crate docs).
     ///
     /// # Errors
     /// [`StoreError::Invalid`] for options fjall would reject; otherwise as [`FjallStore::open`].
@@ -295,7 +321,15 @@ impl FjallStore {
                     .map_err(|_| corrupt("format marker", dir.display().to_string()))?;
                 match found {
                     keys::FORMAT_VERSION => load_meta(&logs)?,
-                    keys::FORMAT_VERSION_V1 => upgrade_v1(&db, &logs, dir)?,
+                    keys::FORMAT_VERSION_V2 => {
+                        upgrade_v2(&db, &logs, dir)?;
+                        load_meta(&logs)?
+                    }
+                    keys::FORMAT_VERSION_V1 => {
+                        let meta = upgrade_v1(&db, &logs, dir)?;
+                        upgrade_v2(&db, &logs, dir)?;
+                        meta
+                    }
                     _ => {
                         return Err(StoreError::Engine(Box::new(
                             FormatError::UnsupportedVersion {
@@ -420,11 +454,12 @@ impl FjallStore {
         }
     }
 
-    /// Deletes up to [`TRIM_BATCH`] records of `log` that `cut` removes, starting at the
-    /// watermark, and in the same batch moves the watermark to the oldest record left and takes
-    /// their lengths off `bytes` (or, for [`Cut::Log`] once no record is left, removes the bounds
-    /// entry). Only the completing batch gets the caller's `durability`; earlier ones are
-    /// buffered.
+    /// Deletes up to [`TRIM_BATCH`] blocks (or [`TRIM_BYTES`]) of `log` that `cut` removes,
+    /// starting at the watermark, and in the same batch moves the watermark to the oldest
+    /// record left and takes the removed records' lengths off `bytes` (or, for [`Cut::Log`] once
+    /// no record is left, removes the bounds entry). A block that holds records on both sides
+    /// of the cut stays; only the watermark moves past its older records. Only the completing
+    /// batch gets the caller's `durability`; earlier ones are buffered.
     ///
     /// Each step re-reads the log's bounds under the writer lock, so appends and other trims
     /// between steps are taken into account, and each committed step leaves exact bounds: a
@@ -456,9 +491,10 @@ impl FjallStore {
             }
             return Ok(TrimStep::Unchanged);
         }
-        // `before > m.first >= 0`, and `m.last < u64::MAX` (append refuses u64::MAX).
+        // `before > m.first >= 0`, and `m.last < u64::MAX` (append refuses u64::MAX). The
+        // blocks keyed below `before` hold only records below it: they all go.
         let upper = (before - 1).min(m.last);
-        let (Some(lo), Some(hi)) = (keys::record_key(log, m.first), keys::record_key(log, upper))
+        let (Some(lo), Some(hi)) = (keys::block_key(log, m.first), keys::block_key(log, upper))
         else {
             return Err(too_long(log));
         };
@@ -466,25 +502,35 @@ impl FjallStore {
         // Seek from the watermark: every tombstone of earlier trims lies below it.
         let mut doomed = Vec::with_capacity(TRIM_BATCH.min(1024));
         let mut removed_bytes = 0u64;
+        let mut scanned = 0usize;
         let mut next_first = None;
         for guard in self.logs.range(lo..=hi) {
-            // The value is in the block the key came from (no key-value separation here), so
-            // reading it for its length costs no I/O beyond the key's.
             let (key, value) = guard.into_inner().map_err(engine)?;
-            if doomed.len() == TRIM_BATCH {
-                // One record more than a batch: it is the oldest one this step leaves.
-                next_first =
-                    Some(keys::decode_record_seq(&key).ok_or_else(|| corrupt("record key", log))?);
+            if doomed.len() == TRIM_BATCH || scanned >= TRIM_BYTES {
+                // One block more than a step: it is the oldest one this step leaves.
+                let (first, _) = block::split(&value, m.first, m.first)
+                    .map_err(|_| corrupt("record block", log))?;
+                next_first = Some(first.ok_or_else(|| corrupt("record block", log))?);
                 break;
             }
-            removed_bytes = removed_bytes.saturating_add(value.len() as u64);
+            // The block's records below the watermark were taken off `bytes` by the trim that
+            // cut through it.
+            let (_, retained) = block::split(&value, m.first, u64::MAX)
+                .map_err(|_| corrupt("record block", log))?;
+            removed_bytes = removed_bytes.saturating_add(retained);
+            scanned = scanned.saturating_add(value.len());
             doomed.push(key);
         }
         let done = next_first.is_none();
         let first = match (next_first, cut) {
             (Some(seq), _) => Some(seq),
-            // Everything below `before` goes: the watermark is the first record at or above it.
-            (None, Cut::Below(before)) => Some(self.first_at_or_after(log, before, m.last)?),
+            // Everything below `before` goes: the watermark is the first record at or above
+            // it, maybe in a block that also holds records below it (which stays, uncounted).
+            (None, Cut::Below(before)) => {
+                let (first, cut_off) = self.cut_through(log, m.first, before, m.last)?;
+                removed_bytes = removed_bytes.saturating_add(cut_off);
+                Some(first)
+            }
             // Every record goes, and the bounds entry with them.
             (None, Cut::Log) => None,
         };
@@ -523,22 +569,45 @@ impl FjallStore {
         Ok(if done { TrimStep::Done } else { TrimStep::More })
     }
 
-    /// The seq of `log`'s first record with `seq >= from`, or `last + 1` if there is none.
-    fn first_at_or_after(&self, log: &str, from: u64, last: u64) -> Result<u64, StoreError> {
-        if from > last {
-            return Ok(last + 1);
+    /// Where a trim below `before` cuts `log`, once every block keyed below `before` is gone:
+    /// the seq of the first record at or after `before` (or `last + 1` if there is none), and
+    /// the data bytes of the records `first..before` that share its block.
+    fn cut_through(
+        &self,
+        log: &str,
+        first: u64,
+        before: u64,
+        last: u64,
+    ) -> Result<(u64, u64), StoreError> {
+        if before > last {
+            return Ok((last + 1, 0));
         }
-        let (Some(lo), Some(hi)) = (keys::record_key(log, from), keys::record_key(log, last))
+        let (Some(lo), Some(hi)) = (keys::block_key(log, before), keys::block_key(log, last))
         else {
             return Err(too_long(log));
         };
-        match self.logs.range(lo..=hi).next() {
-            Some(guard) => {
-                let key = guard.key().map_err(engine)?;
-                keys::decode_record_seq(&key).ok_or_else(|| corrupt("record key", log))
-            }
-            None => Ok(last + 1),
+        // The log's last record is stored, so a block keyed at or after `before` exists, and
+        // its last record is at or after `before`.
+        let guard = self
+            .logs
+            .range(lo..=hi)
+            .next()
+            .ok_or_else(|| corrupt("record blocks (last block missing)", log))?;
+        let (_, value) = guard.into_inner().map_err(engine)?;
+        match block::split(&value, first, before) {
+            Ok((Some(seq), cut_off)) => Ok((seq, cut_off)),
+            _ => Err(corrupt("record block", log)),
         }
+    }
+
+    /// Adds the block built so far, if any, to `batch`.
+    fn insert_block(
+        &self,
+        batch: &mut OwnedWriteBatch,
+        log: &str,
+        block: &mut BlockWriter,
+    ) -> Result<(), StoreError> {
+        insert_block_into(batch, &self.logs, log, block)
     }
 
     fn read_snapshot(&self, name: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
@@ -594,11 +663,11 @@ fn load_meta(logs: &Keyspace) -> Result<BTreeMap<String, LogMeta>, StoreError> {
     Ok(meta)
 }
 
-/// Upgrades a format-1 directory to [`keys::FORMAT_VERSION`] and returns every log's bounds
-/// (done once, on open).
+/// Upgrades a format-1 directory to format 2 and returns every log's bounds (done once, on
+/// open, before [`upgrade_v2`]).
 ///
 /// Format 1 kept `(first, last)` per log but not `bytes`, so each log's retained records are
-/// read once, in order, to sum their lengths. The new bounds entries and the new format marker
+/// read once, in order, to sum their lengths. The new bounds entries and the format-2 marker
 /// are then written in one synced batch: after a crash the directory is either still format 1
 /// (and upgraded again on the next open) or fully format 2.
 fn upgrade_v1(
@@ -618,8 +687,8 @@ fn upgrade_v1(
         let mut bytes = 0u64;
         if first <= last {
             let (Some(lo), Some(hi)) = (
-                keys::record_key(&name, first),
-                keys::record_key(&name, last),
+                keys::v2_record_key(&name, first),
+                keys::v2_record_key(&name, last),
             ) else {
                 return Err(too_long(&name));
             };
@@ -635,7 +704,11 @@ fn upgrade_v1(
         let key = keys::meta_key(name).ok_or_else(|| too_long(name))?;
         batch.insert(logs, key, m.encode());
     }
-    batch.insert(logs, keys::FORMAT_KEY, keys::FORMAT_VERSION.to_be_bytes());
+    batch.insert(
+        logs,
+        keys::FORMAT_KEY,
+        keys::FORMAT_VERSION_V2.to_be_bytes(),
+    );
     batch.commit().map_err(engine)?;
     tracing::info!(
         dir = %dir.display(),
@@ -644,9 +717,107 @@ fn upgrade_v1(
         elapsed_ms = started.elapsed().as_millis(),
         "upgraded the store from format {} to {}",
         keys::FORMAT_VERSION_V1,
-        keys::FORMAT_VERSION,
+        keys::FORMAT_VERSION_V2,
     );
     Ok(meta)
+}
+
+/// Upgrades a format-2 directory to [`keys::FORMAT_VERSION`]: moves every record from its own
+/// entry into blocks (done once, on open; the bounds entries do not change).
+///
+/// Each step moves up to [`TRIM_BATCH`] records (or [`TRIM_BYTES`]) in one batch that writes
+/// their blocks and removes their old entries, so every record is in exactly one of the two
+/// layouts after a crash, and the next open carries on where this one stopped. The format-3
+/// marker is written, synced, only once no format-2 record is left. Consecutive records of a log
+/// share a block as an append's would.
+fn upgrade_v2(db: &Database, logs: &Keyspace, dir: &Path) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    let mut records = 0u64;
+    let mut after = None;
+    while let Some((moved, last_key)) = upgrade_v2_step(db, logs, after.take())? {
+        records += moved as u64;
+        after = Some(last_key);
+    }
+    let mut batch = db.batch().durability(Some(PersistMode::SyncAll));
+    batch.insert(logs, keys::FORMAT_KEY, keys::FORMAT_VERSION.to_be_bytes());
+    batch.commit().map_err(engine)?;
+    tracing::info!(
+        dir = %dir.display(),
+        records,
+        elapsed_ms = started.elapsed().as_millis(),
+        "upgraded the store from format {} to {} (records in blocks)",
+        keys::FORMAT_VERSION_V2,
+        keys::FORMAT_VERSION,
+    );
+    Ok(())
+}
+
+/// One step of [`upgrade_v2`]: moves the format-2 records after the key `after` (from the
+/// first one if `None`) into blocks, up to [`TRIM_BATCH`] records or [`TRIM_BYTES`], in one
+/// batch. Returns how many it moved and the key of the last one, or `None` if none was left.
+///
+/// Each step starts after the last key moved, so it never walks the tombstones of the steps
+/// before it.
+fn upgrade_v2_step(
+    db: &Database,
+    logs: &Keyspace,
+    after: Option<Vec<u8>>,
+) -> Result<Option<(usize, Vec<u8>)>, StoreError> {
+    let start = match after {
+        Some(key) => Bound::Excluded(key),
+        None => Bound::Included(keys::V2_RECORD_PREFIX.to_vec()),
+    };
+    let end = Bound::Excluded(keys::V2_RECORD_END.to_vec());
+    let mut batch = db.batch();
+    let mut block: Option<(String, BlockWriter)> = None;
+    let (mut moved, mut bytes) = (0usize, 0usize);
+    let mut last_key = None;
+    for guard in logs.range((start, end)) {
+        if moved == TRIM_BATCH || bytes >= TRIM_BYTES {
+            break;
+        }
+        let (key, value) = guard.into_inner().map_err(engine)?;
+        let (name, seq) = keys::decode_v2_record_key(&key)
+            .ok_or_else(|| corrupt("record key (format 2)", String::from_utf8_lossy(&key)))?;
+        let same_log = block.as_ref().is_some_and(|(log, _)| *log == name);
+        if (!same_log
+            || block
+                .as_ref()
+                .is_some_and(|(_, b)| b.is_full_for(value.len())))
+            && let Some((log, mut full)) = block.take()
+        {
+            insert_block_into(&mut batch, logs, &log, &mut full)?;
+        }
+        let (_, writer) = block.get_or_insert_with(|| (name, BlockWriter::default()));
+        writer.push(seq, &value);
+        batch.remove(logs, key.to_vec());
+        last_key = Some(key.to_vec());
+        moved += 1;
+        bytes = bytes.saturating_add(value.len());
+    }
+    if let Some((log, mut last)) = block.take() {
+        insert_block_into(&mut batch, logs, &log, &mut last)?;
+    }
+    let Some(last_key) = last_key else {
+        return Ok(None);
+    };
+    batch.commit().map_err(engine)?;
+    Ok(Some((moved, last_key)))
+}
+
+/// Adds the block built so far, if any, to `batch` (for [`upgrade_v2`], which runs before a
+/// [`FjallStore`] exists; [`FjallStore::insert_block`] is the same for a store).
+fn insert_block_into(
+    batch: &mut OwnedWriteBatch,
+    logs: &Keyspace,
+    log: &str,
+    block: &mut BlockWriter,
+) -> Result<(), StoreError> {
+    if let Some((last, value)) = block.take() {
+        let key = keys::block_key(log, last).ok_or_else(|| too_long(log))?;
+        batch.insert(logs, key, value);
+    }
+    Ok(())
 }
 
 fn to_bounds(m: LogMeta) -> LogBounds {
@@ -665,8 +836,10 @@ impl Store for FjallStore {
         }
         let _writer = self.lock_writer()?;
 
-        // Validate everything before writing anything: the batch is all-or-nothing.
-        let mut updates: HashMap<&str, LogMeta> = HashMap::new();
+        // Validate everything before committing anything: the batch is all-or-nothing. The
+        // blocks are built on the way; a refused append drops them with the batch.
+        let mut batch = self.batch(durability);
+        let mut logs: HashMap<&str, (LogMeta, BlockWriter)> = HashMap::new();
         {
             let meta = self.read_meta();
             for r in records {
@@ -688,7 +861,11 @@ impl Store for FjallStore {
                         r.log
                     )));
                 }
-                let current = updates.get(r.log).or_else(|| meta.get(r.log)).copied();
+                let current = logs
+                    .get(r.log)
+                    .map(|(m, _)| m)
+                    .or_else(|| meta.get(r.log))
+                    .copied();
                 let len = r.data.len() as u64;
                 let next = match current {
                     Some(m) if r.seq <= m.last => {
@@ -709,21 +886,23 @@ impl Store for FjallStore {
                         bytes: len,
                     },
                 };
-                updates.insert(r.log, next);
+                let (m, block) = logs
+                    .entry(r.log)
+                    .or_insert_with(|| (next, BlockWriter::default()));
+                *m = next;
+                if block.is_full_for(r.data.len()) {
+                    self.insert_block(&mut batch, r.log, block)?;
+                }
+                block.push(r.seq, r.data);
             }
         }
-
-        let mut batch = self.batch(durability);
-        for r in records {
-            let key = keys::record_key(r.log, r.seq).ok_or_else(|| too_long(r.log))?;
-            batch.insert(&self.logs, key, r.data);
-        }
-        for (log, m) in &updates {
+        for (log, (m, block)) in &mut logs {
+            self.insert_block(&mut batch, log, block)?;
             let key = keys::meta_key(log).ok_or_else(|| too_long(log))?;
             batch.insert(&self.logs, key, m.encode());
         }
         self.commit(batch)?;
-        self.set_meta(updates);
+        self.set_meta(logs.into_iter().map(|(log, (m, _))| (log, m)));
         Ok(())
     }
 
@@ -736,7 +915,8 @@ impl Store for FjallStore {
         if limit == 0 || start > m.last {
             return Ok(Vec::new());
         }
-        let (Some(lo), Some(hi)) = (keys::record_key(log, start), keys::record_key(log, m.last))
+        // The block holding `start` is the first one keyed at or after it.
+        let (Some(lo), Some(hi)) = (keys::block_key(log, start), keys::block_key(log, m.last))
         else {
             return Ok(Vec::new());
         };
@@ -744,10 +924,18 @@ impl Store for FjallStore {
             .unwrap_or(usize::MAX)
             .saturating_add(1);
         let mut out = Vec::with_capacity(limit.min(span).min(1024));
-        for guard in self.logs.range(lo..=hi).take(limit) {
-            let (key, value) = guard.into_inner().map_err(engine)?;
-            let seq = keys::decode_record_seq(&key).ok_or_else(|| corrupt("record key", log))?;
-            out.push((seq, value.to_vec()));
+        for guard in self.logs.range(lo..=hi) {
+            let (_, value) = guard.into_inner().map_err(engine)?;
+            for entry in block::entries(&value) {
+                let (seq, data) = entry.map_err(|_| corrupt("record block", log))?;
+                if seq < start {
+                    continue;
+                }
+                out.push((seq, data.to_vec()));
+                if out.len() == limit {
+                    return Ok(out);
+                }
+            }
         }
         Ok(out)
     }
@@ -843,15 +1031,8 @@ mod tests {
     fn trim_moves_the_in_memory_watermark_to_the_oldest_record() {
         let (_dir, store) = open();
         let data = [0u8; 8];
-        let records: Vec<Append<'_>> = (1..=50_000)
-            .map(|seq| Append {
-                log: "s",
-                seq,
-                data: &data,
-            })
-            .collect();
-        store.append(&records, Durability::Buffered).unwrap();
-        // More than one trim batch.
+        // Two records per append, so 25,000 blocks: more than one trim step.
+        append_in_calls_of(&store, "s", 1..=50_000, 2, &data);
         store.trim("s", 40_001, Durability::Sync).unwrap();
         let want = LogMeta {
             first: 40_001,
@@ -867,9 +1048,160 @@ mod tests {
             .unwrap();
         assert_eq!(LogMeta::decode(&on_disk), Some(want));
         // Records below the watermark are gone from the keyspace itself, not just hidden.
-        let lo = keys::record_key("s", 0).unwrap();
-        let hi = keys::record_key("s", 40_000).unwrap();
-        assert_eq!(store.logs.range(lo..=hi).count(), 0);
+        assert_eq!(records_in_blocks(&store, "s"), 10_000);
+    }
+
+    fn append_in_calls_of(
+        store: &FjallStore,
+        log: &str,
+        seqs: std::ops::RangeInclusive<u64>,
+        per_call: usize,
+        data: &[u8],
+    ) {
+        let seqs: Vec<u64> = seqs.collect();
+        for chunk in seqs.chunks(per_call) {
+            let records: Vec<Append<'_>> =
+                chunk.iter().map(|&seq| Append { log, seq, data }).collect();
+            store.append(&records, Durability::Buffered).unwrap();
+        }
+    }
+
+    /// Every record stored in `log`'s blocks, as `(seq, data)`, also those below its watermark
+    /// in a block that a trim cut through.
+    fn stored_records(store: &FjallStore, log: &str) -> Vec<(u64, Vec<u8>)> {
+        let lo = keys::block_key(log, 0).unwrap();
+        let hi = keys::block_key(log, u64::MAX).unwrap();
+        let mut out = Vec::new();
+        for guard in store.logs.range(lo..=hi) {
+            let (key, value) = guard.into_inner().unwrap();
+            let entries: Vec<(u64, Vec<u8>)> = block::entries(&value)
+                .map(|e| e.map(|(seq, data)| (seq, data.to_vec())).unwrap())
+                .collect();
+            // The key names the block's last record.
+            assert!(key.ends_with(&entries.last().unwrap().0.to_be_bytes()));
+            out.extend(entries);
+        }
+        out
+    }
+
+    fn records_in_blocks(store: &FjallStore, log: &str) -> usize {
+        stored_records(store, log).len()
+    }
+
+    #[test]
+    fn appends_write_one_block_per_log_and_reads_cut_into_blocks() {
+        let (_dir, store) = open();
+        let small = [5u8; 10];
+        let big = vec![6u8; block::BLOCK_BYTES];
+        // One append to three logs, interleaved: one block each, in one batch.
+        let records: Vec<Append<'_>> = (1..=30)
+            .map(|seq| Append {
+                log: ["a", "b", "c"][(seq % 3) as usize],
+                seq,
+                data: &small,
+            })
+            .collect();
+        store.append(&records, Durability::Sync).unwrap();
+        for log in ["a", "b", "c"] {
+            assert_eq!(
+                store
+                    .logs
+                    .range(
+                        keys::block_key(log, 0).unwrap()..=keys::block_key(log, u64::MAX).unwrap()
+                    )
+                    .count(),
+                1
+            );
+            assert_eq!(records_in_blocks(&store, log), 10);
+        }
+        // Big records get blocks of their own; the small one after them starts a new block.
+        let records = [
+            Append {
+                log: "a",
+                seq: 40,
+                data: &big,
+            },
+            Append {
+                log: "a",
+                seq: 41,
+                data: &big,
+            },
+            Append {
+                log: "a",
+                seq: 42,
+                data: &small,
+            },
+        ];
+        store.append(&records, Durability::Sync).unwrap();
+        let blocks = |log: &str| {
+            store
+                .logs
+                .range(keys::block_key(log, 0).unwrap()..=keys::block_key(log, u64::MAX).unwrap())
+                .count()
+        };
+        assert_eq!(blocks("a"), 4);
+        // A read starting inside a block, and one ending inside one.
+        let read: Vec<u64> = store
+            .read("a", 10, 3)
+            .unwrap()
+            .iter()
+            .map(|r| r.0)
+            .collect();
+        assert_eq!(read, [12, 15, 18]);
+        let read: Vec<u64> = store
+            .read("a", 28, 10)
+            .unwrap()
+            .iter()
+            .map(|r| r.0)
+            .collect();
+        assert_eq!(read, [30, 40, 41, 42]);
+        // A trim through a block keeps it, hides its older records and uncounts their bytes.
+        store.trim("a", 13, Durability::Sync).unwrap();
+        let bounds = store.bounds("a").unwrap().unwrap();
+        assert_eq!((bounds.first, bounds.last), (15, 42));
+        assert_eq!(bounds.bytes, 6 * 10 + 2 * big.len() as u64 + 10);
+        assert_eq!(blocks("a"), 4);
+        assert_eq!(store.read("a", 0, 1).unwrap()[0].0, 15);
+        // A second trim through the same block takes off only what the first one did not.
+        store.trim("a", 25, Durability::Sync).unwrap();
+        let bounds = store.bounds("a").unwrap().unwrap();
+        assert_eq!(
+            (bounds.first, bounds.bytes),
+            (27, 2 * 10 + 2 * big.len() as u64 + 10)
+        );
+        // Past the block: it goes.
+        store.trim("a", 41, Durability::Sync).unwrap();
+        assert_eq!(blocks("a"), 2);
+        let bounds = store.bounds("a").unwrap().unwrap();
+        assert_eq!((bounds.first, bounds.bytes), (41, big.len() as u64 + 10));
+        let read: Vec<(u64, usize)> = store
+            .read("a", 0, usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|r| (r.0, r.1.len()))
+            .collect();
+        assert_eq!(read, [(41, big.len()), (42, 10)]);
+    }
+
+    #[test]
+    fn trim_steps_are_bounded_by_bytes_as_well_as_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FjallStore::open(dir.path()).unwrap();
+        let data = vec![9u8; 64 * 1024];
+        let count = 3 * (TRIM_BYTES / data.len()) as u64;
+        append_in_calls_of(&store, "s", 1..=count, 1, &data);
+        assert!(matches!(
+            store
+                .trim_step("s", Cut::Below(count), Durability::Sync)
+                .unwrap(),
+            TrimStep::More
+        ));
+        let bounds = store.bounds("s").unwrap().unwrap();
+        assert!(bounds.first > 1 && bounds.first < count, "{bounds:?}");
+        assert_eq!(bounds.bytes, (count - bounds.first + 1) * data.len() as u64);
+        store.trim("s", count, Durability::Sync).unwrap();
+        assert_eq!(store.bounds("s").unwrap().unwrap().first, count);
+        assert_eq!(records_in_blocks(&store, "s"), 1);
     }
 
     #[test]
@@ -939,7 +1271,7 @@ mod tests {
             source.downcast_ref::<FormatError>(),
             Some(FormatError::UnsupportedVersion {
                 found: 99,
-                supported: 2
+                supported: 3
             })
         ));
     }
@@ -1007,12 +1339,6 @@ mod tests {
         assert_eq!(store.snapshot("s").unwrap(), Some((2, b"tiny".to_vec())));
     }
 
-    fn records_on_disk(store: &FjallStore, log: &str) -> usize {
-        let lo = keys::record_key(log, 0).unwrap();
-        let hi = keys::record_key(log, u64::MAX).unwrap();
-        store.logs.range(lo..=hi).count()
-    }
-
     #[test]
     fn big_delete_removes_every_record_and_the_bounds_entry() {
         let dir = tempfile::tempdir().unwrap();
@@ -1032,9 +1358,9 @@ mod tests {
         // More than two delete batches.
         store.delete_log("s", Durability::Sync).unwrap();
         assert_eq!(store.bounds("s").unwrap(), None);
-        assert_eq!(records_on_disk(&store, "s"), 0);
+        assert_eq!(records_in_blocks(&store, "s"), 0);
         assert_eq!(store.logs.get(keys::meta_key("s").unwrap()).unwrap(), None);
-        assert_eq!(records_on_disk(&store, "s\0"), 40_000);
+        assert_eq!(records_in_blocks(&store, "s\0"), 40_000);
         let names: Vec<String> = store
             .list_logs("")
             .unwrap()
@@ -1074,14 +1400,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FjallStore::open(dir.path()).unwrap();
         let data = [3u8; 2];
-        let records: Vec<Append<'_>> = (1..=3 * TRIM_BATCH as u64)
-            .map(|seq| Append {
-                log: "s",
-                seq,
-                data: &data,
-            })
-            .collect();
-        store.append(&records, Durability::Sync).unwrap();
+        // One record per block: 3 steps' worth.
+        append_in_calls_of(&store, "s", 1..=3 * TRIM_BATCH as u64, 1, &data);
+        store.sync().unwrap();
         // The first step of a delete, then the "crash": the process stops before the rest.
         assert!(matches!(
             store.trim_step("s", Cut::Log, Durability::Sync).unwrap(),
@@ -1107,28 +1428,41 @@ mod tests {
         assert_eq!(store.bounds("s").unwrap(), None);
     }
 
-    /// Rewrites every bounds entry and the marker as a format-1 build wrote them.
-    fn downgrade_to_v1(store: &FjallStore) {
+    /// Rewrites every record as a format-2 build wrote it (one entry per retained record, no
+    /// blocks) and sets the format-2 marker.
+    fn downgrade_to_v2(store: &FjallStore) {
         let mut batch = store.db.batch();
-        for (name, m) in store.read_meta().iter() {
-            let mut v1 = [0u8; 16];
-            v1[..8].copy_from_slice(&m.first.to_be_bytes());
-            v1[8..].copy_from_slice(&m.last.to_be_bytes());
-            batch.insert(&store.logs, keys::meta_key(name).unwrap(), v1);
+        for (name, _) in store.read_meta().iter() {
+            for (seq, data) in store.read(name, 0, usize::MAX).unwrap() {
+                batch.insert(&store.logs, keys::v2_record_key(name, seq).unwrap(), data);
+            }
+            let lo = keys::block_key(name, 0).unwrap();
+            let hi = keys::block_key(name, u64::MAX).unwrap();
+            for guard in store.logs.range(lo..=hi) {
+                batch.remove(&store.logs, guard.key().unwrap());
+            }
         }
         batch.insert(
             &store.logs,
             keys::FORMAT_KEY,
-            keys::FORMAT_VERSION_V1.to_be_bytes(),
+            keys::FORMAT_VERSION_V2.to_be_bytes(),
         );
         batch.commit().unwrap();
         store.sync().unwrap();
     }
 
-    #[test]
-    fn format_1_directory_is_upgraded_on_open_without_losing_data() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FjallStore::open(dir.path()).unwrap();
+    fn v2_records_on_disk(store: &FjallStore) -> usize {
+        store.logs.prefix(keys::V2_RECORD_PREFIX).count()
+    }
+
+    fn marker(store: &FjallStore) -> u32 {
+        let marker = store.logs.get(keys::FORMAT_KEY).unwrap().unwrap();
+        u32::from_be_bytes((*marker).try_into().unwrap())
+    }
+
+    /// Logs whose records cut across blocks, a trim through a block, an emptied log and a
+    /// name that is a prefix of another.
+    fn varied_logs(store: &FjallStore) {
         let sizes = |seq: u64| vec![b'x'; (seq % 7) as usize];
         let data: Vec<Vec<u8>> = (1..=30_000).map(sizes).collect();
         let records: Vec<Append<'_>> = (1..)
@@ -1156,7 +1490,90 @@ mod tests {
             }
         }
         store.trim("trimmed", 100, Durability::Buffered).unwrap();
+    }
+
+    /// A log's name, bounds and records.
+    type Contents = (String, LogBounds, Vec<(u64, Vec<u8>)>);
+
+    fn everything(store: &FjallStore) -> Vec<Contents> {
+        store
+            .list_logs("")
+            .unwrap()
+            .into_iter()
+            .map(|(name, bounds)| {
+                let records = store.read(&name, 0, usize::MAX).unwrap();
+                (name, bounds, records)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn format_2_directory_is_upgraded_to_blocks_and_an_interrupted_upgrade_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FjallStore::open(dir.path()).unwrap();
+        varied_logs(&store);
+        let before = everything(&store);
+        downgrade_to_v2(&store);
+        assert_eq!(v2_records_on_disk(&store), 10_000 + 3 + 5);
+        // One step of the upgrade, then the "crash".
+        let (moved, _) = upgrade_v2_step(&store.db, &store.logs, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(moved, 10_008.min(TRIM_BATCH));
+        store.sync().unwrap();
+        drop(store);
+
+        let store = FjallStore::open(dir.path()).unwrap();
+        assert_eq!(everything(&store), before);
+        assert_eq!(v2_records_on_disk(&store), 0);
+        assert_eq!(marker(&store), keys::FORMAT_VERSION);
+        // Records share blocks again: "docs" has 10,000 records of at most 6 bytes.
+        let docs_blocks = store
+            .logs
+            .range(keys::block_key("docs", 0).unwrap()..=keys::block_key("docs", u64::MAX).unwrap())
+            .count();
+        assert!(docs_blocks <= 2, "{docs_blocks} blocks");
+        store
+            .append(
+                &[Append {
+                    log: "docs",
+                    seq: 30_001,
+                    data: b"1234",
+                }],
+                Durability::Sync,
+            )
+            .unwrap();
+        drop(store);
+        let store = FjallStore::open(dir.path()).unwrap();
+        assert_eq!(store.read("docs", 0, usize::MAX).unwrap().len(), 10_001);
+    }
+
+    /// Rewrites every record, bounds entry and the marker as a format-1 build wrote them.
+    fn downgrade_to_v1(store: &FjallStore) {
+        downgrade_to_v2(store);
+        let mut batch = store.db.batch();
+        for (name, m) in store.read_meta().iter() {
+            let mut v1 = [0u8; 16];
+            v1[..8].copy_from_slice(&m.first.to_be_bytes());
+            v1[8..].copy_from_slice(&m.last.to_be_bytes());
+            batch.insert(&store.logs, keys::meta_key(name).unwrap(), v1);
+        }
+        batch.insert(
+            &store.logs,
+            keys::FORMAT_KEY,
+            keys::FORMAT_VERSION_V1.to_be_bytes(),
+        );
+        batch.commit().unwrap();
+        store.sync().unwrap();
+    }
+
+    #[test]
+    fn format_1_directory_is_upgraded_on_open_without_losing_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FjallStore::open(dir.path()).unwrap();
+        varied_logs(&store);
         let before = store.list_logs("").unwrap();
+        let records_before = everything(&store);
         downgrade_to_v1(&store);
         drop(store);
 
@@ -1172,16 +1589,17 @@ mod tests {
                 bytes: 0
             })
         );
-        // The directory is format 2 now, with format-2 bounds entries.
-        let marker = store.logs.get(keys::FORMAT_KEY).unwrap().unwrap();
-        assert_eq!(&*marker, keys::FORMAT_VERSION.to_be_bytes().as_slice());
+        assert_eq!(everything(&store), records_before);
+        // The directory is format 3 now, with format-2 bounds entries and no format-2 record.
+        assert_eq!(marker(&store), keys::FORMAT_VERSION);
+        assert_eq!(v2_records_on_disk(&store), 0);
         let on_disk = store
             .logs
             .get(keys::meta_key("docs").unwrap())
             .unwrap()
             .unwrap();
         assert_eq!(LogMeta::decode(&on_disk).map(to_bounds), Some(docs));
-        // And it keeps working, and reopens as format 2.
+        // And it keeps working, and reopens as format 3.
         store
             .append(
                 &[Append {
