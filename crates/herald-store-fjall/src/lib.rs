@@ -120,6 +120,24 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistM
 use herald_store::{Append, Durability, LogBounds, Store, StoreError};
 
 pub use keys::{MAX_NAME_LEN, MAX_RECORD_BYTES, SNAPSHOT_CHUNK_BYTES};
+
+/// The block encoding, exposed for the `store_block` fuzz target only (not a stable API).
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Decodes a block as reads do: `None` if it is corrupt.
+    pub fn decode_block(value: &[u8]) -> Option<Vec<(u64, &[u8])>> {
+        crate::block::entries(value).map(|e| e.ok()).collect()
+    }
+
+    /// Encodes records (strictly increasing `seq`s) as one block.
+    pub fn encode_block(records: &[(u64, &[u8])]) -> Vec<u8> {
+        let mut writer = crate::block::BlockWriter::default();
+        for (seq, data) in records {
+            writer.push(*seq, data);
+        }
+        writer.take().map(|(_, value)| value).unwrap_or_default()
+    }
+}
 pub use options::FjallOptions;
 
 use block::BlockWriter;
