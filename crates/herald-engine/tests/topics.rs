@@ -4,7 +4,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::*;
@@ -1169,4 +1169,782 @@ async fn a_remembered_topic_is_left_for_other_paths_and_after_a_delete() {
     assert_eq!(data(&topics.read(&a, 1, 10).await.unwrap()), ["4"]);
     assert_eq!(data(&topics.read(&b, 1, 10).await.unwrap()), ["1"]);
     assert_eq!(data(&topics.read(&durable, 1, 10).await.unwrap()), ["1"]);
+}
+
+// The commit pipeline: one commit in flight while the next batch is numbered.
+
+/// A store (fjall underneath, in these tests) whose appends wait while its gate is closed and
+/// fail while `fail` is set. It counts the appends started and the most running at once, so
+/// that a test can hold a commit in flight and check that there is never more than one.
+struct Controlled {
+    inner: Arc<dyn Store>,
+    closed: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+    fail: std::sync::atomic::AtomicBool,
+    started: std::sync::atomic::AtomicUsize,
+    running: std::sync::atomic::AtomicUsize,
+    most_running: std::sync::atomic::AtomicUsize,
+}
+
+impl Controlled {
+    fn new(inner: Arc<dyn Store>, closed: bool) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            closed: std::sync::Mutex::new(closed),
+            opened: std::sync::Condvar::new(),
+            fail: Default::default(),
+            started: Default::default(),
+            running: Default::default(),
+            most_running: Default::default(),
+        })
+    }
+
+    fn set_closed(&self, closed: bool) {
+        *self.closed.lock().unwrap() = closed;
+        self.opened.notify_all();
+    }
+
+    fn started(&self) -> usize {
+        self.started.load(Ordering::SeqCst)
+    }
+
+    fn most_running(&self) -> usize {
+        self.most_running.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `n` appends have started (the last one may be waiting at the gate).
+    async fn wait_started(&self, n: usize) {
+        tokio::time::timeout(WAIT, async {
+            while self.started() < n {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{n} store appends did not start"));
+    }
+}
+
+/// Opens the gate when dropped, so that a failing test leaves no thread blocked.
+struct OpenOnDrop(Arc<Controlled>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.set_closed(false);
+    }
+}
+
+impl Store for Controlled {
+    fn append(
+        &self,
+        records: &[herald_store::Append<'_>],
+        durability: herald_store::Durability,
+    ) -> Result<(), herald_store::StoreError> {
+        self.started.fetch_add(1, Ordering::SeqCst);
+        let running = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_running.fetch_max(running, Ordering::SeqCst);
+        let closed = self.closed.lock().unwrap();
+        // Never blocks for longer than WAIT, so a test that forgets to open cannot hang.
+        drop(
+            self.opened
+                .wait_timeout_while(closed, WAIT, |c| *c)
+                .unwrap(),
+        );
+        let result = if self.fail.load(Ordering::SeqCst) {
+            Err(herald_store::StoreError::Engine(Box::new(
+                std::io::Error::other("injected append failure"),
+            )))
+        } else {
+            self.inner.append(records, durability)
+        };
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+    fn read(
+        &self,
+        log: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, herald_store::StoreError> {
+        self.inner.read(log, from, limit)
+    }
+    fn bounds(
+        &self,
+        log: &str,
+    ) -> Result<Option<herald_store::LogBounds>, herald_store::StoreError> {
+        self.inner.bounds(log)
+    }
+    fn trim(
+        &self,
+        log: &str,
+        before: u64,
+        durability: herald_store::Durability,
+    ) -> Result<(), herald_store::StoreError> {
+        self.inner.trim(log, before, durability)
+    }
+    fn list_logs(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, herald_store::LogBounds)>, herald_store::StoreError> {
+        self.inner.list_logs(prefix)
+    }
+    fn delete_log(
+        &self,
+        log: &str,
+        durability: herald_store::Durability,
+    ) -> Result<(), herald_store::StoreError> {
+        self.inner.delete_log(log, durability)
+    }
+    fn put_snapshot(
+        &self,
+        name: &str,
+        seq: u64,
+        data: &[u8],
+        durability: herald_store::Durability,
+    ) -> Result<(), herald_store::StoreError> {
+        self.inner.put_snapshot(name, seq, data, durability)
+    }
+    fn snapshot(&self, name: &str) -> Result<Option<(u64, Vec<u8>)>, herald_store::StoreError> {
+        self.inner.snapshot(name)
+    }
+    fn sync(&self) -> Result<(), herald_store::StoreError> {
+        self.inner.sync()
+    }
+}
+
+type AppendTask = tokio::task::JoinHandle<Result<herald_engine::Appended, TopicsError>>;
+
+fn spawn_append(
+    topics: &Topics,
+    topic: &Path,
+    range: std::ops::RangeInclusive<u64>,
+    expect_last: Option<u64>,
+) -> AppendTask {
+    let (topics, topic) = (topics.clone(), topic.clone());
+    tokio::spawn(async move { topics.append(topic, evs(range), expect_last).await })
+}
+
+async fn joined(task: AppendTask) -> herald_engine::Appended {
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("append did not finish")
+        .unwrap()
+        .unwrap()
+}
+
+/// The last seq the actor has numbered for `topic` (committed, in flight or staged), as the
+/// conflict of an impossible expectation reports it.
+async fn numbered_last(topics: &Topics, topic: &Path) -> u64 {
+    match topics
+        .append(topic.clone(), evs(0..=0), Some(u64::MAX))
+        .await
+    {
+        Err(TopicsError::Conflict { got, .. }) => got,
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
+
+/// Waits until the actor has numbered `topic` up to `last`.
+async fn wait_numbered(topics: &Topics, topic: &Path, last: u64) {
+    tokio::time::timeout(WAIT, async {
+        while numbered_last(topics, topic).await != last {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{topic} not numbered up to {last}"));
+}
+
+/// One acknowledged append: where its events went, and their payloads.
+#[derive(Debug, Clone)]
+struct Ack {
+    topic: Path,
+    appended: herald_engine::Appended,
+    payloads: Vec<String>,
+}
+
+/// Checks that the acknowledged appends of each topic number it 1, 2, ... without gap or
+/// overlap in one epoch; returns each topic's payloads by seq.
+fn payloads_by_topic(acks: &[Ack]) -> std::collections::HashMap<Path, Vec<String>> {
+    let mut by_topic: std::collections::HashMap<Path, Vec<&Ack>> = Default::default();
+    for ack in acks {
+        by_topic.entry(ack.topic.clone()).or_default().push(ack);
+    }
+    by_topic
+        .into_iter()
+        .map(|(topic, mut acks)| {
+            acks.sort_by_key(|a| a.appended.first);
+            let mut payloads = Vec::new();
+            for a in &acks {
+                assert_eq!(
+                    a.appended.epoch, acks[0].appended.epoch,
+                    "{topic}: one epoch"
+                );
+                assert_eq!(
+                    a.appended.first,
+                    payloads.len() as u64 + 1,
+                    "{topic}: contiguous"
+                );
+                assert_eq!(
+                    a.appended.last - a.appended.first + 1,
+                    a.payloads.len() as u64,
+                    "{topic}: one seq per event"
+                );
+                payloads.extend(a.payloads.iter().cloned());
+            }
+            (topic, payloads)
+        })
+        .collect()
+}
+
+/// Appends `appends` times to `topic` as writer `w`, 1 to 3 events each, keeping up to 4
+/// appends queued (and every 10th awaited alone); returns the acknowledgements in order.
+async fn write(
+    topics: Topics,
+    topic: Path,
+    w: usize,
+    appends: u64,
+    acked: Arc<AtomicU64>,
+) -> Vec<Ack> {
+    let mut acks = Vec::new();
+    let mut queued = std::collections::VecDeque::new();
+    let take = async |queued: &mut std::collections::VecDeque<(
+        herald_engine::PendingAppend,
+        Vec<String>,
+    )>| {
+        let (pending, payloads) = queued.pop_front().unwrap();
+        let appended = pending.await.unwrap();
+        acked.fetch_add(1, Ordering::SeqCst);
+        Ack {
+            topic: topic.clone(),
+            appended,
+            payloads,
+        }
+    };
+    for i in 0..appends {
+        let payloads: Vec<String> = (0..1 + i % 3).map(|k| format!("{w}:{i}:{k}")).collect();
+        let events = payloads.iter().map(|s| ev(s)).collect();
+        if i % 10 == 9 {
+            while !queued.is_empty() {
+                acks.push(take(&mut queued).await);
+            }
+            let appended = topics.append(topic.clone(), events, None).await.unwrap();
+            acked.fetch_add(1, Ordering::SeqCst);
+            acks.push(Ack {
+                topic: topic.clone(),
+                appended,
+                payloads,
+            });
+            continue;
+        }
+        let pending = topics.enqueue(topic.clone(), events).await.unwrap();
+        queued.push_back((pending, payloads));
+        if queued.len() > 4 {
+            acks.push(take(&mut queued).await);
+        }
+    }
+    while !queued.is_empty() {
+        acks.push(take(&mut queued).await);
+    }
+    // One writer's appends to one topic are applied in the order it queued them.
+    for pair in acks.windows(2) {
+        assert!(
+            pair[0].appended.last < pair[1].appended.first,
+            "writer {w}: {pair:?}"
+        );
+    }
+    acks
+}
+
+/// Many writers on several durable topics, some created while others are being written: with
+/// batches of 8 appends, every commit overlaps the numbering of the next batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_durable_writers_get_contiguous_numbers_seen_once_and_kept_after_reopen() {
+    const WRITERS_PER_TOPIC: usize = 3;
+    const APPENDS: u64 = 40;
+    let mut backend = Backend::fjall();
+    let store = Controlled::new(backend.store(), false);
+    let options = TopicsOptions {
+        max_batch: 8,
+        queue_capacity: 32,
+        window_events: 16,
+        listener_batch: 50,
+        ..TopicsOptions::default()
+    };
+    let (topics, task) = Topics::open(store.clone(), options).await.unwrap();
+    let mut listener = topics.listener();
+    listener.subscribe_pattern(pattern("/load/#"), Some(1));
+    let acked = Arc::new(AtomicU64::new(0));
+    let spawn_wave = |paths: Vec<Path>, first_writer: usize| {
+        let mut writers = Vec::new();
+        for (i, topic) in paths.into_iter().enumerate() {
+            for k in 0..WRITERS_PER_TOPIC {
+                let w = first_writer + i * WRITERS_PER_TOPIC + k;
+                writers.push(tokio::spawn(write(
+                    topics.clone(),
+                    topic.clone(),
+                    w,
+                    APPENDS,
+                    acked.clone(),
+                )));
+            }
+        }
+        writers
+    };
+    let old: Vec<Path> = (0..3).map(|i| p(&format!("/load/old/{i}"))).collect();
+    let new: Vec<Path> = (0..3).map(|i| p(&format!("/load/new/{i}"))).collect();
+    let mut writers = spawn_wave(old.clone(), 0);
+    // The second wave creates its topics while the first is half done.
+    let half = (old.len() * WRITERS_PER_TOPIC) as u64 * APPENDS / 2;
+    tokio::time::timeout(WAIT, async {
+        while acked.load(Ordering::SeqCst) < half {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the first wave made no progress");
+    writers.extend(spawn_wave(new.clone(), 100));
+    let mut acks = Vec::new();
+    for w in writers {
+        acks.extend(tokio::time::timeout(WAIT, w).await.unwrap().unwrap());
+    }
+    let expected = payloads_by_topic(&acks);
+    assert_eq!(expected.len(), old.len() + new.len());
+
+    // The listener saw every event once, in order, and nothing else.
+    let total: usize = expected.values().map(Vec::len).sum();
+    let got = collect(&mut listener, total).await;
+    assert!(
+        got.iter().all(|d| matches!(d, Delivery::Event { .. })),
+        "{got:?}"
+    );
+    for (topic, payloads) in &expected {
+        let seen: Vec<String> = got
+            .iter()
+            .filter_map(|d| match d {
+                Delivery::Event {
+                    topic: t, event, ..
+                } if t == topic => Some(String::from_utf8(event.data.to_vec()).unwrap()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            event_seqs(&got, topic),
+            (1..=payloads.len() as u64).collect::<Vec<_>>()
+        );
+        assert_eq!(&seen, payloads, "{topic}");
+        assert_eq!(
+            data(&topics.read(topic, 1, usize::MAX).await.unwrap()),
+            *payloads
+        );
+    }
+    topics.shutdown().await.unwrap();
+    task.await.unwrap();
+    assert_eq!(store.most_running(), 1, "one commit in flight at a time");
+    assert!(
+        store.started() < acks.len(),
+        "{} commits for {} appends",
+        store.started(),
+        acks.len()
+    );
+    drop((topics, listener, store));
+
+    backend.restart().await;
+    let topics = open(backend.store(), TopicsOptions::default()).await;
+    assert_eq!(topics.list(&p("/load")).len(), expected.len());
+    for (topic, payloads) in &expected {
+        let info = topics.info(topic).await.unwrap().unwrap();
+        assert_eq!(
+            (info.first, info.last),
+            (1, payloads.len() as u64),
+            "{topic}"
+        );
+        assert_eq!(
+            data(&topics.read(topic, 1, usize::MAX).await.unwrap()),
+            *payloads
+        );
+    }
+}
+
+#[tokio::test]
+async fn conditional_appends_are_checked_against_events_numbered_while_a_commit_is_in_flight() {
+    let backend = Backend::fjall();
+    let store = Controlled::new(backend.store(), true);
+    let _open_on_exit = OpenOnDrop(store.clone());
+    let topics = open(store.clone(), TopicsOptions::default()).await;
+    let t = p("/b/cond");
+    // Creates the topic; its commit waits at the gate.
+    let first = spawn_append(&topics, &t, 1..=2, Some(0));
+    store.wait_started(1).await;
+    assert!(
+        topics.info(&t).await.unwrap().is_none(),
+        "not visible before durable"
+    );
+    assert_eq!(numbered_last(&topics, &t).await, 2);
+    // Expects what the first produced, while the first is in flight: numbered after it.
+    let second = spawn_append(&topics, &t, 3..=4, Some(2));
+    wait_numbered(&topics, &t, 4).await;
+    // Expecting the same again conflicts at once, with what is numbered, not committed.
+    let third = tokio::time::timeout(WAIT, topics.append(t.clone(), evs(5..=5), Some(2)))
+        .await
+        .expect("a conflict waited for the commit in flight");
+    assert!(
+        matches!(
+            third,
+            Err(TopicsError::Conflict {
+                expected: 2,
+                got: 4
+            })
+        ),
+        "{third:?}"
+    );
+    let fourth = spawn_append(&topics, &t, 5..=5, Some(4));
+    wait_numbered(&topics, &t, 5).await;
+    assert_eq!(
+        store.started(),
+        1,
+        "the staged batch waits for the commit in flight"
+    );
+    assert!(topics.read(&t, 1, 10).await.unwrap().is_empty());
+
+    store.set_closed(false);
+    let (first, second, fourth) = (
+        joined(first).await,
+        joined(second).await,
+        joined(fourth).await,
+    );
+    assert_eq!(
+        [
+            (first.first, first.last),
+            (second.first, second.last),
+            (fourth.first, fourth.last)
+        ],
+        [(1, 2), (3, 4), (5, 5)]
+    );
+    assert!(
+        first.epoch == second.epoch && second.epoch == fourth.epoch,
+        "one incarnation"
+    );
+    assert_eq!(
+        data(&topics.read(&t, 1, 10).await.unwrap()),
+        ["1", "2", "3", "4", "5"]
+    );
+    assert_eq!(store.most_running(), 1);
+}
+
+#[tokio::test]
+async fn a_delete_waits_for_the_commit_in_flight_and_the_staged_appends() {
+    let mut backend = Backend::fjall();
+    let store = Controlled::new(backend.store(), true);
+    let open_on_exit = OpenOnDrop(store.clone());
+    let (topics, task) = Topics::open(store.clone(), TopicsOptions::default())
+        .await
+        .unwrap();
+    let t = p("/b/del");
+    let first = spawn_append(&topics, &t, 1..=3, None);
+    store.wait_started(1).await;
+    let second = spawn_append(&topics, &t, 4..=5, None);
+    wait_numbered(&topics, &t, 5).await;
+    let delete = {
+        let (topics, t) = (topics.clone(), t.clone());
+        tokio::spawn(async move { topics.delete(&t).await })
+    };
+    tokio::time::sleep(QUIET).await;
+    assert!(
+        !delete.is_finished(),
+        "the delete went ahead of the commit in flight"
+    );
+
+    store.set_closed(false);
+    let (first, second) = (joined(first).await, joined(second).await);
+    assert_eq!(
+        [(first.first, first.last), (second.first, second.last)],
+        [(1, 3), (4, 5)]
+    );
+    assert_eq!(first.epoch, second.epoch);
+    let deleted = tokio::time::timeout(WAIT, delete).await.unwrap().unwrap();
+    assert!(
+        deleted.unwrap(),
+        "the acknowledged appends were committed before the delete"
+    );
+    assert!(topics.info(&t).await.unwrap().is_none());
+    // The next incarnation starts cleanly.
+    let again = topics.append(t.clone(), evs(9..=9), None).await.unwrap();
+    assert_eq!((again.first, again.last), (1, 1));
+    assert!(again.epoch > first.epoch);
+    topics.shutdown().await.unwrap();
+    task.await.unwrap();
+    drop((topics, open_on_exit, store));
+
+    backend.restart().await;
+    assert_eq!(
+        backend.store().list_logs("t:").unwrap().len(),
+        1,
+        "the old log is gone"
+    );
+    let topics = open(backend.store(), TopicsOptions::default()).await;
+    let info = topics.info(&t).await.unwrap().unwrap();
+    assert_eq!((info.epoch, info.first, info.last), (again.epoch, 1, 1));
+    assert_eq!(data(&topics.read(&t, 1, 10).await.unwrap()), ["9"]);
+}
+
+#[tokio::test]
+async fn a_retention_override_waits_for_the_commit_in_flight() {
+    let mut backend = Backend::fjall();
+    let store = Controlled::new(backend.store(), true);
+    let open_on_exit = OpenOnDrop(store.clone());
+    let (topics, task) = Topics::open(store.clone(), fast_retention(vec![]))
+        .await
+        .unwrap();
+    let t = p("/b/ret");
+    let first = spawn_append(&topics, &t, 1..=5, None);
+    store.wait_started(1).await;
+    let second = spawn_append(&topics, &t, 6..=6, None);
+    wait_numbered(&topics, &t, 6).await;
+    let keep_two = Retention {
+        max_events: Some(2),
+        ..Retention::default()
+    };
+    let set = {
+        let (topics, t) = (topics.clone(), t.clone());
+        tokio::spawn(async move { topics.set_retention(&t, Some(keep_two)).await })
+    };
+    tokio::time::sleep(QUIET).await;
+    assert!(
+        !set.is_finished(),
+        "the override went ahead of the commit in flight"
+    );
+
+    store.set_closed(false);
+    assert_eq!(joined(first).await.last, 5);
+    assert_eq!(joined(second).await.last, 6);
+    tokio::time::timeout(WAIT, set)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(topics.retention(&t), (keep_two, true));
+    wait_first(&topics, &t, 5).await;
+    assert_eq!(data(&topics.read(&t, 1, 10).await.unwrap()), ["5", "6"]);
+    topics.shutdown().await.unwrap();
+    task.await.unwrap();
+    drop((topics, open_on_exit, store));
+
+    backend.restart().await;
+    let topics = open(backend.store(), fast_retention(vec![])).await;
+    assert_eq!(topics.retention(&t), (keep_two, true));
+    assert_eq!(data(&topics.read(&t, 1, 10).await.unwrap()), ["5", "6"]);
+}
+
+/// Shutdown answers only once everything queued before it is committed: the commit in flight,
+/// the staged batch, and the appends still queued behind them.
+#[tokio::test]
+async fn shutdown_commits_the_appends_in_flight_staged_and_queued_before_it() {
+    let mut backend = Backend::fjall();
+    let store = Controlled::new(backend.store(), true);
+    let open_on_exit = OpenOnDrop(store.clone());
+    let options = TopicsOptions {
+        max_batch: 4,
+        ..TopicsOptions::default()
+    };
+    let (topics, task) = Topics::open(store.clone(), options).await.unwrap();
+    let paths: Vec<Path> = (0..3).map(|i| p(&format!("/down/{i}"))).collect();
+    let mut queued = Vec::new();
+    for i in 0..30u64 {
+        let topic = paths[i as usize % paths.len()].clone();
+        let payload = i.to_string();
+        let pending = topics
+            .enqueue(topic.clone(), vec![ev(&payload)])
+            .await
+            .unwrap();
+        queued.push((topic, payload, pending));
+        if i == 0 {
+            store.wait_started(1).await;
+        }
+    }
+    let shutdown = {
+        let topics = topics.clone();
+        tokio::spawn(async move { topics.shutdown().await })
+    };
+    tokio::time::sleep(QUIET).await;
+    assert!(
+        !shutdown.is_finished(),
+        "shutdown answered with a commit in flight"
+    );
+    assert_eq!(store.started(), 1);
+
+    store.set_closed(false);
+    tokio::time::timeout(WAIT, shutdown)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+    let mut acks = Vec::new();
+    for (topic, payload, pending) in queued {
+        let appended = pending
+            .await
+            .expect("queued before the shutdown: committed");
+        acks.push(Ack {
+            topic,
+            appended,
+            payloads: vec![payload],
+        });
+    }
+    let expected = payloads_by_topic(&acks);
+    assert!(store.started() >= 30 / 4, "{} commits", store.started());
+    assert_eq!(store.most_running(), 1);
+    drop((topics, open_on_exit, store));
+
+    backend.restart().await;
+    let topics = open(backend.store(), TopicsOptions::default()).await;
+    for (topic, payloads) in &expected {
+        assert_eq!(payloads.len(), 10);
+        assert_eq!(
+            data(&topics.read(topic, 1, 100).await.unwrap()),
+            *payloads,
+            "{topic}"
+        );
+    }
+}
+
+/// Writers keep appending while the engine shuts down: each append is either acknowledged
+/// (and then found after a reopen) or refused as closed, never lost or half-done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_racing_a_shutdown_are_kept_if_acknowledged_and_refused_otherwise() {
+    let mut backend = Backend::fjall();
+    let options = TopicsOptions {
+        max_batch: 8,
+        ..TopicsOptions::default()
+    };
+    let (topics, task) = Topics::open(backend.store(), options).await.unwrap();
+    let acked = Arc::new(AtomicU64::new(0));
+    let writers: Vec<_> = (0..6)
+        .map(|w| {
+            let (topics, acked) = (topics.clone(), acked.clone());
+            tokio::spawn(async move {
+                let topic = p(&format!("/race/{}", w % 3));
+                let mut queued = std::collections::VecDeque::new();
+                let mut acks = Vec::new();
+                for i in 0u64.. {
+                    let payload = format!("{w}:{i}");
+                    match topics.enqueue(topic.clone(), vec![ev(&payload)]).await {
+                        Ok(pending) => queued.push_back((payload, pending)),
+                        Err(TopicsError::Closed) => break,
+                        Err(e) => panic!("{e}"),
+                    }
+                    if queued.len() > 4 || i % 7 == 0 {
+                        let (payload, pending) = queued.pop_front().unwrap();
+                        match pending.await {
+                            Ok(appended) => {
+                                acked.fetch_add(1, Ordering::SeqCst);
+                                acks.push(Ack {
+                                    topic: topic.clone(),
+                                    appended,
+                                    payloads: vec![payload],
+                                });
+                            }
+                            Err(TopicsError::Closed) => break,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                }
+                for (payload, pending) in queued {
+                    match pending.await {
+                        Ok(appended) => acks.push(Ack {
+                            topic: topic.clone(),
+                            appended,
+                            payloads: vec![payload],
+                        }),
+                        Err(TopicsError::Closed) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                acks
+            })
+        })
+        .collect();
+    tokio::time::timeout(WAIT, async {
+        while acked.load(Ordering::SeqCst) < 200 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the writers made no progress");
+    tokio::time::timeout(WAIT, topics.shutdown())
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+    let mut acks = Vec::new();
+    for w in writers {
+        acks.extend(tokio::time::timeout(WAIT, w).await.unwrap().unwrap());
+    }
+    let expected = payloads_by_topic(&acks);
+    drop(topics);
+
+    backend.restart().await;
+    let topics = open(backend.store(), TopicsOptions::default()).await;
+    for (topic, payloads) in &expected {
+        let info = topics.info(topic).await.unwrap().unwrap();
+        assert_eq!(
+            info.last,
+            payloads.len() as u64,
+            "{topic}: exactly what was acknowledged"
+        );
+        assert_eq!(
+            data(&topics.read(topic, 1, usize::MAX).await.unwrap()),
+            *payloads
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_failed_commit_fails_the_batch_staged_behind_it_and_publishes_neither() {
+    let backend = Backend::fjall();
+    let store = Controlled::new(backend.store(), false);
+    let _open_on_exit = OpenOnDrop(store.clone());
+    let (topics, task) = Topics::open(store.clone(), TopicsOptions::default())
+        .await
+        .unwrap();
+    let (t, new) = (p("/b/fail"), p("/b/fail-new"));
+    topics.append(t.clone(), evs(1..=1), None).await.unwrap();
+    let mut listener = topics.listener();
+    listener.subscribe(t.clone(), Some(1));
+    listener.subscribe(new.clone(), Some(1));
+    assert_eq!(event_seqs(&collect(&mut listener, 1).await, &t), [1]);
+
+    store.set_closed(true);
+    let in_flight = spawn_append(&topics, &t, 2..=3, None);
+    store.wait_started(2).await;
+    let staged_new = spawn_append(&topics, &new, 1..=1, None);
+    let staged = spawn_append(&topics, &t, 4..=4, Some(3));
+    wait_numbered(&topics, &new, 1).await;
+    wait_numbered(&topics, &t, 4).await;
+    store.fail.store(true, Ordering::SeqCst);
+    store.set_closed(false);
+    for task in [in_flight, staged_new, staged] {
+        let result = tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+        assert!(matches!(result, Err(TopicsError::Store(_))), "{result:?}");
+    }
+    assert_eq!(
+        store.started(),
+        2,
+        "the staged batch never reached the store"
+    );
+    store.fail.store(false, Ordering::SeqCst);
+    assert!(matches!(
+        topics.append(t.clone(), evs(5..=5), None).await,
+        Err(TopicsError::Store(_))
+    ));
+    assert_eq!(topics.info(&t).await.unwrap().unwrap().last, 1);
+    assert!(topics.info(&new).await.unwrap().is_none());
+    assert_eq!(seqs(&topics.read(&t, 1, 10).await.unwrap()), [1]);
+    if let Ok(batch) = tokio::time::timeout(QUIET, listener.next()).await {
+        panic!("published after a failed commit: {batch:?}");
+    }
+    tokio::time::timeout(WAIT, topics.shutdown())
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
 }

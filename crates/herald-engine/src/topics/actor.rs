@@ -1,4 +1,25 @@
 //! The topics actor: numbers events, group-commits them, publishes them.
+//!
+//! # The commit pipeline
+//! The actor keeps at most one commit in flight: one store append of a whole batch, with its
+//! fsync, on a blocking thread. Meanwhile it stages the next batch: it keeps taking appends off
+//! its queue (up to `max_batch` staged), numbering them and encoding their records into one
+//! buffer. When the commit in flight finishes, the actor publishes its events and answers its
+//! writers, then at once hands the staged batch to the store, if anything is staged. So the
+//! fsync of one batch overlaps the numbering and encoding of the next, and batches are
+//! published in the order they were numbered.
+//!
+//! Numbering runs ahead of the store. [`Ahead`] remembers, for each topic with events in the
+//! commit in flight or staged, its last numbered seq (what conditional appends are checked
+//! against, and where the next events continue) and its incarnation (a topic created by a
+//! batch not yet published joins the shared map only when that batch is published). A topic's
+//! entry is forgotten once everything numbered for it is published: its `committed_last` then
+//! answers.
+//!
+//! Deletes, retention overrides and shutdown act on committed state: the actor first drains
+//! the pipeline (waits for the commit in flight, then commits what is staged). A failed commit
+//! sets `Shared::failed`: its writers and those of the staged batch (numbered after it, so
+//! never to be committed) get the error, and nothing of either is published.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -6,7 +27,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use herald_core::Path;
-use herald_core::topic::{Retention, encode_record};
+use herald_core::topic::{RecordError, Retention, encode_record_into};
 use herald_store::{Append, Durability, Store, StoreError};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -92,21 +113,135 @@ pub(crate) fn load(store: &dyn Store) -> Result<LoadedTopics, TopicsError> {
     })
 }
 
-/// Events numbered in the current batch, waiting for its commit.
+/// An append numbered (and encoded), waiting for its batch's commit to be published.
 struct Staged {
     topic: Arc<Topic>,
-    /// Whether the topic was created by this batch (it joins the shared map after the commit).
+    /// Whether the topic was created by a batch not yet published when this append was
+    /// numbered (it joins the shared map when the first such append is published).
     created: bool,
     events: Vec<Event>,
-    /// The events as stored (empty for a memory-only topic).
-    records: Vec<Vec<u8>>,
     reply: Reply<Result<Appended, TopicsError>>,
+}
+
+/// Where a topic's numbering stands while some of its events are not yet published (in the
+/// commit in flight or staged).
+struct Ahead {
+    /// The incarnation the events were numbered for.
+    topic: Arc<Topic>,
+    /// Whether that incarnation was created by a batch not yet published.
+    created: bool,
+    /// The last numbered seq: committed, in flight and staged.
+    last: u64,
+}
+
+/// The records of a batch as the store takes them: encoded back to back into one buffer, so
+/// that a batch costs a few allocations rather than one per event.
+#[derive(Default)]
+struct Records {
+    bytes: Vec<u8>,
+    /// Where each record ends in `bytes` (the next one starts there).
+    ends: Vec<usize>,
+    /// The records of each append, in order: one topic handle per append, not per record.
+    runs: Vec<Run>,
+}
+
+/// `count` consecutive records of one topic, numbered from `first`.
+struct Run {
+    topic: Arc<Topic>,
+    first: u64,
+    count: usize,
+}
+
+impl Records {
+    /// Encodes `events` (consecutive seqs of `topic`); on error nothing is added.
+    fn push(&mut self, topic: &Arc<Topic>, events: &[Event]) -> Result<(), RecordError> {
+        let Some(first) = events.first() else {
+            return Ok(());
+        };
+        let (bytes, ends) = (self.bytes.len(), self.ends.len());
+        for e in events {
+            let encoded = encode_record_into(
+                &mut self.bytes,
+                e.t_ms,
+                &e.content_type,
+                &e.origin,
+                &e.attrs,
+                &e.data,
+            );
+            if let Err(err) = encoded {
+                self.bytes.truncate(bytes);
+                self.ends.truncate(ends);
+                return Err(err);
+            }
+            self.ends.push(self.bytes.len());
+        }
+        self.runs.push(Run {
+            topic: topic.clone(),
+            first: first.seq,
+            count: events.len(),
+        });
+        Ok(())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The records as [`Store::append`] takes them, borrowing the shared buffer.
+    fn appends(&self) -> Vec<Append<'_>> {
+        let mut appends = Vec::with_capacity(self.ends.len());
+        let mut ends = self.ends.iter();
+        let mut start = 0;
+        for run in &self.runs {
+            for (seq, &end) in (run.first..).zip(ends.by_ref().take(run.count)) {
+                appends.push(Append {
+                    log: &run.topic.log,
+                    seq,
+                    data: &self.bytes[start..end],
+                });
+                start = end;
+            }
+        }
+        appends
+    }
+}
+
+/// The appends numbered together, to be committed in one store append.
+#[derive(Default)]
+struct Batch {
+    appends: Vec<Staged>,
+    records: Records,
+    /// How many events `appends` hold.
+    events: usize,
+}
+
+/// A batch handed to the store: what to publish and answer once the store is done.
+struct Sent {
+    appends: Vec<Staged>,
+    events: usize,
+    /// The size of its records.
+    bytes: usize,
+    /// When the store append started (the commit time reported runs until the actor takes
+    /// the outcome).
+    started: Instant,
+}
+
+/// The batch whose store append runs on a blocking thread.
+struct InFlight {
+    sent: Sent,
+    job: JoinHandle<Result<(), StoreError>>,
 }
 
 pub(crate) struct Actor {
     shared: Arc<Shared>,
     stale: Vec<String>,
     retention_job: Option<JoinHandle<()>>,
+    /// The topics with events numbered but not yet published.
+    ahead: HashMap<Path, Ahead>,
+    /// The batch being numbered, committed when the commit in flight is done.
+    staged: Batch,
+    /// At most one commit at a time, so batches reach the store, and are published, in order.
+    in_flight: Option<InFlight>,
 }
 
 impl Actor {
@@ -115,200 +250,237 @@ impl Actor {
             shared,
             stale,
             retention_job: None,
+            ahead: HashMap::new(),
+            staged: Batch::default(),
+            in_flight: None,
         }
     }
 
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        let mut batch = Vec::with_capacity(self.shared.options.max_batch);
+        let max_batch = self.shared.options.max_batch.max(1);
+        let mut commands = Vec::with_capacity(max_batch);
         let mut tick = tokio::time::interval(self.shared.options.retention_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            self.start_commit();
+            // A full staged batch waits for the commit in flight (there is one: it was just
+            // started otherwise), leaving further appends in the queue (back-pressure).
+            let room = max_batch.saturating_sub(self.staged.appends.len());
             tokio::select! {
-                n = rx.recv_many(&mut batch, self.shared.options.max_batch) => {
-                    if n == 0 {
-                        break;
-                    }
+                // A finished commit first: publishing it and starting the next keeps the
+                // store busy. The tick before the queue, which is rarely empty under load.
+                biased;
+                outcome = commit_outcome(&mut self.in_flight) => {
+                    self.finish_commit(outcome);
+                    continue;
                 }
                 _ = tick.tick() => {
                     self.start_retention();
                     continue;
                 }
+                n = rx.recv_many(&mut commands, room), if room > 0 => {
+                    if n == 0 {
+                        break;
+                    }
+                }
             }
-            if let Some(reply) = self.handle_batch(&mut batch).await {
+            if let Some(reply) = self.handle_commands(&mut commands).await {
+                self.drain().await;
                 self.finish().await;
                 let _ = reply.send(Ok(()));
                 return;
             }
         }
+        self.drain().await;
         self.finish().await;
     }
 
-    /// Handles one batch; returns the shutdown reply when asked to stop.
-    async fn handle_batch(
+    /// Stages the appends among `commands` and carries out the others, in order; returns the
+    /// shutdown reply when asked to stop (the caller commits what is staged first).
+    async fn handle_commands(
         &mut self,
-        batch: &mut Vec<Command>,
+        commands: &mut Vec<Command>,
     ) -> Option<Reply<Result<(), TopicsError>>> {
-        let mut staged: Vec<Staged> = Vec::new();
-        // Topics created by this batch, and the last seq per topic including staged events.
-        let mut created: HashMap<Path, Arc<Topic>> = HashMap::new();
-        let mut lasts: HashMap<Path, u64> = HashMap::new();
         let mut shutdown = None;
-        for cmd in batch.drain(..) {
+        for cmd in commands.drain(..) {
             match cmd {
                 Command::Append {
                     topic,
                     events,
                     expect_last,
                     reply,
+                } => self.stage(topic, events, expect_last, reply),
+                // Deletes and settings act on committed state: commit what is numbered first.
+                Command::Delete { topic, reply } => {
+                    self.drain().await;
+                    let _ = reply.send(self.delete(&topic).await);
+                }
+                Command::SetRetention {
+                    topic,
+                    retention,
+                    reply,
                 } => {
-                    if let Some(e) = self.shared.failed.get() {
-                        let _ = reply.send(Err(TopicsError::Store(e.clone())));
-                        continue;
-                    }
-                    // Normally done by the caller already; here in case the topic's retention
-                    // became memory-only since.
-                    let events =
-                        match self
-                            .shared
-                            .append_in_memory(&topic, events, expect_last, None)
-                        {
-                            InMemory::Done(result) => {
-                                let _ = reply.send(result);
-                                continue;
-                            }
-                            InMemory::Durable(events) => events,
-                        };
-                    let (t, is_new) = match created.get(&topic) {
-                        Some(t) => (t.clone(), true),
-                        None => match self.shared.topic(&topic) {
-                            Some(t) => (t, false),
-                            None => {
-                                // Durable: memory-only ones were appended to above.
-                                let t = self.shared.incarnation(&topic, false);
-                                created.insert(topic.clone(), t.clone());
-                                (t, true)
-                            }
-                        },
-                    };
-                    let last = *lasts
-                        .entry(topic.clone())
-                        .or_insert_with(|| t.committed_last());
-                    if let Some(expected) = expect_last
-                        && expected != last
-                    {
-                        let _ = reply.send(Err(TopicsError::Conflict {
-                            expected,
-                            got: last,
-                        }));
-                        continue;
-                    }
-                    let t_ms = t.next_time();
-                    let numbered: Vec<Event> = t.number(events, last + 1, t_ms).collect();
-                    let records = if t.memory_only {
-                        Ok(Vec::new())
-                    } else {
-                        numbered
-                            .iter()
-                            .map(|e| {
-                                encode_record(e.t_ms, &e.content_type, &e.origin, &e.attrs, &e.data)
-                            })
-                            .collect::<Result<Vec<_>, _>>()
-                    };
-                    let records = match records {
-                        Ok(r) => r,
-                        Err(e) => {
-                            let _ = reply.send(Err(TopicsError::Invalid(e.to_string())));
-                            continue;
-                        }
-                    };
-                    lasts.insert(topic, last + numbered.len() as u64);
-                    staged.push(Staged {
-                        topic: t,
-                        created: is_new,
-                        events: numbered,
-                        records,
-                        reply,
-                    });
+                    self.drain().await;
+                    let _ = reply.send(self.set_retention(topic, retention).await);
                 }
-                other => {
-                    // Deletes and settings act on committed state: commit what is staged first.
-                    self.commit(std::mem::take(&mut staged)).await;
-                    created.clear();
-                    lasts.clear();
-                    match other {
-                        Command::Delete { topic, reply } => {
-                            let _ = reply.send(self.delete(&topic).await);
-                        }
-                        Command::SetRetention {
-                            topic,
-                            retention,
-                            reply,
-                        } => {
-                            let _ = reply.send(self.set_retention(topic, retention).await);
-                        }
-                        Command::Shutdown { reply } => shutdown = Some(reply),
-                        Command::Append { .. } => {}
-                    }
-                }
+                Command::Shutdown { reply } => shutdown = Some(reply),
             }
         }
-        self.commit(staged).await;
         shutdown
     }
 
-    /// Stores the staged events in one batch, then publishes them and answers their writers.
-    async fn commit(&mut self, mut staged: Vec<Staged>) {
-        if staged.is_empty() {
+    /// Numbers an append after everything numbered before it and adds it to the staged batch,
+    /// or answers it at once (a memory-only topic, a conflict, a failed engine).
+    fn stage(
+        &mut self,
+        path: Path,
+        events: Vec<NewEvent>,
+        expect_last: Option<u64>,
+        reply: Reply<Result<Appended, TopicsError>>,
+    ) {
+        if let Some(e) = self.shared.failed.get() {
+            let _ = reply.send(Err(TopicsError::Store(e.clone())));
             return;
         }
-        let started = Instant::now();
-        let records: Vec<(Arc<Topic>, u64, Vec<u8>)> = staged
-            .iter_mut()
-            .flat_map(|s| {
-                let topic = s.topic.clone();
-                let records = std::mem::take(&mut s.records);
-                s.events
-                    .iter()
-                    .zip(records)
-                    .map(move |(e, data)| (topic.clone(), e.seq, data))
-            })
-            .collect();
-        let count: usize = staged.iter().map(|s| s.events.len()).sum();
-        let bytes: usize = records.iter().map(|(_, _, d)| d.len()).sum();
-        let result = if records.is_empty() {
-            Ok(())
-        } else {
-            let store = self.shared.store.clone();
-            tokio::task::spawn_blocking(move || {
-                let appends: Vec<Append<'_>> = records
-                    .iter()
-                    .map(|(t, seq, data)| Append {
-                        log: &t.log,
-                        seq: *seq,
-                        data,
-                    })
-                    .collect();
-                store.append(&appends, Durability::Sync)
-            })
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Engine(Box::new(e))))
+        if events.is_empty() {
+            // Refused by the handle already; every staged append publishes something.
+            let _ = reply.send(Err(TopicsError::Invalid("no events to append".into())));
+            return;
+        }
+        let (known, created, last, events) = match self.ahead.get(&path) {
+            // Durable: its retention cannot have become memory-only since it was numbered, as
+            // overrides are set only once the pipeline is drained.
+            Some(a) => (Some(a.topic.clone()), a.created, a.last, events),
+            None => {
+                // Normally done by the caller already; here in case the topic's retention
+                // became memory-only since.
+                let events = match self
+                    .shared
+                    .append_in_memory(&path, events, expect_last, None)
+                {
+                    InMemory::Done(result) => {
+                        let _ = reply.send(result);
+                        return;
+                    }
+                    InMemory::Durable(events) => events,
+                };
+                let topic = self.shared.topic(&path);
+                let last = topic.as_ref().map_or(0, |t| t.committed_last());
+                let created = topic.is_none();
+                (topic, created, last, events)
+            }
         };
+        if let Some(expected) = expect_last
+            && expected != last
+        {
+            let _ = reply.send(Err(TopicsError::Conflict {
+                expected,
+                got: last,
+            }));
+            return;
+        }
+        // Durable: memory-only topics were appended to above.
+        let topic = known.unwrap_or_else(|| self.shared.incarnation(&path, false));
+        let t_ms = topic.next_time();
+        let numbered: Vec<Event> = topic.number(events, last + 1, t_ms).collect();
+        if !topic.memory_only
+            && let Err(e) = self.staged.records.push(&topic, &numbered)
+        {
+            let _ = reply.send(Err(TopicsError::Invalid(e.to_string())));
+            return;
+        }
+        let count = numbered.len();
+        self.ahead.insert(
+            path,
+            Ahead {
+                topic: topic.clone(),
+                created,
+                last: last + count as u64,
+            },
+        );
+        self.staged.events += count;
+        self.staged.appends.push(Staged {
+            topic,
+            created,
+            events: numbered,
+            reply,
+        });
+    }
+
+    /// Hands the staged batch to the store, unless a commit is in flight or nothing is staged:
+    /// called whenever either may have changed, it keeps the store busy while there is work.
+    fn start_commit(&mut self) {
+        if self.in_flight.is_some() || self.staged.appends.is_empty() {
+            return;
+        }
+        let Batch {
+            appends,
+            records,
+            events,
+        } = std::mem::take(&mut self.staged);
+        let sent = Sent {
+            appends,
+            events,
+            bytes: records.bytes.len(),
+            started: Instant::now(),
+        };
+        if let Some(e) = self.shared.failed.get() {
+            // Numbered before a commit failed: it can never be committed after it.
+            self.fail(sent.appends, e.clone());
+            return;
+        }
+        if records.is_empty() {
+            // Nothing to store (memory-only topics only): published at once, still in order
+            // since no commit is in flight.
+            self.complete(sent, Ok(()));
+            return;
+        }
+        let store = self.shared.store.clone();
+        let job =
+            tokio::task::spawn_blocking(move || store.append(&records.appends(), Durability::Sync));
+        self.in_flight = Some(InFlight { sent, job });
+    }
+
+    /// Takes the outcome of the commit in flight (see [`commit_outcome`]).
+    fn finish_commit(&mut self, outcome: Result<(), StoreError>) {
+        if let Some(flight) = self.in_flight.take() {
+            self.complete(flight.sent, outcome);
+        }
+    }
+
+    /// Commits everything numbered so far and publishes it: waits for the commit in flight,
+    /// then commits the staged batch and waits for that one too.
+    async fn drain(&mut self) {
+        loop {
+            self.start_commit();
+            if self.in_flight.is_none() {
+                // Nothing in flight after `start_commit`: nothing staged either.
+                debug_assert!(self.ahead.is_empty(), "numbered topics left after a drain");
+                return;
+            }
+            let outcome = commit_outcome(&mut self.in_flight).await;
+            self.finish_commit(outcome);
+        }
+    }
+
+    /// Publishes a batch the store has taken and answers its writers; if the store failed,
+    /// fails the engine instead.
+    fn complete(&mut self, sent: Sent, outcome: Result<(), StoreError>) {
         let m = &self.shared.metrics;
-        m.commit_seconds.record(started.elapsed().as_secs_f64());
-        m.batch_size.record(count as f64);
-        if let Err(e) = result {
+        m.commit_seconds
+            .record(sent.started.elapsed().as_secs_f64());
+        m.batch_size.record(sent.events as f64);
+        if let Err(e) = outcome {
             tracing::error!(error = %e, "topic commit failed; refusing further appends");
             let e = Arc::new(e);
             let _ = self.shared.failed.set(e.clone());
-            for s in staged {
-                let _ = s.reply.send(Err(TopicsError::Store(e.clone())));
-            }
+            self.fail(sent.appends, e);
             return;
         }
-        m.events.increment(count as u64);
-        m.event_bytes.increment(bytes as u64);
+        m.events.increment(sent.events as u64);
+        m.event_bytes.increment(sent.bytes as u64);
         let mut new_topics = false;
-        for s in staged {
+        for s in sent.appends {
             if s.created && self.shared.topic(&s.topic.path).is_none() {
                 self.shared
                     .topics
@@ -328,6 +500,7 @@ impl Actor {
                 t_ms: first.t_ms,
             };
             self.publish(&s.topic, s.events);
+            self.forget_if_published(&s.topic);
             let _ = s.reply.send(Ok(appended));
         }
         if new_topics {
@@ -337,7 +510,28 @@ impl Actor {
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .len();
-            m.topics.set(n as f64);
+            self.shared.metrics.topics.set(n as f64);
+        }
+    }
+
+    /// Answers `appends` and the staged batch with the storage error: none of them will be
+    /// committed (appends arriving later are refused as the engine has failed).
+    fn fail(&mut self, appends: Vec<Staged>, e: Arc<StoreError>) {
+        let staged = std::mem::take(&mut self.staged).appends;
+        for s in appends.into_iter().chain(staged) {
+            let _ = s.reply.send(Err(TopicsError::Store(e.clone())));
+        }
+        self.ahead.clear();
+    }
+
+    /// Forgets where `topic`'s numbering stands once all its numbered events are published.
+    fn forget_if_published(&mut self, topic: &Arc<Topic>) {
+        let published = self
+            .ahead
+            .get(&topic.path)
+            .is_some_and(|a| Arc::ptr_eq(&a.topic, topic) && a.last == topic.committed_last());
+        if published {
+            self.ahead.remove(&topic.path);
         }
     }
 
@@ -457,5 +651,90 @@ impl Actor {
         if let Err(e) = self.shared.store.sync() {
             tracing::warn!(error = %e, "final store sync failed");
         }
+    }
+}
+
+/// The outcome of the commit in flight; never ready when there is none.
+async fn commit_outcome(in_flight: &mut Option<InFlight>) -> Result<(), StoreError> {
+    match in_flight {
+        Some(flight) => (&mut flight.job)
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Engine(Box::new(e)))),
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use herald_core::PathLimits;
+    use herald_core::topic::encode_record;
+
+    use super::*;
+
+    fn topic(path: &str) -> Arc<Topic> {
+        let path = Path::parse_url(path, &PathLimits::default()).unwrap();
+        Arc::new(Topic::new(path, 7, false, 1, 0))
+    }
+
+    fn numbered(topic: &Topic, first: u64, events: Vec<NewEvent>) -> Vec<Event> {
+        topic.number(events, first, 42).collect()
+    }
+
+    #[test]
+    fn records_share_one_buffer_and_store_each_event_as_encode_record_does() {
+        let (a, b) = (topic("/a"), topic("/b"));
+        let a_events = numbered(
+            &a,
+            3,
+            vec![
+                NewEvent::json("1"),
+                NewEvent::json("").with_origin(Arc::from("me")),
+                NewEvent::json("3").with_attrs(bytes::Bytes::from_static(b"\x01")),
+            ],
+        );
+        let b_events = numbered(&b, 1, vec![NewEvent::json("x")]);
+        let mut records = Records::default();
+        assert!(records.is_empty());
+        records.push(&a, &a_events).unwrap();
+        records.push(&b, &b_events).unwrap();
+        records.push(&b, &[]).unwrap();
+        assert_eq!(records.runs.len(), 2, "one run per non-empty append");
+
+        let appends = records.appends();
+        let got: Vec<(&str, u64, &[u8])> = appends.iter().map(|r| (r.log, r.seq, r.data)).collect();
+        let expected: Vec<(String, u64, Vec<u8>)> = [(&a, &a_events), (&b, &b_events)]
+            .into_iter()
+            .flat_map(|(t, events)| {
+                events.iter().map(move |e| {
+                    let data = encode_record(e.t_ms, &e.content_type, &e.origin, &e.attrs, &e.data)
+                        .unwrap();
+                    (t.log.clone(), e.seq, data)
+                })
+            })
+            .collect();
+        let expected: Vec<(&str, u64, &[u8])> = expected
+            .iter()
+            .map(|(log, seq, data)| (log.as_str(), *seq, data.as_slice()))
+            .collect();
+        assert_eq!(got, expected);
+        assert_eq!(
+            got.iter().map(|(_, seq, _)| *seq).collect::<Vec<_>>(),
+            [3, 4, 5, 1]
+        );
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_encoded_leaves_the_records_as_they_were() {
+        let t = topic("/a");
+        let mut records = Records::default();
+        records
+            .push(&t, &numbered(&t, 1, vec![NewEvent::json("1")]))
+            .unwrap();
+        let (bytes, ends) = (records.bytes.clone(), records.ends.clone());
+        let too_long = NewEvent::new(Arc::from("x".repeat(256)), "2");
+        let refused = numbered(&t, 2, vec![NewEvent::json("ok"), too_long]);
+        assert!(records.push(&t, &refused).is_err());
+        assert_eq!((records.bytes, records.ends), (bytes, ends));
+        assert_eq!(records.runs.len(), 1);
     }
 }
