@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Backend, FailingStore, wait_released};
+use common::{Backend, GatedStore, wait_released};
 use herald_auth::session::{self, SessionError};
 use herald_auth::users::{ANONYMOUS, GROUP_AUTHENTICATED, PERMISSIONS_BUCKET};
 use herald_auth::{Acl, PasswordCost, Permission, Resource, UsersError};
@@ -404,7 +404,7 @@ async fn a_dropped_change_still_completes_visibly_and_durably() {
 
 #[tokio::test]
 async fn a_failed_write_leaves_the_accounts_unchanged() {
-    let store = Arc::new(FailingStore::default());
+    let store = Arc::new(GatedStore::new_open());
     let accounts = open(store.clone(), cheap()).await;
     accounts.add_user("bob", "pw", false).await.unwrap();
     accounts
@@ -456,7 +456,7 @@ async fn a_failed_write_leaves_the_accounts_unchanged() {
     assert_eq!(accounts.user_names(), ["bob", "carol"]);
 
     // Opening fails cleanly when the generated secret cannot be stored.
-    let fresh = Arc::new(FailingStore::default());
+    let fresh = Arc::new(GatedStore::new_open());
     fresh.fail_snapshots.store(true, Ordering::SeqCst);
     assert!(matches!(
         Accounts::open(fresh, cheap()).await,

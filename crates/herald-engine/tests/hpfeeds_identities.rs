@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{Backend, FailingStore, wait_released};
+use common::{Backend, GatedStore, wait_released};
 use herald_auth::hpfeeds::{Identity, IdentityError, auth_hash};
 use herald_engine::hpfeeds::{PutAll, SNAPSHOT};
 use herald_engine::{HpfeedsError, HpfeedsIdentities, HpfeedsOptions};
@@ -216,7 +216,7 @@ async fn a_corrupt_snapshot_is_refused() {
 
 #[tokio::test]
 async fn a_failed_write_leaves_the_identities_unchanged() {
-    let store = Arc::new(FailingStore::default());
+    let store = Arc::new(GatedStore::new_open());
     let ids = open(store.clone(), HpfeedsOptions::default()).await;
     ids.add(identity("bob", "pw", &["a"], &[])).await.unwrap();
     let (_, durable) = store.snapshot(SNAPSHOT).unwrap().unwrap();

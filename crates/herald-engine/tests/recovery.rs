@@ -233,7 +233,7 @@ async fn corrupt_log_or_snapshot_is_reported() -> TestResult {
 /// survives a restart.
 #[tokio::test]
 async fn failed_append_fails_the_write_and_every_later_one() -> TestResult {
-    let store = Arc::new(FailingStore::default());
+    let store = Arc::new(GatedStore::new_open());
     let (docs, task) = open(store.clone(), options(10_000)).await;
     docs.write(put("/a", json!(1))).await?;
     let sub = docs.subscriber();
@@ -292,7 +292,7 @@ async fn failed_append_fails_the_write_and_every_later_one() -> TestResult {
 
 #[tokio::test]
 async fn a_failed_batch_fails_every_write_in_it() -> TestResult {
-    let store = Arc::new(FailingStore::default());
+    let store = Arc::new(GatedStore::new_open());
     store.fail.store(true, Ordering::SeqCst);
     let (docs, task) = open(store.clone(), options(10_000)).await;
     let pending: Vec<_> = (0..10)

@@ -620,7 +620,7 @@ async fn a_memory_only_topic_deleted_and_appended_again_starts_a_new_epoch() {
 
 #[tokio::test]
 async fn a_failed_commit_stops_appends_and_nothing_is_visible() {
-    let store = Arc::new(FailingStore::default());
+    let store = Arc::new(GatedStore::new_open());
     let topics = open(store.clone(), TopicsOptions::default()).await;
     let a = p("/b/s");
     topics.append(a.clone(), evs(1..=1), None).await.unwrap();
@@ -1173,144 +1173,6 @@ async fn a_remembered_topic_is_left_for_other_paths_and_after_a_delete() {
 
 // The commit pipeline: one commit in flight while the next batch is numbered.
 
-/// A store (fjall underneath, in these tests) whose appends wait while its gate is closed and
-/// fail while `fail` is set. It counts the appends started and the most running at once, so
-/// that a test can hold a commit in flight and check that there is never more than one.
-struct Controlled {
-    inner: Arc<dyn Store>,
-    closed: std::sync::Mutex<bool>,
-    opened: std::sync::Condvar,
-    fail: std::sync::atomic::AtomicBool,
-    started: std::sync::atomic::AtomicUsize,
-    running: std::sync::atomic::AtomicUsize,
-    most_running: std::sync::atomic::AtomicUsize,
-}
-
-impl Controlled {
-    fn new(inner: Arc<dyn Store>, closed: bool) -> Arc<Self> {
-        Arc::new(Self {
-            inner,
-            closed: std::sync::Mutex::new(closed),
-            opened: std::sync::Condvar::new(),
-            fail: Default::default(),
-            started: Default::default(),
-            running: Default::default(),
-            most_running: Default::default(),
-        })
-    }
-
-    fn set_closed(&self, closed: bool) {
-        *self.closed.lock().unwrap() = closed;
-        self.opened.notify_all();
-    }
-
-    fn started(&self) -> usize {
-        self.started.load(Ordering::SeqCst)
-    }
-
-    fn most_running(&self) -> usize {
-        self.most_running.load(Ordering::SeqCst)
-    }
-
-    /// Waits until `n` appends have started (the last one may be waiting at the gate).
-    async fn wait_started(&self, n: usize) {
-        tokio::time::timeout(WAIT, async {
-            while self.started() < n {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("{n} store appends did not start"));
-    }
-}
-
-/// Opens the gate when dropped, so that a failing test leaves no thread blocked.
-struct OpenOnDrop(Arc<Controlled>);
-
-impl Drop for OpenOnDrop {
-    fn drop(&mut self) {
-        self.0.set_closed(false);
-    }
-}
-
-impl Store for Controlled {
-    fn append(
-        &self,
-        records: &[herald_store::Append<'_>],
-        durability: herald_store::Durability,
-    ) -> Result<(), herald_store::StoreError> {
-        self.started.fetch_add(1, Ordering::SeqCst);
-        let running = self.running.fetch_add(1, Ordering::SeqCst) + 1;
-        self.most_running.fetch_max(running, Ordering::SeqCst);
-        let closed = self.closed.lock().unwrap();
-        // Never blocks for longer than WAIT, so a test that forgets to open cannot hang.
-        drop(
-            self.opened
-                .wait_timeout_while(closed, WAIT, |c| *c)
-                .unwrap(),
-        );
-        let result = if self.fail.load(Ordering::SeqCst) {
-            Err(herald_store::StoreError::Engine(Box::new(
-                std::io::Error::other("injected append failure"),
-            )))
-        } else {
-            self.inner.append(records, durability)
-        };
-        self.running.fetch_sub(1, Ordering::SeqCst);
-        result
-    }
-    fn read(
-        &self,
-        log: &str,
-        from: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>, herald_store::StoreError> {
-        self.inner.read(log, from, limit)
-    }
-    fn bounds(
-        &self,
-        log: &str,
-    ) -> Result<Option<herald_store::LogBounds>, herald_store::StoreError> {
-        self.inner.bounds(log)
-    }
-    fn trim(
-        &self,
-        log: &str,
-        before: u64,
-        durability: herald_store::Durability,
-    ) -> Result<(), herald_store::StoreError> {
-        self.inner.trim(log, before, durability)
-    }
-    fn list_logs(
-        &self,
-        prefix: &str,
-    ) -> Result<Vec<(String, herald_store::LogBounds)>, herald_store::StoreError> {
-        self.inner.list_logs(prefix)
-    }
-    fn delete_log(
-        &self,
-        log: &str,
-        durability: herald_store::Durability,
-    ) -> Result<(), herald_store::StoreError> {
-        self.inner.delete_log(log, durability)
-    }
-    fn put_snapshot(
-        &self,
-        name: &str,
-        seq: u64,
-        data: &[u8],
-        durability: herald_store::Durability,
-    ) -> Result<(), herald_store::StoreError> {
-        self.inner.put_snapshot(name, seq, data, durability)
-    }
-    fn snapshot(&self, name: &str) -> Result<Option<(u64, Vec<u8>)>, herald_store::StoreError> {
-        self.inner.snapshot(name)
-    }
-    fn sync(&self) -> Result<(), herald_store::StoreError> {
-        self.inner.sync()
-    }
-}
-
 type AppendTask = tokio::task::JoinHandle<Result<herald_engine::Appended, TopicsError>>;
 
 fn spawn_append(
@@ -1462,7 +1324,7 @@ async fn concurrent_durable_writers_get_contiguous_numbers_seen_once_and_kept_af
     const WRITERS_PER_TOPIC: usize = 3;
     const APPENDS: u64 = 40;
     let mut backend = Backend::fjall();
-    let store = Controlled::new(backend.store(), false);
+    let store = Arc::new(GatedStore::new(backend.store(), false));
     let options = TopicsOptions {
         max_batch: 8,
         queue_capacity: 32,
@@ -1568,8 +1430,8 @@ async fn concurrent_durable_writers_get_contiguous_numbers_seen_once_and_kept_af
 #[tokio::test]
 async fn conditional_appends_are_checked_against_events_numbered_while_a_commit_is_in_flight() {
     let backend = Backend::fjall();
-    let store = Controlled::new(backend.store(), true);
-    let _open_on_exit = OpenOnDrop(store.clone());
+    let store = Arc::new(GatedStore::new(backend.store(), true));
+    let _open_on_exit = GateGuard(store.clone());
     let topics = open(store.clone(), TopicsOptions::default()).await;
     let t = p("/b/cond");
     // Creates the topic; its commit waits at the gate.
@@ -1606,7 +1468,7 @@ async fn conditional_appends_are_checked_against_events_numbered_while_a_commit_
     );
     assert!(topics.read(&t, 1, 10).await.unwrap().is_empty());
 
-    store.set_closed(false);
+    store.open_gate();
     let (first, second, fourth) = (
         joined(first).await,
         joined(second).await,
@@ -1634,8 +1496,8 @@ async fn conditional_appends_are_checked_against_events_numbered_while_a_commit_
 #[tokio::test]
 async fn a_delete_waits_for_the_commit_in_flight_and_the_staged_appends() {
     let mut backend = Backend::fjall();
-    let store = Controlled::new(backend.store(), true);
-    let open_on_exit = OpenOnDrop(store.clone());
+    let store = Arc::new(GatedStore::new(backend.store(), true));
+    let open_on_exit = GateGuard(store.clone());
     let (topics, task) = Topics::open(store.clone(), TopicsOptions::default())
         .await
         .unwrap();
@@ -1654,7 +1516,7 @@ async fn a_delete_waits_for_the_commit_in_flight_and_the_staged_appends() {
         "the delete went ahead of the commit in flight"
     );
 
-    store.set_closed(false);
+    store.open_gate();
     let (first, second) = (joined(first).await, joined(second).await);
     assert_eq!(
         [(first.first, first.last), (second.first, second.last)],
@@ -1690,8 +1552,8 @@ async fn a_delete_waits_for_the_commit_in_flight_and_the_staged_appends() {
 #[tokio::test]
 async fn a_retention_override_waits_for_the_commit_in_flight() {
     let mut backend = Backend::fjall();
-    let store = Controlled::new(backend.store(), true);
-    let open_on_exit = OpenOnDrop(store.clone());
+    let store = Arc::new(GatedStore::new(backend.store(), true));
+    let open_on_exit = GateGuard(store.clone());
     let (topics, task) = Topics::open(store.clone(), fast_retention(vec![]))
         .await
         .unwrap();
@@ -1714,7 +1576,7 @@ async fn a_retention_override_waits_for_the_commit_in_flight() {
         "the override went ahead of the commit in flight"
     );
 
-    store.set_closed(false);
+    store.open_gate();
     assert_eq!(joined(first).await.last, 5);
     assert_eq!(joined(second).await.last, 6);
     tokio::time::timeout(WAIT, set)
@@ -1740,8 +1602,8 @@ async fn a_retention_override_waits_for_the_commit_in_flight() {
 #[tokio::test]
 async fn shutdown_commits_the_appends_in_flight_staged_and_queued_before_it() {
     let mut backend = Backend::fjall();
-    let store = Controlled::new(backend.store(), true);
-    let open_on_exit = OpenOnDrop(store.clone());
+    let store = Arc::new(GatedStore::new(backend.store(), true));
+    let open_on_exit = GateGuard(store.clone());
     let options = TopicsOptions {
         max_batch: 4,
         ..TopicsOptions::default()
@@ -1772,7 +1634,7 @@ async fn shutdown_commits_the_appends_in_flight_staged_and_queued_before_it() {
     );
     assert_eq!(store.started(), 1);
 
-    store.set_closed(false);
+    store.open_gate();
     tokio::time::timeout(WAIT, shutdown)
         .await
         .unwrap()
@@ -1901,8 +1763,8 @@ async fn appends_racing_a_shutdown_are_kept_if_acknowledged_and_refused_otherwis
 #[tokio::test]
 async fn a_failed_commit_fails_the_batch_staged_behind_it_and_publishes_neither() {
     let backend = Backend::fjall();
-    let store = Controlled::new(backend.store(), false);
-    let _open_on_exit = OpenOnDrop(store.clone());
+    let store = Arc::new(GatedStore::new(backend.store(), false));
+    let _open_on_exit = GateGuard(store.clone());
     let (topics, task) = Topics::open(store.clone(), TopicsOptions::default())
         .await
         .unwrap();
@@ -1913,7 +1775,7 @@ async fn a_failed_commit_fails_the_batch_staged_behind_it_and_publishes_neither(
     listener.subscribe(new.clone(), Some(1));
     assert_eq!(event_seqs(&collect(&mut listener, 1).await, &t), [1]);
 
-    store.set_closed(true);
+    store.close_gate();
     let in_flight = spawn_append(&topics, &t, 2..=3, None);
     store.wait_started(2).await;
     let staged_new = spawn_append(&topics, &new, 1..=1, None);
@@ -1921,7 +1783,7 @@ async fn a_failed_commit_fails_the_batch_staged_behind_it_and_publishes_neither(
     wait_numbered(&topics, &new, 1).await;
     wait_numbered(&topics, &t, 4).await;
     store.fail.store(true, Ordering::SeqCst);
-    store.set_closed(false);
+    store.open_gate();
     for task in [in_flight, staged_new, staged] {
         let result = tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
         assert!(matches!(result, Err(TopicsError::Store(_))), "{result:?}");

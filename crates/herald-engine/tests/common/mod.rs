@@ -1,11 +1,11 @@
 //! Helpers shared by the engine's integration tests: path parsing, bounded waits, restarts and
-//! crash simulation, and store wrappers that fail or block on demand.
+//! crash simulation, and a store wrapper that fails or blocks on demand.
 //!
 //! Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -206,21 +206,137 @@ fn injected() -> StoreError {
     StoreError::Engine(Box::new(std::io::Error::other("injected append failure")))
 }
 
-/// A `MemoryStore` whose `append` fails while `fail` is set, and whose `put_snapshot` fails
-/// while `fail_snapshots` is set.
-#[derive(Default)]
-pub(crate) struct FailingStore {
-    pub(crate) inner: MemoryStore,
+/// A store whose `append` waits while the gate is closed, then fails while `fail` is set or
+/// from the `fail_from`-th append on (counting from 0, in the order appends start), and
+/// otherwise appends to the store it wraps (a `MemoryStore` unless built with [`Self::new`]);
+/// its `put_snapshot` fails while `fail_snapshots` is set.
+/// The gate never blocks for longer than [`WAIT`], so a forgotten `open_gate()` cannot hang the
+/// test run. It counts the appends started, running, and the most running at once, so that a
+/// test can hold a commit in flight and check that there is never more than one.
+pub(crate) struct GatedStore {
+    inner: Arc<dyn Store>,
+    closed: Mutex<bool>,
+    cvar: Condvar,
+    /// Signalled each time an `append` starts waiting at the closed gate.
+    pub(crate) entered: tokio::sync::Notify,
+    /// While set, every append fails (after the gate).
     pub(crate) fail: AtomicBool,
+    /// While set, every `put_snapshot` fails.
     pub(crate) fail_snapshots: AtomicBool,
+    fail_from: usize,
+    started: AtomicUsize,
+    running: AtomicUsize,
+    most_running: AtomicUsize,
 }
 
-impl Store for FailingStore {
-    fn append(&self, records: &[Append<'_>], durability: Durability) -> Result<(), StoreError> {
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(injected());
+impl GatedStore {
+    /// Wraps `inner`, with the gate closed or open.
+    pub(crate) fn new(inner: Arc<dyn Store>, closed: bool) -> Self {
+        Self::with(inner, closed, usize::MAX)
+    }
+
+    /// A `MemoryStore` behind an open gate: it fails only while `fail` or `fail_snapshots` is
+    /// set.
+    pub(crate) fn new_open() -> Self {
+        Self::with(Arc::new(MemoryStore::default()), false, usize::MAX)
+    }
+
+    /// A `MemoryStore` behind a closed gate.
+    pub(crate) fn new_closed() -> Self {
+        Self::new_closed_failing_from(usize::MAX)
+    }
+
+    /// A `MemoryStore` behind a closed gate, and every append from the `fail_from`-th on fails.
+    pub(crate) fn new_closed_failing_from(fail_from: usize) -> Self {
+        Self::with(Arc::new(MemoryStore::default()), true, fail_from)
+    }
+
+    fn with(inner: Arc<dyn Store>, closed: bool, fail_from: usize) -> Self {
+        Self {
+            inner,
+            closed: Mutex::new(closed),
+            cvar: Condvar::new(),
+            entered: tokio::sync::Notify::new(),
+            fail: AtomicBool::new(false),
+            fail_snapshots: AtomicBool::new(false),
+            fail_from,
+            started: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
+            most_running: AtomicUsize::new(0),
         }
-        self.inner.append(records, durability)
+    }
+
+    pub(crate) fn set_closed(&self, closed: bool) {
+        *self.closed.lock().unwrap_or_else(|e| e.into_inner()) = closed;
+        self.cvar.notify_all();
+    }
+
+    pub(crate) fn open_gate(&self) {
+        self.set_closed(false);
+    }
+
+    pub(crate) fn close_gate(&self) {
+        self.set_closed(true);
+    }
+
+    /// How many appends have started (including any waiting at the gate).
+    pub(crate) fn started(&self) -> usize {
+        self.started.load(Ordering::SeqCst)
+    }
+
+    /// How many appends are running now (including any waiting at the gate).
+    pub(crate) fn running(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// The most appends that were ever running at once.
+    pub(crate) fn most_running(&self) -> usize {
+        self.most_running.load(Ordering::SeqCst)
+    }
+
+    /// Waits (bounded by [`WAIT`]) until `n` appends have started (the last one may be waiting
+    /// at the gate).
+    pub(crate) async fn wait_started(&self, n: usize) {
+        tokio::time::timeout(WAIT, async {
+            while self.started() < n {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{n} store appends did not start"));
+    }
+}
+
+/// Opens the gate when dropped, so a failing test does not leave a blocking thread behind.
+pub(crate) struct GateGuard(pub(crate) Arc<GatedStore>);
+
+impl Drop for GateGuard {
+    fn drop(&mut self) {
+        self.0.open_gate();
+    }
+}
+
+impl Store for GatedStore {
+    fn append(&self, records: &[Append<'_>], durability: Durability) -> Result<(), StoreError> {
+        let index = self.started.fetch_add(1, Ordering::SeqCst);
+        let running = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_running.fetch_max(running, Ordering::SeqCst);
+        let guard = self.closed.lock().unwrap_or_else(|e| e.into_inner());
+        if *guard {
+            self.entered.notify_one();
+        }
+        let (guard, _) = self
+            .cvar
+            .wait_timeout_while(guard, WAIT, |closed| *closed)
+            .unwrap_or_else(|e| e.into_inner());
+        drop(guard);
+        let result = if self.fail.load(Ordering::SeqCst) || index >= self.fail_from {
+            Err(injected())
+        } else {
+            self.inner.append(records, durability)
+        };
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        result
     }
     fn read(&self, log: &str, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         self.inner.read(log, from, limit)
@@ -249,99 +365,6 @@ impl Store for FailingStore {
                 "injected snapshot failure",
             ))));
         }
-        self.inner.put_snapshot(name, seq, data, durability)
-    }
-    fn snapshot(&self, name: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        self.inner.snapshot(name)
-    }
-    fn sync(&self) -> Result<(), StoreError> {
-        self.inner.sync()
-    }
-}
-
-/// A `MemoryStore` whose `append` blocks while the gate is closed. The gate never blocks for
-/// longer than [`WAIT`], so a forgotten `open()` cannot hang the test run. Optionally, appends
-/// from the `fail_from`-th on (counting from 0) fail after the gate.
-pub(crate) struct GatedStore {
-    pub(crate) inner: MemoryStore,
-    closed: Mutex<bool>,
-    cvar: Condvar,
-    /// Signalled each time an `append` starts waiting at the closed gate.
-    pub(crate) entered: tokio::sync::Notify,
-    appends: AtomicU64,
-    fail_from: u64,
-}
-
-impl GatedStore {
-    pub(crate) fn new_closed() -> Self {
-        Self::new_closed_failing_from(u64::MAX)
-    }
-
-    /// A closed gate, and every append from the `fail_from`-th on fails.
-    pub(crate) fn new_closed_failing_from(fail_from: u64) -> Self {
-        Self {
-            inner: MemoryStore::default(),
-            closed: Mutex::new(true),
-            cvar: Condvar::new(),
-            entered: tokio::sync::Notify::new(),
-            appends: AtomicU64::new(0),
-            fail_from,
-        }
-    }
-
-    pub(crate) fn open_gate(&self) {
-        *self.closed.lock().unwrap_or_else(|e| e.into_inner()) = false;
-        self.cvar.notify_all();
-    }
-}
-
-/// Opens the gate when dropped, so a failing test does not leave a blocking thread behind.
-pub(crate) struct GateGuard(pub(crate) Arc<GatedStore>);
-
-impl Drop for GateGuard {
-    fn drop(&mut self) {
-        self.0.open_gate();
-    }
-}
-
-impl Store for GatedStore {
-    fn append(&self, records: &[Append<'_>], durability: Durability) -> Result<(), StoreError> {
-        let guard = self.closed.lock().unwrap_or_else(|e| e.into_inner());
-        if *guard {
-            self.entered.notify_one();
-        }
-        let (guard, _) = self
-            .cvar
-            .wait_timeout_while(guard, WAIT, |closed| *closed)
-            .unwrap_or_else(|e| e.into_inner());
-        drop(guard);
-        if self.appends.fetch_add(1, Ordering::SeqCst) >= self.fail_from {
-            return Err(injected());
-        }
-        self.inner.append(records, durability)
-    }
-    fn read(&self, log: &str, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        self.inner.read(log, from, limit)
-    }
-    fn bounds(&self, log: &str) -> Result<Option<LogBounds>, StoreError> {
-        self.inner.bounds(log)
-    }
-    fn trim(&self, log: &str, before: u64, durability: Durability) -> Result<(), StoreError> {
-        self.inner.trim(log, before, durability)
-    }
-    fn list_logs(&self, prefix: &str) -> Result<Vec<(String, LogBounds)>, StoreError> {
-        self.inner.list_logs(prefix)
-    }
-    fn delete_log(&self, log: &str, durability: Durability) -> Result<(), StoreError> {
-        self.inner.delete_log(log, durability)
-    }
-    fn put_snapshot(
-        &self,
-        name: &str,
-        seq: u64,
-        data: &[u8],
-        durability: Durability,
-    ) -> Result<(), StoreError> {
         self.inner.put_snapshot(name, seq, data, durability)
     }
     fn snapshot(&self, name: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
