@@ -17,7 +17,7 @@ const MIN_JOURNAL_BYTES: u64 = 64 * MIB;
 /// | journal limit         | 64 MiB  | bounds journal files on disk and the replay on open (see below) |
 /// | `logs` memtable       | 32 MiB  | bounds memory; flushes often enough to free journals |
 /// | `snapshots` memtable  | 8 MiB   | snapshots are rare; flush them early |
-/// | worker threads        | fjall's (`min(cores, 4)`) | flushes and compactions |
+/// | worker threads        | `min(cores, 4)`, at least 3 | flushes and compactions (see below) |
 ///
 /// **Journal limit.** fjall starts a new journal (write-ahead log file) at the first memtable
 /// flush after the current one passes 64 MB, and deletes a sealed journal only once every
@@ -29,6 +29,16 @@ const MIN_JOURNAL_BYTES: u64 = 64 * MIB;
 /// journal waits for a straggler. In the `steady_state` and `reopen_cycle` benchmarks that kept
 /// one or two journal files (at most ~95 MB) instead of up to three (~180 MB), and roughly
 /// halved reopen times.
+///
+/// **Worker threads.** fjall 3.1 keeps its first worker for flushes: a compaction request that
+/// reaches it goes back into the shared queue for another worker, and while every other worker
+/// is busy it comes straight back, so the first worker spins for as long as a compaction runs.
+/// With fjall's default of two workers on a two-core machine that spinning took 19 % of the
+/// CPU samples of a durable MQTT benchmark (100 publishers, 100 topics), and the benchmark ran
+/// 0.62–0.65 M messages/s; with three workers the spinning left the profile and it ran
+/// 0.80–0.92 M/s (`docs/benchmarks.md`). One worker avoids the spinning but lets a flush wait
+/// behind a long compaction, and fjall's lone worker can block on its own full queue (fjall
+/// pull request 323), so the default is at least three.
 ///
 /// The memtable sizes are stored with the keyspace when the store is first created; later
 /// opens keep the original values.
@@ -48,9 +58,15 @@ impl Default for FjallOptions {
             max_journal_bytes: 64 * MIB,
             log_memtable_bytes: 32 * MIB,
             snapshot_memtable_bytes: 8 * MIB,
-            worker_threads: None,
+            worker_threads: Some(default_worker_threads()),
         }
     }
+}
+
+/// fjall's own default, `min(cores, 4)`, but at least 3 (see [`FjallOptions`]).
+fn default_worker_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    cores.clamp(3, 4)
 }
 
 impl FjallOptions {

@@ -4,10 +4,11 @@
 //! The actor keeps at most one commit in flight: one store append of a whole batch, with its
 //! fsync, on a blocking thread. Meanwhile it stages the next batch: it keeps taking appends off
 //! its queue (up to `max_batch` staged), numbering them and encoding their records into one
-//! buffer. When the commit in flight finishes, the actor publishes its events and answers its
-//! writers, then at once hands the staged batch to the store, if anything is staged. So the
-//! fsync of one batch overlaps the numbering and encoding of the next, and batches are
-//! published in the order they were numbered.
+//! buffer. When the commit in flight finishes, the actor at once hands the staged batch to the
+//! store, if anything is staged, then publishes the finished batch's events and answers its
+//! writers. So the fsync of one batch overlaps the publishing of the one before it and the
+//! numbering and encoding of the one after, and batches are published in the order they were
+//! numbered.
 //!
 //! Numbering runs ahead of the store. [`Ahead`] remembers, for each topic with events in the
 //! commit in flight or staged, its last numbered seq (what conditional appends are checked
@@ -242,6 +243,11 @@ pub(crate) struct Actor {
     staged: Batch,
     /// At most one commit at a time, so batches reach the store, and are published, in order.
     in_flight: Option<InFlight>,
+    /// Events that left the topics' windows since the last commit started. The next commit
+    /// drops them on its blocking thread after the store append: freeing thousands of events
+    /// per batch (and often the read buffers their payloads share) is work the actor, which
+    /// every durable append waits for, need not do.
+    evicted: Vec<Event>,
 }
 
 impl Actor {
@@ -253,6 +259,7 @@ impl Actor {
             ahead: HashMap::new(),
             staged: Batch::default(),
             in_flight: None,
+            evicted: Vec::new(),
         }
     }
 
@@ -436,15 +443,31 @@ impl Actor {
             return;
         }
         let store = self.shared.store.clone();
-        let job =
-            tokio::task::spawn_blocking(move || store.append(&records.appends(), Durability::Sync));
+        let evicted = std::mem::take(&mut self.evicted);
+        let job = tokio::task::spawn_blocking(move || {
+            let result = store.append(&records.appends(), Durability::Sync);
+            drop(evicted);
+            result
+        });
         self.in_flight = Some(InFlight { sent, job });
     }
 
-    /// Takes the outcome of the commit in flight (see [`commit_outcome`]).
+    /// Takes the outcome of the commit in flight (see [`commit_outcome`]). After a success the
+    /// staged batch goes to the store first and the finished one is published while it is
+    /// stored: publishing (windows, wake-ups, replies) is most of the actor's work, and the
+    /// store would otherwise wait for it. Batches are still published in order, as the next
+    /// one is published only when its commit finishes. After a failure nothing more is
+    /// committed.
     fn finish_commit(&mut self, outcome: Result<(), StoreError>) {
         if let Some(flight) = self.in_flight.take() {
+            if outcome.is_ok() {
+                self.start_commit();
+            }
             self.complete(flight.sent, outcome);
+            if self.in_flight.is_none() {
+                // No commit to hand them to: the pipeline is idle, so free them now.
+                self.evicted.clear();
+            }
         }
     }
 
@@ -535,15 +558,19 @@ impl Actor {
         }
     }
 
-    /// Puts committed events into the topic's window and moves its committed seq.
-    fn publish(&self, topic: &Topic, events: Vec<Event>) {
+    /// Puts committed events into the topic's window and moves its committed seq. The events
+    /// the window no longer holds go to `evicted`, to be freed on the store's thread.
+    fn publish(&mut self, topic: &Topic, events: Vec<Event>) {
         let Some(last) = events.last().map(|e| e.seq) else {
             return;
         };
         let bounds = self.shared.window_bounds(topic.memory_only);
+        let evicted = &mut self.evicted;
         topic
             .lock()
-            .push(events.into_iter(), topic.memory_only, bounds);
+            .push_evicting(events.into_iter(), topic.memory_only, bounds, |old| {
+                evicted.push(old)
+            });
         topic.last.store(last, Ordering::Release);
         topic.wake();
     }

@@ -308,7 +308,20 @@ impl TopicState {
         &mut self,
         events: impl Iterator<Item = Event>,
         memory_only: bool,
+        bounds: (usize, usize),
+    ) {
+        self.push_evicting(events, memory_only, bounds, drop);
+    }
+
+    /// [`TopicState::push`] that hands every event it trims from the window to `evicted`
+    /// instead of dropping it, so that the caller can free them later, outside the topic's lock
+    /// (the last reference to an event frees its payload and its parts).
+    pub(crate) fn push_evicting(
+        &mut self,
+        events: impl Iterator<Item = Event>,
+        memory_only: bool,
         (max_events, max_bytes): (usize, usize),
+        mut evicted: impl FnMut(Event),
     ) {
         for e in events {
             self.window_bytes += footprint(&e);
@@ -322,6 +335,7 @@ impl TopicState {
                 if memory_only {
                     self.first = old.seq + 1;
                 }
+                evicted(old);
             }
         }
     }
@@ -1285,4 +1299,61 @@ fn validate(topic: &Path, events: &[NewEvent]) -> Result<(), TopicsError> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: u64, data: &'static [u8]) -> Event {
+        Event::new(
+            seq,
+            0,
+            Arc::from("text/plain"),
+            Arc::from(""),
+            Bytes::new(),
+            Bytes::from_static(data),
+        )
+    }
+
+    fn state(first: u64) -> TopicState {
+        TopicState {
+            first,
+            window: Window::default(),
+            window_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn trimmed_events_go_to_the_sink_oldest_first_and_the_window_stays_bounded() {
+        let mut s = state(1);
+        let mut evicted = Vec::new();
+        s.push_evicting(
+            (1..=5).map(|seq| event(seq, b"x")),
+            false,
+            (3, usize::MAX),
+            |e| evicted.push(e.seq),
+        );
+        assert_eq!(evicted, [1, 2]);
+        assert_eq!(s.window.len(), 3);
+        assert_eq!(s.window_bytes, 3 * footprint(&event(0, b"x")));
+        // A durable topic's `first` is its store's business; a memory-only one's moves.
+        assert_eq!(s.first, 1);
+        let mut memory = state(1);
+        let mut evicted = Vec::new();
+        let big = footprint(&event(0, b"yy"));
+        memory.push_evicting(
+            (1..=4).map(|seq| event(seq, b"yy")),
+            true,
+            (usize::MAX, 2 * big),
+            |e| evicted.push(e.seq),
+        );
+        assert_eq!(evicted, [1, 2]);
+        assert_eq!(memory.first, 3);
+        // `push` drops them instead, with the same window.
+        let mut dropped = state(1);
+        dropped.push((1..=5).map(|seq| event(seq, b"x")), false, (3, usize::MAX));
+        assert_eq!(dropped.window.len(), 3);
+        assert_eq!(dropped.window_bytes, s.window_bytes);
+    }
 }
