@@ -1102,6 +1102,12 @@ mod tests {
         out
     }
 
+    fn blocks_of(store: &FjallStore, log: &str) -> usize {
+        let lo = keys::block_key(log, 0).unwrap();
+        let hi = keys::block_key(log, u64::MAX).unwrap();
+        store.logs.range(lo..=hi).count()
+    }
+
     fn records_in_blocks(store: &FjallStore, log: &str) -> usize {
         stored_records(store, log).len()
     }
@@ -1121,15 +1127,7 @@ mod tests {
             .collect();
         store.append(&records, Durability::Sync).unwrap();
         for log in ["a", "b", "c"] {
-            assert_eq!(
-                store
-                    .logs
-                    .range(
-                        keys::block_key(log, 0).unwrap()..=keys::block_key(log, u64::MAX).unwrap()
-                    )
-                    .count(),
-                1
-            );
+            assert_eq!(blocks_of(&store, log), 1);
             assert_eq!(records_in_blocks(&store, log), 10);
         }
         // Big records get blocks of their own; the small one after them starts a new block.
@@ -1151,13 +1149,7 @@ mod tests {
             },
         ];
         store.append(&records, Durability::Sync).unwrap();
-        let blocks = |log: &str| {
-            store
-                .logs
-                .range(keys::block_key(log, 0).unwrap()..=keys::block_key(log, u64::MAX).unwrap())
-                .count()
-        };
-        assert_eq!(blocks("a"), 4);
+        assert_eq!(blocks_of(&store, "a"), 4);
         // A read starting inside a block, and one ending inside one.
         let read: Vec<u64> = store
             .read("a", 10, 3)
@@ -1178,7 +1170,7 @@ mod tests {
         let bounds = store.bounds("a").unwrap().unwrap();
         assert_eq!((bounds.first, bounds.last), (15, 42));
         assert_eq!(bounds.bytes, 6 * 10 + 2 * big.len() as u64 + 10);
-        assert_eq!(blocks("a"), 4);
+        assert_eq!(blocks_of(&store, "a"), 4);
         assert_eq!(store.read("a", 0, 1).unwrap()[0].0, 15);
         // A second trim through the same block takes off only what the first one did not.
         store.trim("a", 25, Durability::Sync).unwrap();
@@ -1189,7 +1181,7 @@ mod tests {
         );
         // Past the block: it goes.
         store.trim("a", 41, Durability::Sync).unwrap();
-        assert_eq!(blocks("a"), 2);
+        assert_eq!(blocks_of(&store, "a"), 2);
         let bounds = store.bounds("a").unwrap().unwrap();
         assert_eq!((bounds.first, bounds.bytes), (41, big.len() as u64 + 10));
         let read: Vec<(u64, usize)> = store
@@ -1546,24 +1538,24 @@ mod tests {
         assert_eq!(v2_records_on_disk(&store), 0);
         assert_eq!(marker(&store), keys::FORMAT_VERSION);
         // Records share blocks again: "docs" has 10,000 records of at most 6 bytes.
-        let docs_blocks = store
-            .logs
-            .range(keys::block_key("docs", 0).unwrap()..=keys::block_key("docs", u64::MAX).unwrap())
-            .count();
+        let docs_blocks = blocks_of(&store, "docs");
         assert!(docs_blocks <= 2, "{docs_blocks} blocks");
-        store
-            .append(
-                &[Append {
-                    log: "docs",
-                    seq: 30_001,
-                    data: b"1234",
-                }],
-                Durability::Sync,
-            )
-            .unwrap();
+        append_and_reopen(store, dir.path());
+    }
+
+    /// Appends a 4-byte record 30,001 to "docs" (10,000 records from `varied_logs`), reopens,
+    /// and checks that all 10,001 are read back: an upgraded directory keeps working.
+    fn append_and_reopen(store: FjallStore, dir: &Path) -> FjallStore {
+        let record = Append {
+            log: "docs",
+            seq: 30_001,
+            data: b"1234",
+        };
+        store.append(&[record], Durability::Sync).unwrap();
         drop(store);
-        let store = FjallStore::open(dir.path()).unwrap();
+        let store = FjallStore::open(dir).unwrap();
         assert_eq!(store.read("docs", 0, usize::MAX).unwrap().len(), 10_001);
+        store
     }
 
     /// Rewrites every record, bounds entry and the marker as a format-1 build wrote them.
@@ -1618,19 +1610,7 @@ mod tests {
             .unwrap();
         assert_eq!(LogMeta::decode(&on_disk).map(to_bounds), Some(docs));
         // And it keeps working, and reopens as format 3.
-        store
-            .append(
-                &[Append {
-                    log: "docs",
-                    seq: 30_001,
-                    data: b"1234",
-                }],
-                Durability::Sync,
-            )
-            .unwrap();
-        drop(store);
-        let store = FjallStore::open(dir.path()).unwrap();
+        let store = append_and_reopen(store, dir.path());
         assert_eq!(store.bounds("docs").unwrap().unwrap().bytes, docs.bytes + 4);
-        assert_eq!(store.read("docs", 0, usize::MAX).unwrap().len(), 10_001);
     }
 }
