@@ -121,6 +121,46 @@ struct Outbox<S> {
 /// Queued output worth a write before anything else is done.
 const WRITE_EAGER: usize = 16 * 1024;
 
+/// Whether a connection's pending deliveries wait for one turn of the scheduler before they are
+/// written.
+///
+/// One message fanned out to many subscribers wakes every subscriber's connection; written at
+/// once, each message is one small write (a system call and a loopback segment) per subscriber.
+/// Yielding once before the write lets the messages published meanwhile join it. Measured on
+/// MQTT 1 → 100 memory-only at half of the maximum rate (`herald-bench mqtt-fanout --rate`,
+/// five runs per build, builds alternating): p99 3.45–4.28 ms without, 2.95–3.48 ms with. At
+/// most one turn between two writes, so a steady stream cannot hold output back. Only for
+/// deliveries: yielding before every write did as well for fan-out but raised the p99 of QoS 1
+/// PUBACKs from 1.8–2.0 ms to 3.5 ms, and answers to the client's own packets (PUBACK, SUBACK,
+/// PINGRESP) are what the client waits for.
+#[derive(Debug, Default)]
+struct Deferral {
+    /// Deliveries were queued since the last write.
+    delivered: bool,
+    /// The connection already yielded since the last write.
+    yielded: bool,
+}
+
+impl Deferral {
+    fn delivered(&mut self) {
+        self.delivered = true;
+    }
+
+    fn wrote(&mut self) {
+        *self = Self::default();
+    }
+
+    /// Whether to yield now, with `queued` bytes of output waiting: once after deliveries, and
+    /// not when the output is large enough to be written at once anyway.
+    fn due(&mut self, queued: usize) -> bool {
+        if self.delivered && !self.yielded && queued > 0 && queued < WRITE_EAGER {
+            self.yielded = true;
+            return true;
+        }
+        false
+    }
+}
+
 /// Above this, an emptied output buffer is given back rather than kept for the next burst.
 const KEEP_OUT_BUFFER: usize = 64 * 1024;
 
@@ -548,7 +588,14 @@ where
         // Answers (PUBACK, PINGRESP, ...) are queued whatever the socket's state; a client that
         // sends without ever reading would grow that queue, so past this it is not read either.
         let read_limit = self.inner.config.send_buffer_bytes.saturating_mul(4);
+        // Deliveries wait for one turn of the scheduler before they are written (see
+        // `Deferral`); answers to the client's own packets do not.
+        let mut deferral = Deferral::default();
         loop {
+            if deferral.due(self.out.queued()) {
+                tokio::task::yield_now().await;
+                continue;
+            }
             if self.out.queued() >= WRITE_EAGER {
                 // Enough for a write of its own: try it now (without waiting for the socket),
                 // so that a busy connection does not hold large amounts back.
@@ -638,6 +685,7 @@ where
                 }
                 Some(shared) = next_shared(&mut self.session.shared), if can_pull => {
                     self.deliver_shared(shared);
+                    deferral.delivered();
                 }
                 pulled = self.session.listener.next_into(&mut self.batch), if can_pull => {
                     match pulled {
@@ -648,6 +696,7 @@ where
                                 self.on_delivery(d);
                             }
                             self.batch = batch;
+                            deferral.delivered();
                         }
                         Err(e) => {
                             tracing::warn!(client = %self.client_id, error = %e, "mqtt: reading topics failed");
@@ -661,6 +710,7 @@ where
                 // all the same: past the limits above, reading and pulling stop and this is
                 // what is left to do.
                 written = self.out.write_some(), if queued > 0 => {
+                    deferral.wrote();
                     if let Err(e) = written {
                         tracing::debug!(client = %self.client_id, error = %e, "mqtt: write failed");
                         return End::Abnormal;
@@ -1521,6 +1571,27 @@ fn ack(packet_id: u16, reason: u8) -> Ack {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+
+    use super::{Deferral, WRITE_EAGER};
+
+    #[test]
+    fn deliveries_wait_one_turn_before_a_write_and_answers_none() {
+        let mut d = Deferral::default();
+        // Answers only (no delivery since the last write): written at once.
+        assert!(!d.due(10));
+        d.delivered();
+        // Nothing queued, or enough for a write of its own: no reason to wait.
+        assert!(!d.due(0));
+        assert!(!d.due(WRITE_EAGER));
+        assert!(d.due(10));
+        // One turn between two writes, however many deliveries follow.
+        d.delivered();
+        assert!(!d.due(20));
+        d.wrote();
+        assert!(!d.due(20));
+        d.delivered();
+        assert!(d.due(20));
+    }
 
     use herald_engine::{Accounts, AccountsOptions, Topics, TopicsOptions};
     use herald_store::{MemoryStore, Store};
