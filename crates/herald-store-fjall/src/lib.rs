@@ -31,7 +31,11 @@
 //! memtable skiplist insert, a journal entry, and the same again in every flush and
 //! compaction. With one entry per record those costs were most of a durable append; with
 //! blocks they are paid once per log per append (group commit makes that tens to thousands of
-//! records). Keying by the *last* `seq` means the block holding record `n` is the first one
+//! records). Blocks of 1 KiB or more go to fjall's blob files (key-value separation): the LSM
+//! tree then holds only a pointer to them, so its flushes and compactions no longer copy the
+//! records again and again, and a blob file whose blocks were all trimmed is dropped whole.
+//! Stores created before this keep their layout (fjall fixes the option when it creates the
+//! keyspace). Keying by the *last* `seq` means the block holding record `n` is the first one
 //! keyed at or after `n`, found with a forward seek; and a trim below `n` deletes exactly the
 //! blocks keyed below `n`. The one block a trim cuts through stays until a later trim passes
 //! it: the watermark (`first`) hides its older records from reads, and `bytes` no longer counts
@@ -323,7 +327,12 @@ impl FjallStore {
         })?;
         let logs = db
             .keyspace("logs", || {
-                KeyspaceCreateOptions::default().max_memtable_size(options.log_memtable_bytes)
+                // Key-value separation keeps blocks out of compactions: with 100 publishers
+                // on 100 durable MQTT topics, 0.65-0.69 M messages/s without, 0.95-0.96 with
+                // (10 s runs), on less disk.
+                KeyspaceCreateOptions::default()
+                    .max_memtable_size(options.log_memtable_bytes)
+                    .with_kv_separation(Some(fjall::KvSeparationOptions::default()))
             })
             .map_err(engine)?;
         let snapshots = db

@@ -18,6 +18,7 @@ const MIN_JOURNAL_BYTES: u64 = 64 * MIB;
 /// | `logs` memtable       | 32 MiB  | bounds memory; flushes often enough to free journals |
 /// | `snapshots` memtable  | 8 MiB   | snapshots are rare; flush them early |
 /// | worker threads        | `min(cores, 4)`, at least 3 | flushes and compactions (see below) |
+/// | key-value separation  | on, values ≥ 1 KiB (fjall's default threshold), `logs` only | blocks of records stay out of compactions (see the crate docs) |
 ///
 /// **Journal limit.** fjall starts a new journal (write-ahead log file) at the first memtable
 /// flush after the current one passes 64 MB, and deletes a sealed journal only once every

@@ -76,11 +76,13 @@ fn durability(sync: bool) -> Durability {
 
 fn op() -> impl Strategy<Value = Op> {
     let step = prop_oneof![1 => Just(0u64), 12 => 1u64..=3];
-    let record = (
-        0..LOGS.len(),
-        step,
-        prop::collection::vec(any::<u8>(), 0..24),
-    );
+    // Mostly small records; now and then one large enough that its block goes to fjall's
+    // blob files (key-value separation, for values of 1 KiB or more).
+    let data = prop_oneof![
+        8 => prop::collection::vec(any::<u8>(), 0..24),
+        1 => prop::collection::vec(any::<u8>(), 600..1_500),
+    ];
+    let record = (0..LOGS.len(), step, data);
     let blob = prop_oneof![
         10 => prop::collection::vec(any::<u8>(), 0..64).prop_map(Blob::Small),
         1 => (0usize..=2, 0usize..100, any::<u8>())
