@@ -25,23 +25,25 @@
 //!   keeps blocks in order. Records and bounds share a keyspace, so they share a memtable and
 //!   flush together and a hot log never pins journals through a second, rarely flushed
 //!   keyspace.
+//! - `snapshots`: per name, a header (`seq`, length, chunk count) and the blob in
+//!   [`SNAPSHOT_CHUNK_BYTES`] chunks, all replaced in one batch.
 //!
 //! **Blocks.** One append writes the records it adds to a log as one fjall value (a new one
 //! every 16 KiB of data), keyed by its last record's `seq`. An LSM tree charges per entry: a
 //! memtable skiplist insert, a journal entry, and the same again in every flush and
 //! compaction. With one entry per record those costs were most of a durable append; with
 //! blocks they are paid once per log per append (group commit makes that tens to thousands of
-//! records). Blocks of 1 KiB or more go to fjall's blob files (key-value separation): the LSM
-//! tree then holds only a pointer to them, so its flushes and compactions no longer copy the
-//! records again and again, and a blob file whose blocks were all trimmed is dropped whole.
-//! Stores created before this keep their layout (fjall fixes the option when it creates the
-//! keyspace). Keying by the *last* `seq` means the block holding record `n` is the first one
+//! records). Keying by the *last* `seq` means the block holding record `n` is the first one
 //! keyed at or after `n`, found with a forward seek; and a trim below `n` deletes exactly the
 //! blocks keyed below `n`. The one block a trim cuts through stays until a later trim passes
 //! it: the watermark (`first`) hides its older records from reads, and `bytes` no longer counts
 //! them. Blocks are never rewritten.
-//! - `snapshots`: per name, a header (`seq`, length, chunk count) and the blob in
-//!   [`SNAPSHOT_CHUNK_BYTES`] chunks, all replaced in one batch.
+//!
+//! Blocks of 1 KiB or more go to fjall's blob files (key-value separation): the LSM tree then
+//! holds only a pointer to them, so its flushes and compactions no longer copy the records
+//! again and again, and a blob file whose blocks were all trimmed is dropped whole. Stores
+//! created before this keep their layout (fjall fixes the option when it creates the
+//! keyspace).
 //!
 //! A log's bounds entry is written in the same batch as the records an append adds or a trim
 //! step removes, so `first`, `last` and `bytes` always match the records, also after a crash.
@@ -78,8 +80,11 @@
 //! 10 records at the end of a 10-million-record log took 4 µs, as at its start.
 //!
 //! # Disk use
-//! Besides live records, the directory holds: tombstones of trimmed records until compaction
-//! drops them; the active journal (up to ~64 MB, plus what was written until the next memtable
+//! Besides live records, the directory holds: tombstones of trimmed blocks until compaction
+//! drops them; trimmed blocks in blob files until fjall drops or rewrites the file (its blob
+//! garbage collection, with the default staleness threshold of 25 %; with a retention of 1,000 events per topic under a steady 0.43 M events/s the directory stayed
+//! between 16 and 71 MB); the records below the watermark in the block the last trim cut
+//! through; the active journal (up to ~64 MB, plus what was written until the next memtable
 //! flush) and at most about [`FjallOptions::with_max_journal_bytes`] of sealed journals (64 MiB
 //! by default, see [`FjallOptions`]); and, while the store is open, tables that a compaction
 //! has replaced but that fjall deletes only at its next version cleanup (the next memtable
