@@ -51,9 +51,16 @@ fn streams() -> Vec<String> {
 }
 
 /// The body of appender `w`'s `n`th event of `cycle`. Its keys are in order and it has no
-/// spaces, so the stored event printed back by serde_json is the same text.
+/// spaces, so the stored event printed back by serde_json is the same text. Every fourth one
+/// carries 1.5 KB of padding, so that some of the store's blocks are large enough for fjall's
+/// blob files (key-value separation, from 1 KiB) and those are crashed and recovered too.
 fn body(w: usize, cycle: usize, n: u64) -> String {
-    json!({"c": cycle, "n": n, "w": w}).to_string()
+    if n.is_multiple_of(4) {
+        let pad = "x".repeat(1_500);
+        json!({"c": cycle, "n": n, "p": pad, "w": w}).to_string()
+    } else {
+        json!({"c": cycle, "n": n, "w": w}).to_string()
+    }
 }
 
 /// What one appender saw in one cycle.
