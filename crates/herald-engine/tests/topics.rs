@@ -1810,3 +1810,79 @@ async fn a_failed_commit_fails_the_batch_staged_behind_it_and_publishes_neither(
         .unwrap();
     tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn detached_appends_are_committed_and_published_and_refusals_still_reported() {
+    let mut backend = Backend::fjall();
+    let (topics, task) = Topics::open(backend.store(), TopicsOptions::default())
+        .await
+        .unwrap();
+    let (a, b) = (p("/b/detached-a"), p("/b/detached-b"));
+    let mut listener = topics.listener();
+    listener.subscribe(a.clone(), Some(1));
+    let mut last = herald_engine::LastTopic::default();
+    for n in 1..=50 {
+        for t in [&a, &b] {
+            topics
+                .try_enqueue_detached_to(&mut last, t.clone(), evs(n..=n))
+                .unwrap();
+        }
+    }
+    // Published in order like any append, though nobody was told.
+    assert_eq!(
+        event_seqs(&collect(&mut listener, 50).await, &a),
+        (1..=50).collect::<Vec<_>>()
+    );
+    wait_numbered(&topics, &b, 50).await;
+    let expected: Vec<String> = (1..=50).map(|n| n.to_string()).collect();
+    // Refused before queuing: still reported.
+    assert!(matches!(
+        topics.try_enqueue_detached_to(&mut last, a.clone(), Vec::new()),
+        Err(herald_engine::TryEnqueueError::Failed(
+            TopicsError::Invalid(_)
+        ))
+    ));
+    topics.shutdown().await.unwrap();
+    task.await.unwrap();
+    drop((topics, listener));
+    backend.restart().await;
+    let topics = open(backend.store(), TopicsOptions::default()).await;
+    for t in [&a, &b] {
+        assert_eq!(
+            data(&topics.read(t, 1, usize::MAX).await.unwrap()),
+            expected,
+            "{t}: committed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_detached_append_is_handed_back_when_the_queue_is_full() {
+    let store = Arc::new(GatedStore::new_closed());
+    let _release_on_exit = GateGuard(store.clone());
+    let options = TopicsOptions {
+        queue_capacity: 1,
+        ..TopicsOptions::default()
+    };
+    let topics = open(store.clone(), options).await;
+    let t = p("/b/full");
+    let mut last = herald_engine::LastTopic::default();
+    topics
+        .try_enqueue_detached_to(&mut last, t.clone(), evs(1..=1))
+        .unwrap();
+    tokio::time::timeout(WAIT, store.entered.notified())
+        .await
+        .unwrap();
+    topics
+        .try_enqueue_detached_to(&mut last, t.clone(), evs(2..=2))
+        .unwrap();
+    match topics.try_enqueue_detached_to(&mut last, t.clone(), evs(3..=3)) {
+        Err(herald_engine::TryEnqueueError::Full { topic, events }) => {
+            assert_eq!(topic, t);
+            assert_eq!(events, evs(3..=3), "the append is handed back whole");
+        }
+        other => panic!("expected Full, got {other:?}"),
+    }
+    store.open_gate();
+    wait_numbered(&topics, &t, 2).await;
+}

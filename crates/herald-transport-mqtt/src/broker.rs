@@ -426,18 +426,25 @@ impl Inner {
         let event = NewEvent::new(content_type, out.payload)
             .with_origin(out.origin)
             .with_attrs(encoded);
+        if !out.retain && out.qos == QoS::AtMostOnce {
+            // Nobody is told the outcome of a QoS 0 publish: no reply channel for it.
+            return match self
+                .topics
+                .try_enqueue_detached_to(last, out.path, vec![event])
+            {
+                Ok(()) => Publishing::Sent,
+                Err(TryEnqueueError::Failed(e)) => Publishing::Done(Err(PublishError::Engine(e))),
+                Err(TryEnqueueError::Full { topic, events }) => {
+                    self.when_there_is_room(topic, events)
+                }
+            };
+        }
         if !out.retain {
             return match self.topics.try_enqueue_to(last, out.path, vec![event]) {
                 Ok(pending) => Publishing::Done(Ok(pending)),
                 Err(TryEnqueueError::Failed(e)) => Publishing::Done(Err(PublishError::Engine(e))),
                 Err(TryEnqueueError::Full { topic, events }) => {
-                    let topics = self.topics.clone();
-                    Publishing::Wait(Box::pin(async move {
-                        topics
-                            .enqueue(topic, events)
-                            .await
-                            .map_err(PublishError::Engine)
-                    }))
+                    self.when_there_is_room(topic, events)
                 }
             };
         }
@@ -469,10 +476,27 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// The rest of a publish that found the topics engine's queue full: it waits for room
+    /// (back-pressure on the publisher), then its outcome is reported as for any other.
+    fn when_there_is_room(&self, topic: Path, events: Vec<NewEvent>) -> Publishing {
+        let topics = self.topics.clone();
+        Publishing::Wait(Box::pin(async move {
+            topics
+                .enqueue(topic, events)
+                .await
+                .map_err(PublishError::Engine)
+        }))
+    }
+}
+
 /// What [`Inner::publish`] did.
 pub(crate) enum Publishing {
     /// Queued (or refused) at once.
     Done(Result<PendingAppend, PublishError>),
+    /// Queued at once, its outcome not reported (QoS 0, see
+    /// [`herald_engine::Topics::try_enqueue_detached_to`]).
+    Sent,
     /// To be awaited: retaining, or waiting for room in the topics engine's queue.
     Wait(PublishFuture),
 }
@@ -482,11 +506,12 @@ pub(crate) type PublishFuture =
     Pin<Box<dyn Future<Output = Result<PendingAppend, PublishError>> + Send>>;
 
 impl Publishing {
-    /// The outcome, waiting for it if need be.
-    pub(crate) async fn outcome(self) -> Result<PendingAppend, PublishError> {
+    /// The outcome, waiting for it if need be; `None` when it is not reported.
+    pub(crate) async fn outcome(self) -> Result<Option<PendingAppend>, PublishError> {
         match self {
-            Publishing::Done(result) => result,
-            Publishing::Wait(future) => future.await,
+            Publishing::Done(result) => result.map(Some),
+            Publishing::Sent => Ok(None),
+            Publishing::Wait(future) => future.await.map(Some),
         }
     }
 }

@@ -924,6 +924,8 @@ where
         );
         match publishing {
             Publishing::Done(result) => Next::Done(self.published(id, qos, result)),
+            // QoS 0: nothing to acknowledge, nothing to wait for.
+            Publishing::Sent => Next::Done(None),
             Publishing::Wait(publishing) => Next::Wait(Box::pin(async move {
                 let result = publishing.await;
                 self.published(id, qos, result)
@@ -1512,11 +1514,13 @@ fn schedule_will(
             .outcome()
             .await;
         match result {
-            Ok(pending) => {
+            Ok(Some(pending)) => {
                 if let Err(e) = pending.await {
                     tracing::warn!(client = %client_id, error = %e, "mqtt: will message failed");
                 }
             }
+            // A QoS 0 will: queued; a failing commit is logged by the engine.
+            Ok(None) => {}
             Err(e) => tracing::warn!(client = %client_id, error = ?e, "mqtt: will message failed"),
         }
     });

@@ -43,7 +43,10 @@ pub(crate) enum Command {
         topic: Path,
         events: Vec<NewEvent>,
         expect_last: Option<u64>,
-        reply: Reply<Result<Appended, TopicsError>>,
+        /// `None` when nobody waits for the outcome ([`Topics::try_enqueue_detached_to`]).
+        ///
+        /// [`Topics::try_enqueue_detached_to`]: super::Topics::try_enqueue_detached_to
+        reply: Answer,
     },
     Delete {
         topic: Path,
@@ -121,7 +124,18 @@ struct Staged {
     /// numbered (it joins the shared map when the first such append is published).
     created: bool,
     events: Vec<Event>,
-    reply: Reply<Result<Appended, TopicsError>>,
+    reply: Answer,
+}
+
+/// Where an append's outcome goes, if anyone waits for it.
+pub(crate) type Answer = Option<Reply<Result<Appended, TopicsError>>>;
+
+/// Sends an append's outcome to whoever waits for it (nobody, for a detached append; or a
+/// writer that stopped waiting).
+fn answer(reply: Answer, outcome: Result<Appended, TopicsError>) {
+    if let Some(reply) = reply {
+        let _ = reply.send(outcome);
+    }
 }
 
 /// Where a topic's numbering stands while some of its events are not yet published (in the
@@ -343,15 +357,18 @@ impl Actor {
         path: Path,
         events: Vec<NewEvent>,
         expect_last: Option<u64>,
-        reply: Reply<Result<Appended, TopicsError>>,
+        reply: Answer,
     ) {
         if let Some(e) = self.shared.failed.get() {
-            let _ = reply.send(Err(TopicsError::Store(e.clone())));
+            answer(reply, Err(TopicsError::Store(e.clone())));
             return;
         }
         if events.is_empty() {
             // Refused by the handle already; every staged append publishes something.
-            let _ = reply.send(Err(TopicsError::Invalid("no events to append".into())));
+            answer(
+                reply,
+                Err(TopicsError::Invalid("no events to append".into())),
+            );
             return;
         }
         let (known, created, last, events) = match self.ahead.get(&path) {
@@ -366,7 +383,7 @@ impl Actor {
                     .append_in_memory(&path, events, expect_last, None)
                 {
                     InMemory::Done(result) => {
-                        let _ = reply.send(result);
+                        answer(reply, result);
                         return;
                     }
                     InMemory::Durable(events) => events,
@@ -380,10 +397,13 @@ impl Actor {
         if let Some(expected) = expect_last
             && expected != last
         {
-            let _ = reply.send(Err(TopicsError::Conflict {
-                expected,
-                got: last,
-            }));
+            answer(
+                reply,
+                Err(TopicsError::Conflict {
+                    expected,
+                    got: last,
+                }),
+            );
             return;
         }
         // Durable: memory-only topics were appended to above.
@@ -393,7 +413,7 @@ impl Actor {
         if !topic.memory_only
             && let Err(e) = self.staged.records.push(&topic, &numbered)
         {
-            let _ = reply.send(Err(TopicsError::Invalid(e.to_string())));
+            answer(reply, Err(TopicsError::Invalid(e.to_string())));
             return;
         }
         let count = numbered.len();
@@ -524,7 +544,7 @@ impl Actor {
             };
             self.publish(&s.topic, s.events);
             self.forget_if_published(&s.topic);
-            let _ = s.reply.send(Ok(appended));
+            answer(s.reply, Ok(appended));
         }
         if new_topics {
             let n = self
@@ -542,7 +562,7 @@ impl Actor {
     fn fail(&mut self, appends: Vec<Staged>, e: Arc<StoreError>) {
         let staged = std::mem::take(&mut self.staged).appends;
         for s in appends.into_iter().chain(staged) {
-            let _ = s.reply.send(Err(TopicsError::Store(e.clone())));
+            answer(s.reply, Err(TopicsError::Store(e.clone())));
         }
         self.ahead.clear();
     }

@@ -919,8 +919,9 @@ impl std::future::Future for PendingAppend {
 enum Prepared {
     /// Done already (a memory-only topic).
     Done(PendingAppend),
-    /// For the actor: the command, and where its outcome comes.
-    ForActor(Command, oneshot::Receiver<Result<Appended, TopicsError>>),
+    /// For the actor: the command, still without a way to answer it (see
+    /// [`Topics::with_reply`]).
+    ForActor(Command),
 }
 
 /// Why [`Topics::try_enqueue`] did not queue an append.
@@ -1058,18 +1059,55 @@ impl Topics {
         topic: Path,
         events: Vec<NewEvent>,
     ) -> Result<PendingAppend, TryEnqueueError> {
-        let (command, rx) = match self.prepare(topic, events, None, Some(last)) {
+        let command = match self.prepare(topic, events, None, Some(last)) {
             Ok(Prepared::Done(pending)) => return Ok(pending),
-            Ok(Prepared::ForActor(command, rx)) => (command, rx),
+            Ok(Prepared::ForActor(command)) => command,
             Err(e) => return Err(TryEnqueueError::Failed(e)),
         };
+        let (command, pending) = Self::with_reply(command);
+        self.try_send(command)?;
+        Ok(pending)
+    }
+
+    /// [`Topics::try_enqueue_to`] for an append whose outcome nobody waits for (an MQTT QoS 0
+    /// publish): no reply channel is made for it, an allocation and a wake-up less per durable
+    /// append. The append is numbered, committed and published like any other; a failed
+    /// commit is logged and stops the engine as always, only this caller is not told.
+    ///
+    /// # Errors
+    /// As [`Topics::try_enqueue`]: a refusal found before queuing (invalid, engine failed or
+    /// closed) is still reported, and a full queue hands the append back.
+    pub fn try_enqueue_detached_to(
+        &self,
+        last: &mut LastTopic,
+        topic: Path,
+        events: Vec<NewEvent>,
+    ) -> Result<(), TryEnqueueError> {
+        match self.prepare(topic, events, None, Some(last)) {
+            Ok(Prepared::Done(_)) => Ok(()),
+            Ok(Prepared::ForActor(command)) => self.try_send(command),
+            Err(e) => Err(TryEnqueueError::Failed(e)),
+        }
+    }
+
+    /// Queues `command` for the actor if there is room, else hands its append back.
+    fn try_send(&self, command: Command) -> Result<(), TryEnqueueError> {
         match self.tx.try_send(command) {
-            Ok(()) => Ok(PendingAppend(Pending::Queued(rx))),
+            Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(Command::Append { topic, events, .. })) => {
                 Err(TryEnqueueError::Full { topic, events })
             }
             Err(_) => Err(TryEnqueueError::Failed(TopicsError::Closed)),
         }
+    }
+
+    /// Gives an append command a reply channel, and the pending append that receives it.
+    fn with_reply(mut command: Command) -> (Command, PendingAppend) {
+        let (tx, rx) = oneshot::channel();
+        if let Command::Append { reply, .. } = &mut command {
+            *reply = Some(tx);
+        }
+        (command, PendingAppend(Pending::Queued(rx)))
     }
 
     /// Validates and queues an append; the returned future resolves once it is committed.
@@ -1081,18 +1119,19 @@ impl Topics {
     ) -> Result<PendingAppend, TopicsError> {
         match self.prepare(topic, events, expect_last, None)? {
             Prepared::Done(pending) => Ok(pending),
-            Prepared::ForActor(command, rx) => {
+            Prepared::ForActor(command) => {
+                let (command, pending) = Self::with_reply(command);
                 self.tx
                     .send(command)
                     .await
                     .map_err(|_| TopicsError::Closed)?;
-                Ok(PendingAppend(Pending::Queued(rx)))
+                Ok(pending)
             }
         }
     }
 
     /// Validates an append and does it at once if the topic is memory-only (nothing to
-    /// commit); else makes the actor's command and the receiver of its outcome.
+    /// commit); else makes the actor's command, with no reply yet.
     fn prepare(
         &self,
         topic: Path,
@@ -1108,14 +1147,13 @@ impl Topics {
             InMemory::Done(result) => return Ok(Prepared::Done(PendingAppend::done(result))),
             InMemory::Durable(events) => events,
         };
-        let (reply, rx) = oneshot::channel();
         let command = Command::Append {
             topic,
             events,
             expect_last,
-            reply,
+            reply: None,
         };
-        Ok(Prepared::ForActor(command, rx))
+        Ok(Prepared::ForActor(command))
     }
 
     /// Reads up to `limit` retained events with `seq >= from`, oldest first.
