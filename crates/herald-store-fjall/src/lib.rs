@@ -632,16 +632,6 @@ impl FjallStore {
         }
     }
 
-    /// Adds the block built so far, if any, to `batch`.
-    fn insert_block(
-        &self,
-        batch: &mut OwnedWriteBatch,
-        log: &str,
-        block: &mut BlockWriter,
-    ) -> Result<(), StoreError> {
-        insert_block_into(batch, &self.logs, log, block)
-    }
-
     fn read_snapshot(&self, name: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         let Some(header_key) = keys::snapshot_header_key(name) else {
             return Ok(None);
@@ -837,8 +827,8 @@ fn upgrade_v2_step(
     Ok(Some((moved, last_key)))
 }
 
-/// Adds the block built so far, if any, to `batch` (for [`upgrade_v2`], which runs before a
-/// [`FjallStore`] exists; [`FjallStore::insert_block`] is the same for a store).
+/// Adds the block built so far, if any, to `batch` (appends, and [`upgrade_v2`], which runs
+/// before a [`FjallStore`] exists).
 fn insert_block_into(
     batch: &mut OwnedWriteBatch,
     logs: &Keyspace,
@@ -923,13 +913,13 @@ impl Store for FjallStore {
                     .or_insert_with(|| (next, BlockWriter::default()));
                 *m = next;
                 if block.is_full_for(r.data.len()) {
-                    self.insert_block(&mut batch, r.log, block)?;
+                    insert_block_into(&mut batch, &self.logs, r.log, block)?;
                 }
                 block.push(r.seq, r.data);
             }
         }
         for (log, (m, block)) in &mut logs {
-            self.insert_block(&mut batch, log, block)?;
+            insert_block_into(&mut batch, &self.logs, log, block)?;
             let key = keys::meta_key(log).ok_or_else(|| too_long(log))?;
             batch.insert(&self.logs, key, m.encode());
         }

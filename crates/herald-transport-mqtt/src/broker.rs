@@ -474,9 +474,7 @@ impl Inner {
                 .map_err(PublishError::Engine)
         }))
     }
-}
 
-impl Inner {
     /// The rest of a publish that found the topics engine's queue full: it waits for room
     /// (back-pressure on the publisher), then its outcome is reported as for any other.
     fn when_there_is_room(&self, topic: Path, events: Vec<NewEvent>) -> Publishing {

@@ -198,10 +198,6 @@ impl Records {
         Ok(())
     }
 
-    fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-
     /// The records as [`Store::append`] takes them, borrowing the shared buffer.
     fn appends(&self) -> Vec<Append<'_>> {
         let mut appends = Vec::with_capacity(self.ends.len());
@@ -456,12 +452,9 @@ impl Actor {
             self.fail(sent.appends, e.clone());
             return;
         }
-        if records.is_empty() {
-            // Nothing to store (memory-only topics only): published at once, still in order
-            // since no commit is in flight.
-            self.complete(sent, Ok(()));
-            return;
-        }
+        // Staged appends are to durable topics (memory-only ones are appended to before
+        // staging), so there are records to store; in any case every batch goes through the
+        // store, which keeps batches published in order (`finish_commit`).
         let store = self.shared.store.clone();
         let evicted = std::mem::take(&mut self.evicted);
         let job = tokio::task::spawn_blocking(move || {
@@ -741,7 +734,7 @@ mod tests {
         );
         let b_events = numbered(&b, 1, vec![NewEvent::json("x")]);
         let mut records = Records::default();
-        assert!(records.is_empty());
+        assert!(records.ends.is_empty());
         records.push(&a, &a_events).unwrap();
         records.push(&b, &b_events).unwrap();
         records.push(&b, &[]).unwrap();
