@@ -30,7 +30,7 @@ use std::time::Instant;
 use herald_core::Path;
 use herald_core::topic::{RecordError, Retention, encode_record_into};
 use herald_store::{Append, Durability, Store, StoreError};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::{
@@ -240,7 +240,9 @@ struct Sent {
 /// The batch whose store append runs on a blocking thread.
 struct InFlight {
     sent: Sent,
-    job: JoinHandle<Result<(), StoreError>>,
+    /// The store's answer, sent before the blocking thread frees the evicted events, so
+    /// that freeing them does not delay publishing.
+    outcome: oneshot::Receiver<Result<(), StoreError>>,
 }
 
 pub(crate) struct Actor {
@@ -457,12 +459,13 @@ impl Actor {
         // store, which keeps batches published in order (`finish_commit`).
         let store = self.shared.store.clone();
         let evicted = std::mem::take(&mut self.evicted);
-        let job = tokio::task::spawn_blocking(move || {
-            let result = store.append(&records.appends(), Durability::Sync);
+        let (tx, outcome) = oneshot::channel();
+        // Detached: the outcome comes back on `tx` (dropped unsent only if the store panics).
+        tokio::task::spawn_blocking(move || {
+            let _ = tx.send(store.append(&records.appends(), Durability::Sync));
             drop(evicted);
-            result
         });
-        self.in_flight = Some(InFlight { sent, job });
+        self.in_flight = Some(InFlight { sent, outcome });
     }
 
     /// Takes the outcome of the commit in flight (see [`commit_outcome`]). After a success the
@@ -697,9 +700,9 @@ impl Actor {
 /// The outcome of the commit in flight; never ready when there is none.
 async fn commit_outcome(in_flight: &mut Option<InFlight>) -> Result<(), StoreError> {
     match in_flight {
-        Some(flight) => (&mut flight.job)
+        Some(flight) => (&mut flight.outcome)
             .await
-            .unwrap_or_else(|e| Err(StoreError::Engine(Box::new(e)))),
+            .unwrap_or_else(|_| Err(StoreError::Engine("the store's commit panicked".into()))),
         None => std::future::pending().await,
     }
 }
