@@ -157,6 +157,45 @@ pub(crate) struct Outgoing {
     pub(crate) origin: Arc<str>,
 }
 
+impl Outgoing {
+    /// The event a publish appends: its content type, its attributes (QoS, retain flag and
+    /// properties but the content type, and an id when retained) and its payload; `None`
+    /// when the attributes do not fit.
+    pub(crate) fn event(
+        qos: QoS,
+        retain: bool,
+        properties: Properties,
+        payload: Bytes,
+        origin: Arc<str>,
+    ) -> Option<NewEvent> {
+        static DEFAULT_CT: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+        let content_type: Arc<str> = match properties.content_type.as_deref() {
+            Some(ct) => Arc::from(ct),
+            None => DEFAULT_CT
+                .get_or_init(|| Arc::from(crate::DEFAULT_CONTENT_TYPE))
+                .clone(),
+        };
+        let mut properties = properties;
+        let explicit_ct = properties
+            .values_mut()
+            .and_then(|v| v.content_type.take())
+            .is_some();
+        let attrs = MessageAttrs {
+            qos,
+            retain,
+            explicit_content_type: explicit_ct,
+            properties,
+            id: retain.then(rand::random::<u64>),
+        };
+        let encoded = attrs.encode()?;
+        Some(
+            NewEvent::new(content_type, payload)
+                .with_origin(origin)
+                .with_attrs(encoded),
+        )
+    }
+}
+
 /// Why a publish was not accepted.
 #[derive(Debug)]
 pub(crate) enum PublishError {
@@ -401,45 +440,16 @@ impl Inner {
     /// future only then.
     /// `last` is the connection's handle on the topic it appended to last.
     pub(crate) fn publish(self: &Arc<Self>, out: Outgoing, last: &mut LastTopic) -> Publishing {
-        static DEFAULT_CT: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
-        let content_type: Arc<str> = match out.properties.content_type.as_deref() {
-            Some(ct) => Arc::from(ct),
-            None => DEFAULT_CT
-                .get_or_init(|| Arc::from(crate::DEFAULT_CONTENT_TYPE))
-                .clone(),
-        };
-        let mut properties = out.properties;
-        let explicit_ct = properties
-            .values_mut()
-            .and_then(|v| v.content_type.take())
-            .is_some();
-        let attrs = MessageAttrs {
-            qos: out.qos,
-            retain: out.retain,
-            explicit_content_type: explicit_ct,
-            properties,
-            id: out.retain.then(rand::random::<u64>),
-        };
-        let Some(encoded) = attrs.encode() else {
+        let (qos, retain) = (out.qos, out.retain);
+        let Some(event) =
+            Outgoing::event(out.qos, out.retain, out.properties, out.payload, out.origin)
+        else {
             return Publishing::Done(Err(PublishError::Invalid));
         };
-        let event = NewEvent::new(content_type, out.payload)
-            .with_origin(out.origin)
-            .with_attrs(encoded);
-        if !out.retain && out.qos == QoS::AtMostOnce {
-            // Nobody is told the outcome of a QoS 0 publish: no reply channel for it.
-            return match self
-                .topics
-                .try_enqueue_detached_to(last, out.path, vec![event])
-            {
-                Ok(()) => Publishing::Sent,
-                Err(TryEnqueueError::Failed(e)) => Publishing::Done(Err(PublishError::Engine(e))),
-                Err(TryEnqueueError::Full { topic, events }) => {
-                    self.when_there_is_room(topic, events)
-                }
-            };
+        if !retain && qos == QoS::AtMostOnce {
+            return self.send_detached(out.path, vec![event], last);
         }
-        if !out.retain {
+        if !retain {
             return match self.topics.try_enqueue_to(last, out.path, vec![event]) {
                 Ok(pending) => Publishing::Done(Ok(pending)),
                 Err(TryEnqueueError::Failed(e)) => Publishing::Done(Err(PublishError::Engine(e))),
@@ -473,6 +483,22 @@ impl Inner {
                 .await
                 .map_err(PublishError::Engine)
         }))
+    }
+
+    /// Appends QoS 0 messages that are not retained, `events` of one topic in one append:
+    /// nobody is told their outcome, so they get no reply channel. [`Publishing::Sent`]
+    /// once queued; a refusal found before queuing is still reported.
+    pub(crate) fn send_detached(
+        &self,
+        topic: Path,
+        events: Vec<NewEvent>,
+        last: &mut LastTopic,
+    ) -> Publishing {
+        match self.topics.try_enqueue_detached_to(last, topic, events) {
+            Ok(()) => Publishing::Sent,
+            Err(TryEnqueueError::Failed(e)) => Publishing::Done(Err(PublishError::Engine(e))),
+            Err(TryEnqueueError::Full { topic, events }) => self.when_there_is_room(topic, events),
+        }
     }
 
     /// The rest of a publish that found the topics engine's queue full: it waits for room

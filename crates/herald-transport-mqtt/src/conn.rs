@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::attrs::MessageAttrs;
-use crate::broker::{Inner, Outgoing, PublishError, Publishing, now_ms};
+use crate::broker::{Inner, Outgoing, PublishError, PublishFuture, Publishing, now_ms};
 use crate::names::{dollar_rule_allows, filter_pattern, topic_name, topic_path};
 use crate::session::{Claim, OutState, PendingWill, Session, Subscription, next_shared};
 use crate::shared::SharedDelivery;
@@ -257,11 +257,23 @@ struct Conn<S> {
     last_topic: Option<(String, Path)>,
     /// The engine's handle on that topic, when memory-only (skips its lookup by path).
     last_appended: LastTopic,
+    /// QoS 0 publishes to one topic read back to back, not yet handed to the engine: they
+    /// go as one append (see [`Conn::hold`]). Boxed: empty between reads.
+    held: Option<Box<Held>>,
     /// The deliveries being handled (empty between batches; kept for its buffer).
     batch: Vec<Delivery>,
     /// The topic of the last message sent and its MQTT name.
     delivered_name: Option<(Path, String)>,
 }
+
+/// QoS 0 publishes (not retained) to one topic, read one after the other.
+struct Held {
+    topic: Path,
+    events: Vec<herald_engine::NewEvent>,
+}
+
+/// The most QoS 0 publishes held for one append: a read holds at most this many per topic.
+const HELD_MAX: usize = 256;
 
 /// How recent a retained message sent at SUBSCRIBE must be for its live copy to be looked for.
 const RECENT_RETAINED_MS: u64 = 10_000;
@@ -547,6 +559,7 @@ where
         retained_sent: BTreeMap::new(),
         last_topic: None,
         last_appended: LastTopic::default(),
+        held: None,
         batch: Vec::new(),
         delivered_name: None,
     });
@@ -673,6 +686,14 @@ where
                             break;
                         }
                     }
+                    // Before waiting for more input, the QoS 0 publishes held go to the engine.
+                    let end = match self.release_held() {
+                        Next::Done(end) => end,
+                        Next::Wait(work) => work.await,
+                    };
+                    if let Some(end) = end {
+                        return end;
+                    }
                     if got_packet {
                         // Once per read, not per packet: a clock read is not free.
                         last_packet = Instant::now();
@@ -741,6 +762,33 @@ where
     /// Handles `packet` at once where it can, else hands back the work left (boxed, so that
     /// only a pointer to it lives in the packet loop's state).
     fn dispatch(&mut self, packet: Packet) -> Next<'_> {
+        let held_joins =
+            matches!(&packet, Packet::Publish(p) if p.qos == QoS::AtMostOnce && !p.retain);
+        if self.held.is_some() && !held_joins {
+            // The QoS 0 publishes held were read first: they go to the engine first.
+            let held = self.held.take();
+            match self.send_held(held) {
+                Ok(None) => {}
+                Ok(Some(end)) => return Next::Done(Some(end)),
+                Err(room) => {
+                    return Next::Wait(Box::pin(async move {
+                        let result = room.await;
+                        if let Some(end) = self.published(0, QoS::AtMostOnce, result) {
+                            return Some(end);
+                        }
+                        match self.dispatch_now(packet) {
+                            Next::Done(end) => end,
+                            Next::Wait(work) => work.await,
+                        }
+                    }));
+                }
+            }
+        }
+        self.dispatch_now(packet)
+    }
+
+    /// [`Conn::dispatch`] once nothing is held.
+    fn dispatch_now(&mut self, packet: Packet) -> Next<'_> {
         match packet {
             Packet::Subscribe(s) => Next::Wait(Box::pin(async move {
                 self.on_subscribe(s).await;
@@ -907,6 +955,14 @@ where
             QoS::AtMostOnce => {}
         }
         let (id, qos) = (p.packet_id, p.qos);
+        if qos == QoS::AtMostOnce && !p.retain {
+            let event =
+                Outgoing::event(qos, false, p.properties, p.payload, self.client_id.clone());
+            return match event {
+                Some(event) => self.hold(path, event),
+                None => Next::Done(self.published(id, qos, Err(PublishError::Invalid))),
+            };
+        }
         if qos == QoS::AtLeastOnce && !self.incoming_qos1.insert(id) {
             // Still being appended: the PUBACK for the first copy is coming.
             return Next::Done(None);
@@ -929,6 +985,78 @@ where
             Publishing::Wait(publishing) => Next::Wait(Box::pin(async move {
                 let result = publishing.await;
                 self.published(id, qos, result)
+            })),
+        }
+    }
+
+    /// Holds a QoS 0 publish (not retained) to `topic` with those read just before it, so that
+    /// a read of many publishes to one topic costs the engine one append, not one each. A
+    /// publish to another topic, a full batch, or any other packet hands the held ones to the
+    /// engine first, and so does the end of every read: nothing is held while the connection
+    /// waits for input, and the topic's order is the order of the publishes.
+    fn hold(&mut self, topic: Path, event: herald_engine::NewEvent) -> Next<'_> {
+        if let Some(held) = &mut self.held
+            && held.topic == topic
+            && held.events.len() < HELD_MAX
+        {
+            held.events.push(event);
+            return Next::Done(None);
+        }
+        if self.held.is_none() && self.last_appended.remembers(&topic) {
+            // A memory-only topic: its appends skip the engine's actor, and its subscribers
+            // can take each message the moment it is appended.
+            let sent = self.send_events(topic, vec![event]);
+            return self.after_held(sent);
+        }
+        let earlier = self.held.replace(Box::new(Held {
+            topic,
+            events: vec![event],
+        }));
+        let sent = self.send_held(earlier);
+        self.after_held(sent)
+    }
+
+    /// Hands the QoS 0 publishes held to the engine (see [`Conn::hold`]).
+    fn release_held(&mut self) -> Next<'_> {
+        let held = self.held.take();
+        let sent = self.send_held(held);
+        self.after_held(sent)
+    }
+
+    /// Appends `held` (see [`Conn::hold`]): `Ok` once queued or refused (`Some` ends the
+    /// connection), `Err` with the wait for room in the engine's queue.
+    fn send_held(&mut self, held: Option<Box<Held>>) -> Result<Option<End>, PublishFuture> {
+        let Some(held) = held else {
+            return Ok(None);
+        };
+        let Held { topic, events } = *held;
+        self.send_events(topic, events)
+    }
+
+    /// Appends QoS 0 publishes (not retained) to `topic`; as [`Conn::send_held`].
+    fn send_events(
+        &mut self,
+        topic: Path,
+        events: Vec<herald_engine::NewEvent>,
+    ) -> Result<Option<End>, PublishFuture> {
+        // A QoS 0 publish has no packet id: 0 stands for it.
+        match self
+            .inner
+            .send_detached(topic, events, &mut self.last_appended)
+        {
+            Publishing::Sent => Ok(None),
+            Publishing::Done(result) => Ok(self.published(0, QoS::AtMostOnce, result)),
+            Publishing::Wait(room) => Err(room),
+        }
+    }
+
+    /// What is left of [`Conn::send_held`]: waiting for room, if need be.
+    fn after_held(&mut self, sent: Result<Option<End>, PublishFuture>) -> Next<'_> {
+        match sent {
+            Ok(end) => Next::Done(end),
+            Err(room) => Next::Wait(Box::pin(async move {
+                let result = room.await;
+                self.published(0, QoS::AtMostOnce, result)
             })),
         }
     }
@@ -1419,6 +1547,12 @@ where
             End::Abnormal => true,
         };
         let will = self.will.take().filter(|_| send_will);
+        // QoS 0 publishes held when the connection ended (a refused publish, say) were read
+        // before it ended: they are appended, before the will.
+        let _ = match self.release_held() {
+            Next::Done(end) => end,
+            Next::Wait(work) => work.await,
+        };
         // Let the appends still pending finish, acknowledging them if the client still
         // listens.
         while let Some((id, qos, result)) = next_ack(&mut self.acks).await {

@@ -999,3 +999,179 @@ async fn keep_alive_is_pushed_back_by_every_packet() {
         matches!(got.as_slice(), [Packet::Disconnect(d)] if d.reason == reason::KEEP_ALIVE_TIMEOUT)
     );
 }
+
+/// The payloads of a topic's history, oldest first.
+async fn history(b: &Broker, topic: &str) -> Vec<Bytes> {
+    let events = b.topics.read(&path(topic), 1, 1000).await.unwrap();
+    events.iter().map(|e| e.data.clone()).collect()
+}
+
+#[tokio::test]
+async fn qos_0_publishes_read_together_keep_their_order() {
+    // QoS 0 publishes to one topic read back to back are appended together (one append per
+    // run): runs end at another topic, another QoS, a retained publish or another packet.
+    let b = Broker::start().await;
+    for (protocol, root) in [(Protocol::V311, "h3"), (Protocol::V5, "h5")] {
+        let mut s = b.admin(protocol, "sub").await;
+        let filter = format!("{root}/#");
+        s.subscribe(&[(filter.as_str(), sub(QoS::AtMostOnce))])
+            .await;
+        let mut p = b.admin(protocol, "pub").await;
+        let (a, c) = (format!("{root}/a"), format!("{root}/c"));
+        let mut sent: Vec<(String, Packet)> = Vec::new();
+        for i in 0..5 {
+            sent.push((
+                a.clone(),
+                Packet::Publish(publish(&a, format!("a{i}").as_bytes(), QoS::AtMostOnce, 0)),
+            ));
+        }
+        sent.push((
+            a.clone(),
+            Packet::Publish(publish(&a, b"a-q1", QoS::AtLeastOnce, 7)),
+        ));
+        for i in 0..3 {
+            sent.push((
+                c.clone(),
+                Packet::Publish(publish(&c, format!("c{i}").as_bytes(), QoS::AtMostOnce, 0)),
+            ));
+        }
+        let mut retained = publish(&c, b"c-retained", QoS::AtMostOnce, 0);
+        retained.retain = true;
+        sent.push((c.clone(), Packet::Publish(retained)));
+        for i in 5..7 {
+            sent.push((
+                a.clone(),
+                Packet::Publish(publish(&a, format!("a{i}").as_bytes(), QoS::AtMostOnce, 0)),
+            ));
+        }
+        let mut out = bytes::BytesMut::new();
+        for (_, packet) in &sent {
+            herald_mqtt_codec::encode(packet, protocol, &mut out);
+        }
+        herald_mqtt_codec::encode(&Packet::PingReq, protocol, &mut out);
+        // One write: the broker reads them together.
+        p.send_raw(&out).await;
+        // The PUBACK (once durable) and the PINGRESP (at once), in either order.
+        let (mut acked, mut pinged) = (false, false);
+        for _ in 0..2 {
+            match p.recv().await {
+                Packet::PubAck(ack) if ack.packet_id == 7 => acked = true,
+                Packet::PingResp => pinged = true,
+                other => panic!("expected PUBACK 7 or PINGRESP, got {other:?}"),
+            }
+        }
+        assert!(acked && pinged);
+
+        let expected = |topic: &str| -> Vec<Bytes> {
+            sent.iter()
+                .filter(|(t, _)| t == topic)
+                .map(|(_, p)| match p {
+                    Packet::Publish(p) => p.payload.clone(),
+                    _ => unreachable!(),
+                })
+                .collect()
+        };
+        // Delivered in order per topic, and all of them.
+        let mut got: std::collections::BTreeMap<String, Vec<Bytes>> = Default::default();
+        for _ in 0..sent.len() {
+            let m = s.recv_publish().await;
+            got.entry(m.topic.clone())
+                .or_default()
+                .push(m.payload.clone());
+        }
+        s.assert_quiet().await;
+        assert_eq!(got[&a], expected(&a), "{protocol:?}");
+        assert_eq!(got[&c], expected(&c), "{protocol:?}");
+        // Kept in that order.
+        assert_eq!(
+            history(&b, &format!("/{a}")).await,
+            expected(&a),
+            "{protocol:?}"
+        );
+        assert_eq!(
+            history(&b, &format!("/{c}")).await,
+            expected(&c),
+            "{protocol:?}"
+        );
+        p.disconnect().await;
+        s.disconnect().await;
+    }
+}
+
+#[tokio::test]
+async fn qos_0_publishes_read_before_a_refused_one_are_kept() {
+    // A QoS 0 publish the broker refuses ends the connection; those read before it in the
+    // same read are still appended.
+    let b = Broker::start().await;
+    for (protocol, topic) in [(Protocol::V311, "kept/3"), (Protocol::V5, "kept/5")] {
+        let mut p = b.admin(protocol, "pub").await;
+        let mut out = bytes::BytesMut::new();
+        for payload in [&b"one"[..], b"two"] {
+            let packet = Packet::Publish(publish(topic, payload, QoS::AtMostOnce, 0));
+            herald_mqtt_codec::encode(&packet, protocol, &mut out);
+        }
+        // A wildcard in a topic name: refused, and QoS 0 can only be refused by closing.
+        let bad = Packet::Publish(publish("kept/+", b"bad", QoS::AtMostOnce, 0));
+        herald_mqtt_codec::encode(&bad, protocol, &mut out);
+        p.send_raw(&out).await;
+        p.until_closed().await;
+        let want = [Bytes::from_static(b"one"), Bytes::from_static(b"two")];
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let got = history(&b, &format!("/{topic}")).await;
+            if got == want {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{protocol:?}: {got:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn qos_0_publishes_wait_for_room_in_a_full_engine_queue() {
+    // A queue of one append: runs of held QoS 0 publishes often find it full and wait for
+    // room (back-pressure on the publisher); none is lost or reordered.
+    let options = herald_engine::TopicsOptions {
+        queue_capacity: 1,
+        max_batch: 1,
+        ..Default::default()
+    };
+    let b = Broker::start_with(herald_transport_mqtt::MqttConfig::default(), options).await;
+    let mut p = b.admin(Protocol::V5, "pub").await;
+    let mut out = bytes::BytesMut::new();
+    let mut want: std::collections::BTreeMap<&str, Vec<Bytes>> = Default::default();
+    for i in 0..300u32 {
+        // Runs of 1 to 4 publishes per topic.
+        let topic = ["full/a", "full/b", "full/c"][(i / (1 + i % 4)) as usize % 3];
+        let payload = Bytes::from(i.to_string());
+        let packet = Packet::Publish(publish(topic, &payload, QoS::AtMostOnce, 0));
+        herald_mqtt_codec::encode(&packet, Protocol::V5, &mut out);
+        want.entry(topic).or_default().push(payload);
+    }
+    let last = Packet::Publish(publish("full/a", b"last", QoS::AtLeastOnce, 1));
+    herald_mqtt_codec::encode(&last, Protocol::V5, &mut out);
+    want.entry("full/a")
+        .or_default()
+        .push(Bytes::from_static(b"last"));
+    p.send_raw(&out).await;
+    // Acknowledged once durable, so everything before it is appended.
+    match p.recv().await {
+        Packet::PubAck(ack) => assert_eq!((ack.packet_id, ack.reason), (1, 0)),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    for (topic, payloads) in want {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let got = history(&b, &format!("/{topic}")).await;
+            if got == payloads {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{topic}: {got:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}

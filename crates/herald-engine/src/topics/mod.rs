@@ -536,6 +536,12 @@ impl LastTopic {
         (topic.path == *path && !topic.is_deleted()).then_some(topic)
     }
 
+    /// Whether this remembers `path`'s topic: a memory-only topic (whose appends skip the
+    /// actor) that this handle was last used to append to.
+    pub fn remembers(&self, path: &Path) -> bool {
+        self.get(path).is_some()
+    }
+
     fn remember(&mut self, topic: &Arc<Topic>) {
         if !self
             .0
