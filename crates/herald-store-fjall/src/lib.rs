@@ -864,58 +864,68 @@ impl Store for FjallStore {
         let mut logs: HashMap<&str, (LogMeta, BlockWriter)> = HashMap::new();
         {
             let meta = self.read_meta();
-            for r in records {
-                if r.log.len() > MAX_NAME_LEN {
-                    return Err(too_long(r.log));
+            let mut rest = records;
+            // A run of records of one log at a time (callers append runs): one lookup per
+            // run rather than two per record.
+            while let Some(first) = rest.first() {
+                let log = first.log;
+                let len = rest
+                    .iter()
+                    .position(|r| !(std::ptr::eq(r.log, log) || r.log == log))
+                    .unwrap_or(rest.len());
+                let (run, tail) = rest.split_at(len);
+                rest = tail;
+                if log.len() > MAX_NAME_LEN {
+                    return Err(too_long(log));
                 }
-                if r.data.len() > MAX_RECORD_BYTES {
-                    return Err(StoreError::Invalid(format!(
-                        "record of {} bytes in log {:?} is larger than the limit of \
-                         {MAX_RECORD_BYTES}",
-                        r.data.len(),
-                        r.log
-                    )));
-                }
-                if r.seq == u64::MAX {
-                    return Err(StoreError::Invalid(format!(
-                        "seq u64::MAX is reserved (log {:?}): a fully trimmed log reports \
-                         first = last + 1",
-                        r.log
-                    )));
-                }
-                let current = logs
-                    .get(r.log)
-                    .map(|(m, _)| m)
-                    .or_else(|| meta.get(r.log))
-                    .copied();
-                let len = r.data.len() as u64;
-                let next = match current {
-                    Some(m) if r.seq <= m.last => {
+                let (mut current, mut block) = match logs.remove(log) {
+                    Some((m, block)) => (Some(m), block),
+                    None => (meta.get(log).copied(), BlockWriter::default()),
+                };
+                for r in run {
+                    if r.data.len() > MAX_RECORD_BYTES {
                         return Err(StoreError::Invalid(format!(
-                            "seq {} is not greater than {} in log {}",
-                            r.seq, m.last, r.log
+                            "record of {} bytes in log {:?} is larger than the limit of \
+                             {MAX_RECORD_BYTES}",
+                            r.data.len(),
+                            log
                         )));
                     }
-                    Some(m) if !m.is_empty() => LogMeta {
-                        first: m.first,
-                        last: r.seq,
-                        bytes: m.bytes.saturating_add(len),
-                    },
-                    // A new log, or one trimmed empty: this record is the oldest one.
-                    _ => LogMeta {
-                        first: r.seq,
-                        last: r.seq,
-                        bytes: len,
-                    },
-                };
-                let (m, block) = logs
-                    .entry(r.log)
-                    .or_insert_with(|| (next, BlockWriter::default()));
-                *m = next;
-                if block.is_full_for(r.data.len()) {
-                    insert_block_into(&mut batch, &self.logs, r.log, block)?;
+                    if r.seq == u64::MAX {
+                        return Err(StoreError::Invalid(format!(
+                            "seq u64::MAX is reserved (log {log:?}): a fully trimmed log reports \
+                             first = last + 1"
+                        )));
+                    }
+                    let len = r.data.len() as u64;
+                    let next = match current {
+                        Some(m) if r.seq <= m.last => {
+                            return Err(StoreError::Invalid(format!(
+                                "seq {} is not greater than {} in log {}",
+                                r.seq, m.last, log
+                            )));
+                        }
+                        Some(m) if !m.is_empty() => LogMeta {
+                            first: m.first,
+                            last: r.seq,
+                            bytes: m.bytes.saturating_add(len),
+                        },
+                        // A new log, or one trimmed empty: this record is the oldest one.
+                        _ => LogMeta {
+                            first: r.seq,
+                            last: r.seq,
+                            bytes: len,
+                        },
+                    };
+                    current = Some(next);
+                    if block.is_full_for(r.data.len()) {
+                        insert_block_into(&mut batch, &self.logs, log, &mut block)?;
+                    }
+                    block.push(r.seq, r.data);
                 }
-                block.push(r.seq, r.data);
+                if let Some(m) = current {
+                    logs.insert(log, (m, block));
+                }
             }
         }
         for (log, (m, block)) in &mut logs {

@@ -253,6 +253,30 @@ pub fn non_increasing_seq_is_rejected(store: &dyn Store) {
         ),
         "decreasing seq within a batch",
     );
+    assert_invalid(
+        store.append(
+            &[
+                Append {
+                    log: "log",
+                    seq: 10,
+                    data: b"x",
+                },
+                Append {
+                    log: "other",
+                    seq: 1,
+                    data: b"o",
+                },
+                Append {
+                    log: "log",
+                    seq: 10,
+                    data: b"y",
+                },
+            ],
+            Durability::Sync,
+        ),
+        "a seq repeated after another log's records within a batch",
+    );
+    assert_eq!(read_all(store, "other"), Vec::new());
     assert_eq!(read_all(store, "log"), vec![(5, b"five".to_vec())]);
     ok(store.trim("log", 100, Durability::Sync), "trim");
     assert_invalid(
