@@ -4,7 +4,7 @@
 //! Reading never panics: every read checks that its bytes are present and fails with
 //! [`DecodeError::Malformed`] otherwise (inside a complete packet, missing bytes are malformed).
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use crate::DecodeError;
 
@@ -102,9 +102,13 @@ impl Reader {
         std::mem::take(&mut self.buf)
     }
 
+    /// The next `N` bytes, copied (a fixed-size field: no reference to the buffer is taken).
     fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], DecodeError> {
-        let bytes = self.take(N, what)?;
-        <[u8; N]>::try_from(bytes.as_ref()).or_else(|_| malformed(what))
+        let Some(Ok(array)) = self.buf.get(..N).map(<[u8; N]>::try_from) else {
+            return malformed(what);
+        };
+        self.buf.advance(N);
+        Ok(array)
     }
 
     /// A byte.
@@ -150,14 +154,20 @@ impl Reader {
 
     /// A UTF-8 string: a two byte length and that many bytes of UTF-8 without U+0000.
     pub(crate) fn string(&mut self, what: &'static str) -> Result<String, DecodeError> {
-        let bytes = self.binary(what)?;
-        let Ok(s) = std::str::from_utf8(&bytes) else {
+        let len = usize::from(self.u16(what)?);
+        // Copied straight out of the buffer: a string owns its bytes anyway.
+        let Some(bytes) = self.buf.get(..len) else {
+            return malformed(what);
+        };
+        let Ok(s) = std::str::from_utf8(bytes) else {
             return malformed("invalid UTF-8 in a string");
         };
         if s.contains('\0') {
             return malformed("U+0000 in a string");
         }
-        Ok(s.to_owned())
+        let s = s.to_owned();
+        self.buf.advance(len);
+        Ok(s)
     }
 }
 
