@@ -45,6 +45,18 @@ impl BlockWriter {
         self.last.is_some() && self.data_bytes.saturating_add(len) > BLOCK_BYTES
     }
 
+    /// Makes room for `records` more records of `data_bytes` bytes in all (of which at most
+    /// a block's worth goes into this block), so that pushing them does not grow the buffer
+    /// step by step.
+    pub(crate) fn reserve(&mut self, records: usize, data_bytes: usize) {
+        let headers = records.min(BLOCK_BYTES).saturating_mul(2 * MAX_VARINT);
+        self.buf.reserve(
+            data_bytes
+                .min(BLOCK_BYTES)
+                .saturating_add(headers.min(BLOCK_BYTES)),
+        );
+    }
+
     /// Adds a record. `seq` must be greater than the previous record's (the caller validates
     /// that before anything is written).
     pub(crate) fn push(&mut self, seq: u64, data: &[u8]) {

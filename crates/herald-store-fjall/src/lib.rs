@@ -882,6 +882,7 @@ impl Store for FjallStore {
                     Some((m, block)) => (Some(m), block),
                     None => (meta.get(log).copied(), BlockWriter::default()),
                 };
+                block.reserve(run.len(), run.iter().map(|r| r.data.len()).sum());
                 for r in run {
                     if r.data.len() > MAX_RECORD_BYTES {
                         return Err(StoreError::Invalid(format!(

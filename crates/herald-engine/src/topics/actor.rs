@@ -443,6 +443,17 @@ impl Actor {
             records,
             events,
         } = std::mem::take(&mut self.staged);
+        // The next batch is likely the size of this one: its buffers start there, rather
+        // than growing (and copying) from empty while the actor stages it.
+        self.staged = Batch {
+            appends: Vec::with_capacity(appends.len()),
+            records: Records {
+                bytes: Vec::with_capacity(records.bytes.len()),
+                ends: Vec::with_capacity(records.ends.len()),
+                runs: Vec::with_capacity(records.runs.len()),
+            },
+            events: 0,
+        };
         let sent = Sent {
             appends,
             events,
