@@ -765,7 +765,12 @@ impl Ws {
                         }
                     };
                     let sending = Box::pin(self.deliver(deliveries));
-                    sending.await
+                    let flow = sending.await;
+                    // One turn of the scheduler before the next pull: events published
+                    // meanwhile (the rest of a fan-out) join the next frame rather than each
+                    // costing a write of its own.
+                    tokio::task::yield_now().await;
+                    flow
                 }
                 msg = self.socket.recv() => {
                     self.last_seen = Instant::now();
