@@ -272,7 +272,10 @@ struct Held {
     events: Vec<herald_engine::NewEvent>,
 }
 
-/// The most QoS 0 publishes held for one append: a read holds at most this many per topic.
+/// The most QoS 0 publishes held for one append. A run never outlasts the read it came in
+/// (at most `MAX_READ_ROOM` bytes past a partial packet), so an append of held publishes
+/// carries no more bytes than one publish of the largest packet size could, and the
+/// engine's queue, bounded in appends, stays bounded in bytes as before.
 const HELD_MAX: usize = 256;
 
 /// How recent a retained message sent at SUBSCRIBE must be for its live copy to be looked for.
