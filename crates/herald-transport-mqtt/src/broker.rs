@@ -201,7 +201,7 @@ fn default_content_type(origin: &Arc<str>) -> Arc<str> {
     static COPIES: std::sync::OnceLock<[Arc<str>; 16]> = std::sync::OnceLock::new();
     let copies =
         COPIES.get_or_init(|| std::array::from_fn(|_| Arc::from(crate::DEFAULT_CONTENT_TYPE)));
-    // Allocations are at least 8-byte aligned: the bits above those spread origins.
+    // The low bits of an allocation's address are its alignment (zero): the ones above spread.
     let shard = (Arc::as_ptr(origin).cast::<u8>() as usize >> 4) % copies.len();
     match copies.get(shard) {
         Some(copy) => copy.clone(),
