@@ -82,8 +82,9 @@
 //! # Disk use
 //! Besides live records, the directory holds: tombstones of trimmed blocks until compaction
 //! drops them; trimmed blocks in blob files until fjall drops or rewrites the file (its blob
-//! garbage collection, with the default staleness threshold of 25 %; with a retention of 1,000 events per topic under a steady 0.43 M events/s the directory stayed
-//! between 16 and 71 MB); the records below the watermark in the block the last trim cut
+//! garbage collection, with the default staleness threshold of 25 %; with a retention of
+//! 1,000 events per topic under a steady 0.43 M events/s the directory stayed between 16 and
+//! 71 MB); the records below the watermark in the block the last trim cut
 //! through; the active journal (up to ~64 MB, plus what was written until the next memtable
 //! flush) and at most about [`FjallOptions::with_max_journal_bytes`] of sealed journals (64 MiB
 //! by default, see [`FjallOptions`]); and, while the store is open, tables that a compaction
@@ -869,11 +870,11 @@ impl Store for FjallStore {
             // run rather than two per record.
             while let Some(first) = rest.first() {
                 let log = first.log;
-                let len = rest
+                let run_len = rest
                     .iter()
                     .position(|r| !(std::ptr::eq(r.log, log) || r.log == log))
                     .unwrap_or(rest.len());
-                let (run, tail) = rest.split_at(len);
+                let (run, tail) = rest.split_at(run_len);
                 rest = tail;
                 if log.len() > MAX_NAME_LEN {
                     return Err(too_long(log));
