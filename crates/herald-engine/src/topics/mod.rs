@@ -124,11 +124,12 @@ pub const DEFAULT_MEMORY_BUDGET: usize = 256 * 1024 * 1024;
 pub const MIN_MEMORY_SHARE: usize = 64 * 1024;
 
 /// The memory an event in a window takes, as the window bounds count it: its data and
-/// attributes and the event itself (its handle and its shared parts).
+/// attributes, the event itself (its shared parts) and its entry in the window (its handle
+/// and this footprint).
 pub fn footprint(event: &Event) -> usize {
     event.data.len()
         + event.attrs.len()
-        + std::mem::size_of::<Event>()
+        + std::mem::size_of::<(Event, u32)>()
         + std::mem::size_of::<EventParts>()
 }
 
@@ -297,7 +298,6 @@ pub(crate) struct TopicState {
     pub(crate) first: u64,
     /// The newest committed events, contiguous, oldest first.
     pub(crate) window: Window,
-    pub(crate) window_bytes: usize,
 }
 
 impl TopicState {
@@ -324,19 +324,22 @@ impl TopicState {
         mut evicted: impl FnMut(Event),
     ) {
         for e in events {
-            self.window_bytes += footprint(&e);
             self.window.push_back(e);
         }
+        // The events trimmed are not read here (see `Window`): freeing them is `evicted`'s
+        // business.
+        let mut trimmed = false;
         while self.window.len() > max_events
-            || (self.window_bytes > max_bytes && self.window.len() > 1)
+            || (self.window.bytes() > max_bytes && self.window.len() > 1)
         {
-            if let Some(old) = self.window.pop_front() {
-                self.window_bytes -= footprint(&old);
-                if memory_only {
-                    self.first = old.seq + 1;
-                }
-                evicted(old);
-            }
+            let Some(old) = self.window.pop_front() else {
+                break;
+            };
+            evicted(old);
+            trimmed = true;
+        }
+        if memory_only && trimmed {
+            self.first = self.window.kept_from();
         }
     }
 }
@@ -357,7 +360,6 @@ impl Topic {
             state: Mutex::new(TopicState {
                 first,
                 window: Window::default(),
-                window_bytes: 0,
             }),
         }
     }
@@ -778,10 +780,8 @@ impl Shared {
         if from > to {
             return true;
         }
-        let skip = match state.window.front() {
-            Some(front) if front.seq <= from => {
-                usize::try_from(from - front.seq).unwrap_or(usize::MAX)
-            }
+        let skip = match state.window.front_seq() {
+            Some(front) if front <= from => usize::try_from(from - front).unwrap_or(usize::MAX),
             // Nothing older than the window exists anywhere.
             _ if topic.memory_only => 0,
             _ => return false,
@@ -1364,7 +1364,6 @@ mod tests {
         TopicState {
             first,
             window: Window::default(),
-            window_bytes: 0,
         }
     }
 
@@ -1380,7 +1379,7 @@ mod tests {
         );
         assert_eq!(evicted, [1, 2]);
         assert_eq!(s.window.len(), 3);
-        assert_eq!(s.window_bytes, 3 * footprint(&event(0, b"x")));
+        assert_eq!(s.window.bytes(), 3 * footprint(&event(0, b"x")));
         // A durable topic's `first` is its store's business; a memory-only one's moves.
         assert_eq!(s.first, 1);
         let mut memory = state(1);
@@ -1398,6 +1397,6 @@ mod tests {
         let mut dropped = state(1);
         dropped.push((1..=5).map(|seq| event(seq, b"x")), false, (3, usize::MAX));
         assert_eq!(dropped.window.len(), 3);
-        assert_eq!(dropped.window_bytes, s.window_bytes);
+        assert_eq!(dropped.window.bytes(), s.window.bytes());
     }
 }

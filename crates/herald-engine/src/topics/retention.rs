@@ -108,10 +108,8 @@ fn trim_topic(
     let mut state = topic.lock();
     if cut > state.first {
         state.first = cut;
-        while state.window.front().is_some_and(|e| e.seq < cut) {
-            if let Some(old) = state.window.pop_front() {
-                state.window_bytes -= super::footprint(&old);
-            }
+        while state.window.front_seq().is_some_and(|seq| seq < cut) {
+            state.window.pop_front();
         }
     }
     Ok(cut - bounds.first)
