@@ -106,20 +106,26 @@ impl Window {
 
     /// The events from the `skip`-th on (0: the oldest), oldest first.
     pub(crate) fn iter_from(&self, skip: usize) -> impl Iterator<Item = &Event> {
-        // Skips whole chunks by their lengths, then within the chunk where `skip` falls.
-        let mut left = skip;
-        let mut start = self.chunks.len();
-        for (i, chunk) in self.chunks.iter().enumerate() {
-            if left < chunk.len() {
-                start = i;
-                break;
-            }
-            left -= chunk.len();
-        }
+        // Found by arithmetic, not by walking the chunks (a full memory-only window has a
+        // thousand, and readers ask for the newest events): the first chunk holds what is
+        // left of it, every later one but the last exactly `CHUNK`.
+        let skip = skip.min(self.len);
+        let first = self.chunks.front().map_or(0, VecDeque::len);
+        let (start, left) = if skip < first {
+            (0, skip)
+        } else {
+            let past = skip - first;
+            (1 + past / CHUNK, past % CHUNK)
+        };
+        // With `skip` at most `len`, both are in range; the bounds only keep `range` from
+        // panicking should that ever not hold.
         self.chunks
-            .range(start..)
+            .range(start.min(self.chunks.len())..)
             .enumerate()
-            .flat_map(move |(i, chunk)| chunk.range(if i == 0 { left } else { 0 }..))
+            .flat_map(move |(i, chunk)| {
+                let from = if i == 0 { left.min(chunk.len()) } else { 0 };
+                chunk.range(from..)
+            })
             .map(|(event, _)| event)
     }
 
@@ -187,7 +193,9 @@ mod tests {
                 prop_assert_eq!(window.bytes(), model.len() * footprint(&event(0)));
                 let all: Vec<u64> = window.iter().map(|e| e.seq).collect();
                 prop_assert_eq!(&all, &Vec::from(model.clone()));
-                for &skip in &skips {
+                // Counted from the start, and from the end (readers mostly ask for the newest).
+                let from_end = skips.iter().map(|k| model.len().saturating_sub(k % 70));
+                for skip in skips.iter().copied().chain(from_end) {
                     let got: Vec<u64> = window.iter_from(skip).map(|e| e.seq).collect();
                     let want: Vec<u64> = model.iter().skip(skip).copied().collect();
                     prop_assert_eq!(got, want, "skip {}", skip);
