@@ -59,6 +59,6 @@ pub use keyed::KeyedRecords;
 pub use retained::{Retained, RetainedError, RetainedMessage, RetainedOptions};
 pub use topics::{
     Appended, DEFAULT_MEMORY_BUDGET, Delivery, Event, EventParts, LastTopic, Listener,
-    MIN_MEMORY_SHARE, NewEvent, PendingAppend, TopicInfo, Topics, TopicsError, TopicsOptions,
-    TryEnqueueError, Wire, footprint,
+    MIN_MEMORY_SHARE, NewEvent, PendingAppend, RememberedAppend, TopicInfo, Topics, TopicsError,
+    TopicsOptions, TryEnqueueError, Wire, footprint,
 };

@@ -1171,6 +1171,86 @@ async fn a_remembered_topic_is_left_for_other_paths_and_after_a_delete() {
     assert_eq!(data(&topics.read(&durable, 1, 10).await.unwrap()), ["1"]);
 }
 
+/// `try_append_remembered` appends only to the memory-only topic the handle remembers, and
+/// hands anything else back as given: another path, a topic not yet remembered, a durable
+/// topic, the remembered topic once deleted. Invalid events are refused.
+#[tokio::test]
+async fn only_the_remembered_topic_is_appended_to_at_once() {
+    use herald_engine::RememberedAppend;
+    let options = memory_only_under_mem();
+    let topics = open(Arc::new(MemoryStore::default()), options).await;
+    let mut last = herald_engine::LastTopic::default();
+    let (a, b, durable) = (p("/mem/a"), p("/mem/b"), p("/durable/x"));
+    let handed_back =
+        |result: Result<(), RememberedAppend>, topic: &Path, want: &[&str]| match result {
+            Err(RememberedAppend::Elsewhere { topic: t, events }) => {
+                assert_eq!(&t, topic);
+                let got: Vec<_> = events.iter().map(|e| e.data.as_ref()).collect();
+                let want: Vec<_> = want.iter().map(|d| d.as_bytes()).collect();
+                assert_eq!(got, want);
+            }
+            other => panic!("{topic}: not handed back: {other:?}"),
+        };
+    // Nothing remembered yet.
+    handed_back(
+        topics.try_append_remembered(&mut last, a.clone(), evs(1..=2)),
+        &a,
+        &["1", "2"],
+    );
+    topics
+        .try_enqueue_to(&mut last, a.clone(), evs(1..=1))
+        .unwrap()
+        .await
+        .unwrap();
+    topics
+        .try_append_remembered(&mut last, a.clone(), evs(2..=3))
+        .unwrap();
+    assert_eq!(
+        data(&topics.read(&a, 1, 10).await.unwrap()),
+        ["1", "2", "3"]
+    );
+    // Another memory-only path, and a durable one, go back to the caller untouched.
+    handed_back(
+        topics.try_append_remembered(&mut last, b.clone(), evs(1..=1)),
+        &b,
+        &["1"],
+    );
+    assert!(topics.read(&b, 1, 10).await.unwrap().is_empty());
+    topics
+        .try_enqueue_to(&mut last, durable.clone(), evs(1..=1))
+        .unwrap()
+        .await
+        .unwrap();
+    handed_back(
+        topics.try_append_remembered(&mut last, durable.clone(), evs(2..=2)),
+        &durable,
+        &["2"],
+    );
+    assert_eq!(data(&topics.read(&durable, 1, 10).await.unwrap()), ["1"]);
+    // The durable append did not replace what is remembered.
+    topics
+        .try_append_remembered(&mut last, a.clone(), evs(4..=4))
+        .unwrap();
+    assert_eq!(data(&topics.read(&a, 4, 10).await.unwrap()), ["4"]);
+    // Deleted: its next incarnation is not remembered.
+    topics.delete(&a).await.unwrap();
+    handed_back(
+        topics.try_append_remembered(&mut last, a.clone(), evs(5..=5)),
+        &a,
+        &["5"],
+    );
+    assert!(topics.read(&a, 1, 10).await.unwrap().is_empty());
+    // Invalid: refused, whatever is remembered.
+    let refused = topics.try_append_remembered(&mut last, a.clone(), Vec::new());
+    assert!(
+        matches!(
+            refused,
+            Err(RememberedAppend::Failed(TopicsError::Invalid(_)))
+        ),
+        "{refused:?}"
+    );
+}
+
 // The commit pipeline: one commit in flight while the next batch is numbered.
 
 type AppendTask = tokio::task::JoinHandle<Result<herald_engine::Appended, TopicsError>>;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use herald_core::{Access, Modes, Path};
-use herald_engine::{Delivery, Event, LastTopic, PendingAppend, TopicsError};
+use herald_engine::{Delivery, Event, LastTopic, PendingAppend, RememberedAppend, TopicsError};
 use herald_mqtt_codec::{
     Ack, ConnAck, Connect, DecodeError, Decoder, Disconnect, Packet, Properties, PropertyValues,
     Protocol, Publish, QoS, SubAck, SubOptions, Subscribe, UnsubAck, Unsubscribe, Will, encode,
@@ -921,24 +921,23 @@ where
                 self.aliases.insert(alias, p.topic.clone());
             }
         }
-        // Publishers mostly repeat their topic: the last one's path is kept.
-        let path = match &self.last_topic {
-            Some((name, path)) if *name == p.topic => Some(path.clone()),
-            _ => {
-                let path = valid_topic_name(&p.topic)
-                    .then(|| topic_path(&p.topic, &self.inner.config.path_limits))
-                    .flatten();
-                if let Some(path) = &path {
-                    self.last_topic = Some((p.topic.clone(), path.clone()));
-                }
-                path
-            }
-        };
-        let Some(path) = path else {
-            tracing::debug!(client = %self.client_id, topic = %p.topic, "mqtt: invalid topic name");
+        // Publishers mostly repeat their topic: the last one's path is kept, and borrowed
+        // (a QoS 0 publish joining the run held for its topic takes no reference to it).
+        if !matches!(&self.last_topic, Some((name, _)) if *name == p.topic) {
+            let path = valid_topic_name(&p.topic)
+                .then(|| topic_path(&p.topic, &self.inner.config.path_limits))
+                .flatten();
+            let Some(path) = path else {
+                tracing::debug!(client = %self.client_id, topic = %p.topic, "mqtt: invalid topic name");
+                return Next::Done(self.refuse_publish(&p, reason::TOPIC_NAME_INVALID));
+            };
+            self.last_topic = Some((p.topic.clone(), path));
+        }
+        let Some((_, path)) = &self.last_topic else {
+            // Set just above.
             return Next::Done(self.refuse_publish(&p, reason::TOPIC_NAME_INVALID));
         };
-        if !self.access.allows(&path, Modes::WRITE) {
+        if !self.access.allows(path, Modes::WRITE) {
             tracing::debug!(client = %self.client_id, %path, "mqtt: publish not authorized");
             return Next::Done(self.refuse_publish(&p, reason::NOT_AUTHORIZED));
         }
@@ -962,10 +961,11 @@ where
             let event =
                 Outgoing::event(qos, false, p.properties, p.payload, self.client_id.clone());
             return match event {
-                Some(event) => self.hold(path, event),
+                Some(event) => self.hold(event),
                 None => Next::Done(self.published(id, qos, Err(PublishError::Invalid))),
             };
         }
+        let path = path.clone();
         if qos == QoS::AtLeastOnce && !self.incoming_qos1.insert(id) {
             // Still being appended: the PUBACK for the first copy is coming.
             return Next::Done(None);
@@ -997,24 +997,42 @@ where
     /// publish to another topic, a full batch, or any other packet hands the held ones to the
     /// engine first, and so does the end of every read: nothing is held while the connection
     /// waits for input, and the topic's order is the order of the publishes.
-    fn hold(&mut self, topic: Path, event: herald_engine::NewEvent) -> Next<'_> {
+    ///
+    /// The publish's topic is the last one read, `last_topic` (see [`Conn::on_publish`]):
+    /// one joining the run held for it takes no reference to its path.
+    fn hold(&mut self, event: herald_engine::NewEvent) -> Next<'_> {
+        let Some((_, topic)) = &self.last_topic else {
+            // Not reached: `on_publish` sets it first.
+            return Next::Done(self.published(0, QoS::AtMostOnce, Err(PublishError::Invalid)));
+        };
         if let Some(held) = &mut self.held
-            && held.topic == topic
+            && held.topic == *topic
             && held.events.len() < HELD_MAX
         {
             held.events.push(event);
             return Next::Done(None);
         }
-        if self.held.is_none() && self.last_appended.remembers(&topic) {
-            // A memory-only topic: its appends skip the engine's actor, and its subscribers
-            // can take each message the moment it is appended.
-            let sent = self.send_events(topic, vec![event]);
-            return self.after_held(sent);
-        }
-        let earlier = self.held.replace(Box::new(Held {
-            topic,
-            events: vec![event],
-        }));
+        let topic = topic.clone();
+        let (topic, events) = if self.held.is_none() {
+            // The memory-only topic appended to last is appended to at once: its appends skip
+            // the engine's actor, and its subscribers can take each message the moment it is
+            // appended. Any other topic's publishes are held.
+            match self.inner.topics.try_append_remembered(
+                &mut self.last_appended,
+                topic,
+                vec![event],
+            ) {
+                Ok(()) => return Next::Done(None),
+                Err(RememberedAppend::Failed(e)) => {
+                    let refused = Err(PublishError::Engine(e));
+                    return Next::Done(self.published(0, QoS::AtMostOnce, refused));
+                }
+                Err(RememberedAppend::Elsewhere { topic, events }) => (topic, events),
+            }
+        } else {
+            (topic, vec![event])
+        };
+        let earlier = self.held.replace(Box::new(Held { topic, events }));
         let sent = self.send_held(earlier);
         self.after_held(sent)
     }

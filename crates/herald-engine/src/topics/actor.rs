@@ -376,16 +376,17 @@ impl Actor {
             None => {
                 // Normally done by the caller already; here in case the topic's retention
                 // became memory-only since.
-                let events = match self
-                    .shared
-                    .append_in_memory(&path, events, expect_last, None)
-                {
-                    InMemory::Done(result) => {
-                        answer(reply, result);
-                        return;
-                    }
-                    InMemory::Durable(events) => events,
-                };
+                let events =
+                    match self
+                        .shared
+                        .append_in_memory(&path, events, expect_last, None, true)
+                    {
+                        InMemory::Done(result) => {
+                            answer(reply, result);
+                            return;
+                        }
+                        InMemory::Durable(events) => events,
+                    };
                 let topic = self.shared.topic(&path);
                 let last = topic.as_ref().map_or(0, |t| t.committed_last());
                 let created = topic.is_none();

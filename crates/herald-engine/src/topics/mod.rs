@@ -538,12 +538,6 @@ impl LastTopic {
         (topic.path == *path && !topic.is_deleted()).then_some(topic)
     }
 
-    /// Whether this remembers `path`'s topic: a memory-only topic (whose appends skip the
-    /// actor) that this handle was last used to append to.
-    pub fn remembers(&self, path: &Path) -> bool {
-        self.get(path).is_some()
-    }
-
     fn remember(&mut self, topic: &Arc<Topic>) {
         if !self
             .0
@@ -688,17 +682,24 @@ impl Shared {
     /// nothing to commit, so its appends skip the actor. The events are numbered under the
     /// topic's lock, which every append to it takes, so numbers never collide and one
     /// caller's appends keep their order. A durable topic's events are handed back, for the
-    /// actor.
+    /// actor. With `look_up` false only the topic `last_topic` remembers is appended to, and
+    /// any other's events are handed back as a durable topic's are.
     pub(crate) fn append_in_memory(
         &self,
         path: &Path,
         events: Vec<NewEvent>,
         expect_last: Option<u64>,
         mut last_topic: Option<&mut LastTopic>,
+        look_up: bool,
     ) -> InMemory {
         loop {
             let remembered = last_topic.as_deref().and_then(|l| l.get(path));
-            let Some(topic) = remembered.or_else(|| self.memory_topic(path)) else {
+            let found = match remembered {
+                Some(topic) => Some(topic),
+                None if look_up => self.memory_topic(path),
+                None => None,
+            };
+            let Some(topic) = found else {
                 return InMemory::Durable(events);
             };
             if let Some(l) = last_topic.as_deref_mut() {
@@ -945,6 +946,20 @@ pub enum TryEnqueueError {
     Failed(TopicsError),
 }
 
+/// Why [`Topics::try_append_remembered`] did not append.
+#[derive(Debug)]
+pub enum RememberedAppend {
+    /// Not the remembered memory-only topic: the append, as given.
+    Elsewhere {
+        /// The topic, as given.
+        topic: Path,
+        /// The events, as given.
+        events: Vec<NewEvent>,
+    },
+    /// Refused (as [`Topics::enqueue`] fails).
+    Failed(TopicsError),
+}
+
 impl Topics {
     /// Loads the topics found in `store` (their bounds only: this is fast however much they
     /// hold) and starts the actor on the current tokio runtime.
@@ -1096,6 +1111,33 @@ impl Topics {
         }
     }
 
+    /// [`Topics::try_enqueue_detached_to`] only if `topic` is the memory-only topic `last`
+    /// remembers (the one it was last used to append to): then the events are appended at
+    /// once, as that call would, and `Ok` says so; otherwise they are handed back untouched,
+    /// in `Err`, and nothing else is looked up. For a caller that appends to the remembered
+    /// topic at once and holds other topics' events to append them together.
+    ///
+    /// # Errors
+    /// [`RememberedAppend::Failed`] when the events are not valid (as
+    /// [`Topics::try_enqueue`]); [`RememberedAppend::Elsewhere`] with the events when `topic`
+    /// is not the remembered memory-only topic.
+    pub fn try_append_remembered(
+        &self,
+        last: &mut LastTopic,
+        topic: Path,
+        events: Vec<NewEvent>,
+    ) -> Result<(), RememberedAppend> {
+        validate(&topic, &events).map_err(RememberedAppend::Failed)?;
+        match self
+            .shared
+            .append_in_memory(&topic, events, None, Some(last), false)
+        {
+            // As for a detached append, the outcome is not reported.
+            InMemory::Done(_) => Ok(()),
+            InMemory::Durable(events) => Err(RememberedAppend::Elsewhere { topic, events }),
+        }
+    }
+
     /// Queues `command` for the actor if there is room, else hands its append back.
     fn try_send(&self, command: Command) -> Result<(), TryEnqueueError> {
         match self.tx.try_send(command) {
@@ -1146,13 +1188,14 @@ impl Topics {
         last_topic: Option<&mut LastTopic>,
     ) -> Result<Prepared, TopicsError> {
         validate(&topic, &events)?;
-        let events = match self
-            .shared
-            .append_in_memory(&topic, events, expect_last, last_topic)
-        {
-            InMemory::Done(result) => return Ok(Prepared::Done(PendingAppend::done(result))),
-            InMemory::Durable(events) => events,
-        };
+        let events =
+            match self
+                .shared
+                .append_in_memory(&topic, events, expect_last, last_topic, true)
+            {
+                InMemory::Done(result) => return Ok(Prepared::Done(PendingAppend::done(result))),
+                InMemory::Durable(events) => events,
+            };
         let command = Command::Append {
             topic,
             events,
