@@ -196,6 +196,13 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "HERALD_MEMORY_ONLY_BUDGET", value_name = "BYTES")]
     memory_only_budget: Option<usize>,
 
+    /// Worker threads that run the connections and the engine. Fewer than the CPUs leaves
+    /// cores to other processes on the machine (a database, a load generator); the store's
+    /// commits and background work run on threads of their own either way.
+    /// [default: one per CPU]
+    #[arg(long, env = "HERALD_THREADS", value_name = "N")]
+    threads: Option<usize>,
+
     /// Document write queue size; Icepeak writes get 503 when it is full. [default: 4096]
     #[arg(long, env = "HERALD_QUEUE_CAPACITY", value_name = "N")]
     queue_capacity: Option<usize>,
@@ -300,6 +307,7 @@ struct FileConfig {
     max_body_bytes: Option<usize>,
     max_connections: Option<usize>,
     memory_only_budget: Option<usize>,
+    threads: Option<usize>,
     queue_capacity: Option<usize>,
     snapshot_every: Option<u64>,
     websocket_ping_interval: Option<u64>,
@@ -342,6 +350,8 @@ pub(crate) struct Settings {
     pub(crate) max_body_bytes: usize,
     pub(crate) max_connections: usize,
     pub(crate) memory_only_budget: usize,
+    /// Worker threads of the async runtime; `None`: one per CPU.
+    pub(crate) threads: Option<usize>,
     pub(crate) queue_capacity: usize,
     pub(crate) snapshot_every: u64,
     pub(crate) websocket_ping_interval: u64,
@@ -452,6 +462,7 @@ impl Settings {
                 .memory_only_budget
                 .or(file.memory_only_budget)
                 .unwrap_or(herald_engine::DEFAULT_MEMORY_BUDGET),
+            threads: args.threads.or(file.threads),
             queue_capacity: args.queue_capacity.or(file.queue_capacity).unwrap_or(4096),
             snapshot_every: args
                 .snapshot_every
@@ -493,6 +504,9 @@ impl Settings {
     fn validate(&self) -> anyhow::Result<()> {
         if self.max_connections == 0 {
             bail!("--max-connections must be at least 1");
+        }
+        if self.threads == Some(0) {
+            bail!("--threads must be at least 1");
         }
         if self.queue_capacity == 0 {
             bail!("--queue-capacity must be at least 1");

@@ -42,11 +42,19 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let settings = Settings::load(args)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = settings.threads {
+        builder.worker_threads(threads);
+    }
+    let runtime = builder
         .enable_all()
         .thread_name("herald")
         .build()
         .context("cannot start the async runtime")?;
+    tracing::info!(
+        worker_threads = runtime.metrics().num_workers(),
+        "async runtime started"
+    );
     runtime.block_on(serve(settings))
 }
 

@@ -19,6 +19,7 @@ const SERVE_FLAGS: &[&str] = &[
     "--allow-anonymous",
     "--max-body-bytes",
     "--queue-capacity",
+    "--threads",
     "--snapshot-every",
     "--websocket-ping-interval",
     "--websocket-pong-timeout",
@@ -374,6 +375,7 @@ async fn invalid_settings_are_reported() {
             &["--http", "off", "--queue-capacity", "0"][..],
             "--queue-capacity",
         ),
+        (&["--http", "off", "--threads", "0"][..], "--threads"),
     ] {
         // Every case names at least one listener so a wrongly accepted one binds no fixed port.
         let args = if args.contains(&"--icepeak") {
