@@ -638,7 +638,7 @@ impl Actor {
         }
         // Wake the topic's listeners so they notice.
         topic.wake();
-        self.shared.generation.send_modify(|g| *g += 1);
+        self.shared.topics_changed();
         self.shared.metrics.topics.set(n as f64);
         tracing::info!(topic = %path, epoch = topic.epoch, "topic deleted");
         Ok(true)

@@ -94,6 +94,11 @@ impl Signal {
         }
     }
 
+    /// Wakes the listener without marking a topic (or leaves it a permit).
+    pub(crate) fn wake(&self) {
+        self.notify.notify_one();
+    }
+
     /// Moves the marked topics into `into` (empty), which keeps its table for the next time.
     fn take_into(&self, into: &mut HashSet<Path>) {
         std::mem::swap(
@@ -126,9 +131,6 @@ pub struct Listener {
     /// new ones, those a topic signalled, and those with more to deliver than one batch held.
     todo: VecDeque<Path>,
     signal: Arc<Signal>,
-    /// Set when a topic was created or deleted since the last look: subscriptions waiting for
-    /// their topic are looked at again.
-    rescan: bool,
     /// Wildcard subscriptions, registered in the shared pattern index.
     patterns: Vec<(PathPattern, Arc<PatternSub>)>,
     /// The topics taken from the signal, kept empty between looks (for its table).
@@ -141,18 +143,19 @@ impl Listener {
     pub(super) fn new(shared: Arc<Shared>) -> Self {
         shared.metrics.listeners.increment(1.0);
         let generation = shared.generation.subscribe();
+        let signal = Arc::new(Signal {
+            id: NEXT_SIGNAL_ID.fetch_add(1, Ordering::Relaxed),
+            dirty: Mutex::new(HashSet::new()),
+            notify: Notify::new(),
+        });
+        shared.add_listener(&signal);
         Self {
             shared,
             subs: HashMap::new(),
             generation,
             ready: Vec::new(),
             todo: VecDeque::new(),
-            signal: Arc::new(Signal {
-                id: NEXT_SIGNAL_ID.fetch_add(1, Ordering::Relaxed),
-                dirty: Mutex::new(HashSet::new()),
-                notify: Notify::new(),
-            }),
-            rescan: false,
+            signal,
             patterns: Vec::new(),
             marked: HashSet::new(),
         }
@@ -436,8 +439,7 @@ impl Listener {
     pub async fn next_into(&mut self, out: &mut Vec<Delivery>) -> Result<(), TopicsError> {
         out.clear();
         loop {
-            if self.rescan || self.generation.has_changed().unwrap_or(false) {
-                self.rescan = false;
+            if self.generation.has_changed().unwrap_or(false) {
                 self.generation.borrow_and_update();
                 // A topic was created or deleted: subscriptions waiting for theirs may attach.
                 let waiting: Vec<Path> = self
@@ -548,7 +550,9 @@ impl Listener {
             })
         };
         if !in_window {
-            let events = self.shared.fetch(&topic, next, last, room).await?;
+            // Boxed: only a listener behind the window reads the store, and unboxed, this
+            // read's state would be part of every idle listener's `next_into`.
+            let events = Box::pin(self.shared.fetch(&topic, next, last, room)).await?;
             let Some(sub) = self.subs.get(path) else {
                 return Ok(false);
             };
@@ -599,21 +603,11 @@ impl Listener {
         Ok(sub.position.next <= last)
     }
 
-    /// Waits until a followed topic moves, or a topic is created or deleted (then sets
-    /// `rescan`, in the same poll as the change is seen, so a cancelled wait loses nothing).
+    /// Waits until a followed topic moves, or a topic is created or deleted anywhere: both
+    /// wake the signal (see `Shared::topics_changed`), and the caller looks at `generation`
+    /// itself. One wait, so that an idle listener's state is one `Notified`.
     async fn wait(&mut self) {
-        tokio::select! {
-            changed = self.generation.changed() => {
-                if changed.is_ok() {
-                    self.rescan = true;
-                    return;
-                }
-                // The sender is gone, which only happens at shutdown: only the topics can
-                // still wake this listener.
-                self.signal.notify.notified().await;
-            }
-            () = self.signal.notify.notified() => {}
-        }
+        self.signal.notify.notified().await;
     }
 }
 

@@ -562,8 +562,13 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) topics: RwLock<HashMap<Path, Arc<Topic>>>,
     /// Bumped whenever a topic is created or deleted, so listeners waiting for a topic that
-    /// does not exist (yet, or again) can look again.
+    /// does not exist (yet, or again) can look again (see [`Shared::topics_changed`]).
     pub(crate) generation: watch::Sender<u64>,
+    /// Every listener's signal, woken when `generation` moves: a waiting listener then waits
+    /// on its signal alone, not on the channel as well (a second wait would make every idle
+    /// listener's state larger by one). Signals of listeners gone are dropped from it as it
+    /// is walked.
+    pub(crate) listeners: Mutex<Vec<Weak<listener::Signal>>>,
     pub(crate) rules: RetentionRules,
     pub(crate) overrides: RwLock<HashMap<Path, Retention>>,
     /// Set after a storage failure; appends are refused from then on.
@@ -650,7 +655,32 @@ impl Shared {
         self.patterns().matches(path, |sub| {
             sub.found().push(path.clone());
         });
+        self.topics_changed();
+    }
+
+    /// A topic was created or deleted: bumps `generation` and wakes every listener, so those
+    /// waiting for a topic look again.
+    pub(crate) fn topics_changed(&self) {
         self.generation.send_modify(|g| *g += 1);
+        let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        listeners.retain(|signal| match signal.upgrade() {
+            Some(signal) => {
+                signal.wake();
+                true
+            }
+            None => false,
+        });
+    }
+
+    /// Registers a new listener's signal (see `listeners`).
+    pub(crate) fn add_listener(&self, signal: &Arc<listener::Signal>) {
+        let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        if listeners.len() == listeners.capacity() {
+            // Before it grows: the signals of listeners gone go first, so the list stays
+            // within twice the listeners alive.
+            listeners.retain(|signal| signal.strong_count() > 0);
+        }
+        listeners.push(Arc::downgrade(signal));
     }
 
     /// The topic `path` if it is memory-only: the existing one, or a new one created (and
@@ -979,6 +1009,7 @@ impl Topics {
             store,
             topics: RwLock::new(HashMap::new()),
             generation: watch::channel(0).0,
+            listeners: Mutex::new(Vec::new()),
             rules: options.rules.clone(),
             overrides: RwLock::new(loaded.overrides),
             failed: OnceLock::new(),
@@ -1391,6 +1422,28 @@ fn validate(topic: &Path, events: &[NewEvent]) -> Result<(), TopicsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The listeners' signals woken on topic changes: those of listeners gone do not pile up.
+    #[tokio::test]
+    async fn signals_of_dropped_listeners_are_pruned() {
+        let store = Arc::new(herald_store::MemoryStore::default());
+        let (topics, _actor) = Topics::open(store, TopicsOptions::default()).await.unwrap();
+        let registered = || topics.shared.listeners.lock().unwrap().len();
+        let kept: Vec<Listener> = (0..10).map(|_| topics.listener()).collect();
+        for _ in 0..1_000 {
+            drop(topics.listener());
+        }
+        // Pruned whenever the list would grow: at most twice the live ones (and the one
+        // just dropped).
+        assert!(
+            registered() <= 2 * kept.len() + 2,
+            "{} signals kept",
+            registered()
+        );
+        // A topic change drops every dead one.
+        topics.shared.topics_changed();
+        assert_eq!(registered(), kept.len());
+    }
 
     fn event(seq: u64, data: &'static [u8]) -> Event {
         Event::new(
