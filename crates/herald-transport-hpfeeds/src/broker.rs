@@ -29,8 +29,9 @@
 //!      of the identity's publish channels (else `"Authkey not allowed to pub here.
 //!      ident=<ident>, chan=<chan>"` and close). The payload is appended to the topic
 //!      `/<prefix>/<chan>` as one event with content type `application/octet-stream` and origin
-//!      the publisher's ident. Appends are pipelined ([`Topics::enqueue`]): a connection keeps
-//!      up to [`HpfeedsConfig::max_in_flight`] of them waiting for their group commit and stops
+//!      the publisher's ident. Appends are pipelined ([`Topics::enqueue`]): publishes to one
+//!      channel read back to back go as one append, a connection keeps up to
+//!      [`HpfeedsConfig::max_in_flight`] messages waiting for their group commit and stops
 //!      reading while it has that many; a failed append is logged (and the connection closed if
 //!      the engine has stopped).
 //!    - `OP_SUBSCRIBE`: the channel must be one of the identity's subscribe channels (else
@@ -202,8 +203,9 @@ pub struct HpfeedsConfig {
     /// back-pressure deadline starts. Default 8 MiB (Python: 50 × (5 + 1 MiB); see the
     /// module documentation).
     pub send_buffer_bytes: usize,
-    /// Publishes of one connection waiting for their commit at once; at the limit the
-    /// connection stops reading until the oldest is committed. Default 256.
+    /// Publishes of one connection waiting for their commit at once (counted in messages,
+    /// however many appends carry them); at the limit the connection stops reading until the
+    /// oldest append is committed. Default 256.
     pub max_in_flight: usize,
     /// How long a new connection has to authenticate. Default 30 s.
     pub auth_timeout: Duration,
@@ -607,9 +609,21 @@ struct Conn {
     listener: Option<Listener>,
     /// Deliveries taken from the listener and not yet encoded.
     backlog: VecDeque<Delivery>,
-    pending: VecDeque<PendingAppend>,
+    /// Appends waiting for their group commit, oldest first, each with its message count.
+    pending: VecDeque<(PendingAppend, usize)>,
+    /// The messages in `pending` and `held`: what `max_in_flight` bounds.
+    in_flight: usize,
+    /// Publishes to one channel read back to back, not yet appended (see
+    /// [`Conn::hold`]).
+    held: Option<Held>,
     /// Whether the writer buffers (TLS) and must be flushed once the outbox is empty.
     flush_writes: bool,
+}
+
+/// Publishes to one channel read back to back (see [`Conn::hold`]).
+struct Held {
+    topic: Path,
+    events: Vec<NewEvent>,
 }
 
 async fn connection<R, W>(
@@ -638,6 +652,8 @@ async fn connection<R, W>(
         listener: None,
         backlog: VecDeque::new(),
         pending: VecDeque::new(),
+        in_flight: 0,
+        held: None,
         flush_writes,
     };
     conn.run(reader, writer, &shutdown).await;
@@ -813,7 +829,7 @@ impl Conn {
             let authenticated = self.session.is_some();
             let subscribed = self.session.as_ref().is_some_and(|s| !s.subs.is_empty());
             let want_events = subscribed && self.backlog.is_empty() && queued < high;
-            let can_read = self.pending.len() < config.max_in_flight;
+            let can_read = self.in_flight < config.max_in_flight;
             let deadline = backpressure.unwrap_or(auth_deadline);
             tokio::select! {
                 biased;
@@ -836,7 +852,9 @@ impl Conn {
                     }
                 }
                 done = oldest(&mut self.pending), if !self.pending.is_empty() => {
-                    self.pending.pop_front();
+                    if let Some((_, messages)) = self.pending.pop_front() {
+                        self.in_flight -= messages;
+                    }
                     if let Err(e) = done {
                         if matches!(e, TopicsError::Closed) {
                             return End::Engine(e);
@@ -862,9 +880,19 @@ impl Conn {
     }
 
     /// Handles the complete frames in the read buffer, as long as there is room for more
-    /// appends in flight.
+    /// messages in flight; then appends the publishes held (before whatever ends the
+    /// connection: the publishes read before a refused frame are kept, as they were sent).
     async fn process_frames(&mut self) -> Option<End> {
-        while self.pending.len() < self.shared.config.max_in_flight {
+        let end = self.handle_frames().await;
+        match self.release_held().await {
+            Some(failed) => Some(failed),
+            None => end,
+        }
+    }
+
+    /// [`Conn::process_frames`] but the release of what is held at the end.
+    async fn handle_frames(&mut self) -> Option<End> {
+        while self.in_flight < self.shared.config.max_in_flight {
             if self.session.is_none() {
                 match self.decoder.peek_opcode(&self.rbuf) {
                     Ok(Some(Opcode::Auth)) => {}
@@ -885,7 +913,52 @@ impl Conn {
         None
     }
 
+    /// Holds a publish to `topic` with those read just before it, so that a read of many
+    /// publishes to one channel costs the engine one append, not one each. A publish to
+    /// another channel, any other frame, and the end of the frames read hand the held ones
+    /// to the engine first: nothing is held while the connection waits for input, and a
+    /// channel keeps the order of its publishes. A held publish counts as in flight.
+    async fn hold(&mut self, topic: Path, event: NewEvent) -> Option<End> {
+        if let Some(held) = &mut self.held
+            && held.topic == topic
+        {
+            held.events.push(event);
+            self.in_flight += 1;
+            return None;
+        }
+        let end = self.release_held().await;
+        self.held = Some(Held {
+            topic,
+            events: vec![event],
+        });
+        self.in_flight += 1;
+        end
+    }
+
+    /// Appends the publishes held (see [`Conn::hold`]); waits for room in the engine's queue.
+    async fn release_held(&mut self) -> Option<End> {
+        let Held { topic, events } = self.held.take()?;
+        let messages = events.len();
+        match self.shared.topics.enqueue(topic, events).await {
+            Ok(pending) => {
+                self.pending.push_back((pending, messages));
+                None
+            }
+            Err(TopicsError::Closed) => Some(End::Engine(TopicsError::Closed)),
+            Err(e) => {
+                self.in_flight -= messages;
+                tracing::warn!(peer = %self.peer, error = %e, messages, "hpfeeds: publishes refused by the engine");
+                None
+            }
+        }
+    }
+
     async fn handle(&mut self, frame: Frame) -> Option<End> {
+        if !matches!(frame, Frame::Publish { .. })
+            && let Some(end) = self.release_held().await
+        {
+            return Some(end);
+        }
         let Some(session) = &mut self.session else {
             return self.authenticate(frame);
         };
@@ -926,14 +999,7 @@ impl Conn {
                 let payload = Bytes::copy_from_slice(&payload);
                 let event = NewEvent::new(self.shared.content_type.clone(), payload)
                     .with_origin(session.origin.clone());
-                match self.shared.topics.enqueue(topic, vec![event]).await {
-                    Ok(pending) => self.pending.push_back(pending),
-                    Err(TopicsError::Closed) => return Some(End::Engine(TopicsError::Closed)),
-                    Err(e) => {
-                        tracing::warn!(peer = %self.peer, error = %e, "hpfeeds: publish refused by the engine");
-                    }
-                }
-                None
+                self.hold(topic, event).await
             }
             Frame::Subscribe { channel, .. } => {
                 let topic = match channel_path(&self.shared.config.prefix, &channel) {
@@ -1172,9 +1238,9 @@ async fn read_some<R: AsyncRead + Unpin>(reader: &mut R, rbuf: &mut BytesMut) ->
 }
 
 /// The outcome of the oldest append in flight.
-async fn oldest(pending: &mut VecDeque<PendingAppend>) -> Result<Appended, TopicsError> {
+async fn oldest(pending: &mut VecDeque<(PendingAppend, usize)>) -> Result<Appended, TopicsError> {
     match pending.front_mut() {
-        Some(p) => p.await,
+        Some((p, _)) => p.await,
         None => std::future::pending().await,
     }
 }

@@ -773,6 +773,92 @@ async fn pipelined_publishes_keep_their_order() {
     }
 }
 
+/// Waits until `t` holds `n` events and returns their payloads as numbers.
+async fn stored_numbers(broker: &Broker, t: &Path, n: usize) -> Vec<u32> {
+    let deadline = tokio::time::Instant::now() + IO;
+    loop {
+        let events = broker.topics.read(t, 1, 5000).await.unwrap();
+        if events.len() >= n {
+            return events
+                .iter()
+                .map(|e| u32::from_be_bytes(e.data[..].try_into().unwrap()))
+                .collect();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{t}: only {} stored",
+            events.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Publishes read together go to the engine in runs per channel: alternating runs on two
+/// channels, with a subscribe between them, keep each channel's order, and nothing is lost.
+#[tokio::test]
+async fn runs_of_publishes_to_several_channels_keep_each_order() {
+    let broker = Broker::start(HpfeedsConfig {
+        max_in_flight: 7,
+        ..HpfeedsConfig::default()
+    })
+    .await;
+    let mut carol = broker.login("carol").await;
+    let mut all = BytesMut::new();
+    let (mut on_chan1, mut on_bulk) = (0u32, 0u32);
+    for round in 0..40u32 {
+        let (chan, counter) = if round % 2 == 0 {
+            ("chan1", &mut on_chan1)
+        } else {
+            ("bulk", &mut on_bulk)
+        };
+        for _ in 0..(round % 5 + 1) {
+            Frame::publish(
+                "carol",
+                chan,
+                Bytes::copy_from_slice(&counter.to_be_bytes()),
+            )
+            .encode(&mut all)
+            .unwrap();
+            *counter += 1;
+        }
+        if round == 20 {
+            Frame::subscribe("carol", "weird/chan")
+                .encode(&mut all)
+                .unwrap();
+        }
+    }
+    carol.raw(&all).await;
+    let chan1 = stored_numbers(&broker, &topic("/hpfeeds/chan1"), on_chan1 as usize).await;
+    let bulk = stored_numbers(&broker, &topic("/hpfeeds/bulk"), on_bulk as usize).await;
+    assert_eq!(chan1, (0..on_chan1).collect::<Vec<_>>());
+    assert_eq!(bulk, (0..on_bulk).collect::<Vec<_>>());
+}
+
+/// Publishes held when a later frame in the same read is refused are still appended, as
+/// when each was appended on its own.
+#[tokio::test]
+async fn publishes_read_before_a_refused_one_are_kept() {
+    let broker = Broker::start(HpfeedsConfig::default()).await;
+    let mut alice = broker.login("alice").await;
+    let mut all = BytesMut::new();
+    for i in 0..3u32 {
+        Frame::publish("alice", "chan1", Bytes::copy_from_slice(&i.to_be_bytes()))
+            .encode(&mut all)
+            .unwrap();
+    }
+    Frame::publish("mallory", "chan1", Bytes::from_static(b"x"))
+        .encode(&mut all)
+        .unwrap();
+    alice.raw(&all).await;
+    alice
+        .expect_error_and_close("Invalid authkey in message, ident=mallory")
+        .await;
+    assert_eq!(
+        stored_numbers(&broker, &topic("/hpfeeds/chan1"), 3).await,
+        [0, 1, 2]
+    );
+}
+
 // ---- back-pressure and shutdown ----------------------------------------------------------
 
 #[tokio::test]
