@@ -793,14 +793,30 @@ async fn stored_numbers(broker: &Broker, t: &Path, n: usize) -> Vec<u32> {
     }
 }
 
-/// Publishes read together go to the engine in runs per channel: alternating runs on two
-/// channels, with a subscribe between them, keep each channel's order, and nothing is lost.
+/// Publishes read together go to the engine in runs per channel: alternating runs on a
+/// durable channel and a memory-only one (appended one at a time), with a subscribe between
+/// them, keep each channel's order, and nothing is lost.
 #[tokio::test]
 async fn runs_of_publishes_to_several_channels_keep_each_order() {
-    let broker = Broker::start(HpfeedsConfig {
-        max_in_flight: 7,
-        ..HpfeedsConfig::default()
-    })
+    let rules = herald_core::topic::RetentionRules::new(vec![(
+        herald_core::PathPattern::parse("/hpfeeds/bulk", &herald_core::PathLimits::default())
+            .unwrap(),
+        herald_core::topic::Retention {
+            memory_only: true,
+            ..Default::default()
+        },
+    )]);
+    let broker = Broker::start_full(
+        HpfeedsConfig {
+            max_in_flight: 7,
+            ..HpfeedsConfig::default()
+        },
+        HpfeedsOptions::default(),
+        TopicsOptions {
+            rules,
+            ..TopicsOptions::default()
+        },
+    )
     .await;
     let mut carol = broker.login("carol").await;
     let mut all = BytesMut::new();
