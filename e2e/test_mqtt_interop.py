@@ -862,10 +862,14 @@ def test_cli_retained_and_clear(broker: Broker, made: Made, version: int):
     assert out.returncode == 0, out.stderr
     got = cli_sub_run(broker, "-t", "clr/a", "-q", "1", "-C", "1", "-W", "5", "-F", "%r|%q|%p", version=version)
     assert got.returncode == 0 and got.stdout == "1|1|kept\n", (got.returncode, got.stdout, got.stderr)
-    out = cli_pub(broker, "-t", "clr/a", "-r", "-n", version=version)
+    # QoS 1, so that mosquitto_pub exits only once the broker has taken each publish: at QoS 0
+    # it may exit before the broker has read it, and a subscriber started right after could
+    # then see the old retained message, or the marker below as a live one (seen under load).
+    out = cli_pub(broker, "-t", "clr/a", "-r", "-n", "-q", "1", version=version)
     assert out.returncode == 0, out.stderr
     # a retained message on another topic shows that the subscription works
-    assert cli_pub(broker, "-t", "clr/b", "-r", "-m", "other", version=version).returncode == 0
+    marker = cli_pub(broker, "-t", "clr/b", "-r", "-q", "1", "-m", "other", version=version)
+    assert marker.returncode == 0, marker.stderr
     got = cli_sub_run(broker, "-t", "clr/#", "-C", "1", "-W", "5", "-F", "%t|%r|%p", version=version)
     assert got.stdout == "clr/b|1|other\n", f"cleared retained message still delivered: {got.stdout!r}"
     check = made.connected("clr-check", version=version)
