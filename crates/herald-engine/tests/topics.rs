@@ -638,6 +638,47 @@ async fn a_failed_commit_stops_appends_and_nothing_is_visible() {
     assert_eq!(topics.info(&a).await.unwrap().unwrap().last, 1);
 }
 
+/// Once a commit has failed, memory-only topics refuse appends too, and the calls whose
+/// outcome nobody awaits (detached, remembered) still report the refusal.
+#[tokio::test]
+async fn after_a_failed_commit_memory_only_appends_report_the_refusal() {
+    let store = Arc::new(GatedStore::new_open());
+    let topics = open(store.clone(), memory_only_under_mem()).await;
+    let (mem, durable) = (p("/mem/a"), p("/durable/x"));
+    let mut last = herald_engine::LastTopic::default();
+    topics
+        .try_enqueue_to(&mut last, mem.clone(), evs(1..=1))
+        .unwrap()
+        .await
+        .unwrap();
+    store.fail.store(true, Ordering::SeqCst);
+    assert!(matches!(
+        topics.append(durable.clone(), evs(1..=1), None).await,
+        Err(TopicsError::Store(_))
+    ));
+    let remembered = topics.try_append_remembered(&mut last, mem.clone(), evs(2..=2));
+    assert!(
+        matches!(
+            remembered,
+            Err(herald_engine::RememberedAppend::Failed(TopicsError::Store(
+                _
+            )))
+        ),
+        "{remembered:?}"
+    );
+    let detached = topics.try_enqueue_detached_to(&mut last, mem.clone(), evs(3..=3));
+    assert!(
+        matches!(
+            detached,
+            Err(herald_engine::TryEnqueueError::Failed(TopicsError::Store(
+                _
+            )))
+        ),
+        "{detached:?}"
+    );
+    assert_eq!(data(&topics.read(&mem, 1, 10).await.unwrap()), ["1"]);
+}
+
 #[tokio::test]
 async fn listener_replays_from_disk_then_goes_live_without_gap_or_duplicate() {
     let options = TopicsOptions {

@@ -937,7 +937,7 @@ impl Conn {
             return None;
         }
         let end = self.release_held().await;
-        let events = match self.shared.topics.try_append_remembered(
+        let held = match self.shared.topics.try_append_remembered(
             &mut self.last_appended,
             topic,
             vec![event],
@@ -949,8 +949,8 @@ impl Conn {
             }
             Err(RememberedAppend::Elsewhere { topic, events }) => Held { topic, events },
         };
-        self.in_flight += events.events.len();
-        self.held = Some(events);
+        self.in_flight += held.events.len();
+        self.held = Some(held);
         end
     }
 

@@ -1136,7 +1136,11 @@ impl Topics {
         events: Vec<NewEvent>,
     ) -> Result<(), TryEnqueueError> {
         match self.prepare(topic, events, None, Some(last)) {
-            Ok(Prepared::Done(_)) => Ok(()),
+            // A memory-only topic: appended, or refused (the engine has failed).
+            Ok(Prepared::Done(pending)) => match pending.into_done() {
+                Ok(Err(e)) => Err(TryEnqueueError::Failed(e)),
+                _ => Ok(()),
+            },
             Ok(Prepared::ForActor(command)) => self.try_send(command),
             Err(e) => Err(TryEnqueueError::Failed(e)),
         }
@@ -1149,9 +1153,9 @@ impl Topics {
     /// topic at once and holds other topics' events to append them together.
     ///
     /// # Errors
-    /// [`RememberedAppend::Failed`] when the events are not valid (as
-    /// [`Topics::try_enqueue`]); [`RememberedAppend::Elsewhere`] with the events when `topic`
-    /// is not the remembered memory-only topic.
+    /// [`RememberedAppend::Failed`] when the events are not valid or the engine has failed
+    /// (as [`Topics::try_enqueue`]); [`RememberedAppend::Elsewhere`] with the events when
+    /// `topic` is not the remembered memory-only topic.
     pub fn try_append_remembered(
         &self,
         last: &mut LastTopic,
@@ -1163,8 +1167,8 @@ impl Topics {
             .shared
             .append_in_memory(&topic, events, None, Some(last), false)
         {
-            // As for a detached append, the outcome is not reported.
-            InMemory::Done(_) => Ok(()),
+            InMemory::Done(Ok(_)) => Ok(()),
+            InMemory::Done(Err(e)) => Err(RememberedAppend::Failed(e)),
             InMemory::Durable(events) => Err(RememberedAppend::Elsewhere { topic, events }),
         }
     }
