@@ -773,6 +773,18 @@ async fn pipelined_publishes_keep_their_order() {
     }
 }
 
+/// Retention rules that make `/hpfeeds/bulk` memory-only.
+fn bulk_is_memory_only() -> herald_core::topic::RetentionRules {
+    herald_core::topic::RetentionRules::new(vec![(
+        herald_core::PathPattern::parse("/hpfeeds/bulk", &herald_core::PathLimits::default())
+            .unwrap(),
+        herald_core::topic::Retention {
+            memory_only: true,
+            ..Default::default()
+        },
+    )])
+}
+
 /// Waits until `t` holds `n` events and returns their payloads as numbers.
 async fn stored_numbers(broker: &Broker, t: &Path, n: usize) -> Vec<u32> {
     let deadline = tokio::time::Instant::now() + IO;
@@ -798,14 +810,7 @@ async fn stored_numbers(broker: &Broker, t: &Path, n: usize) -> Vec<u32> {
 /// them, keep each channel's order, and nothing is lost.
 #[tokio::test]
 async fn runs_of_publishes_to_several_channels_keep_each_order() {
-    let rules = herald_core::topic::RetentionRules::new(vec![(
-        herald_core::PathPattern::parse("/hpfeeds/bulk", &herald_core::PathLimits::default())
-            .unwrap(),
-        herald_core::topic::Retention {
-            memory_only: true,
-            ..Default::default()
-        },
-    )]);
+    let rules = bulk_is_memory_only();
     let broker = Broker::start_full(
         HpfeedsConfig {
             max_in_flight: 7,
@@ -992,14 +997,7 @@ async fn shutdown_closes_connections_and_returns() {
 #[tokio::test]
 async fn a_subscriber_that_falls_behind_a_memory_only_channel_is_told_and_closed() {
     // `/hpfeeds/bulk` keeps no history: only an in-memory window of 8 events.
-    let rules = herald_core::topic::RetentionRules::new(vec![(
-        herald_core::PathPattern::parse("/hpfeeds/bulk", &herald_core::PathLimits::default())
-            .unwrap(),
-        herald_core::topic::Retention {
-            memory_only: true,
-            ..Default::default()
-        },
-    )]);
+    let rules = bulk_is_memory_only();
     let broker = Broker::start_full(
         HpfeedsConfig {
             send_buffer_bytes: 16 * 1024,
