@@ -676,8 +676,8 @@ impl Shared {
     pub(crate) fn add_listener(&self, signal: &Arc<listener::Signal>) {
         let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         if listeners.len() == listeners.capacity() {
-            // Before it grows: the signals of listeners gone go first, so the list stays
-            // within twice the listeners alive.
+            // Before it grows, the signals of listeners gone go: it grows only when full of
+            // live ones. (Between two walks the dead ones keep their allocation, a signal each.)
             listeners.retain(|signal| signal.strong_count() > 0);
         }
         listeners.push(Arc::downgrade(signal));
