@@ -636,9 +636,8 @@ impl Actor {
         if topic.memory_only {
             self.shared.memory_topics.fetch_sub(1, Ordering::Relaxed);
         }
-        // Wake the topic's listeners so they notice.
+        // Wake the topic's listeners so they notice (and wait for its next incarnation).
         topic.wake();
-        self.shared.topics_changed();
         self.shared.metrics.topics.set(n as f64);
         tracing::info!(topic = %path, epoch = topic.epoch, "topic deleted");
         Ok(true)

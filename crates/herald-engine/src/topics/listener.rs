@@ -2,10 +2,10 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use herald_core::{Path, PathPattern};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 
 use super::{Event, PatternSub, Shared, Topic, TopicsError};
 
@@ -108,6 +108,61 @@ impl Signal {
     }
 }
 
+/// The signals of the listeners waiting for one topic to be created (see
+/// `Shared::topic_or_await`). Most topics waited for have one listener, kept without an
+/// allocation: an idle MQTT session subscribed to a topic nobody published to yet is one.
+#[derive(Debug)]
+pub(crate) enum Waiting {
+    One(Weak<Signal>),
+    Many(Vec<Weak<Signal>>),
+}
+
+impl Waiting {
+    pub(crate) fn new(signal: &Arc<Signal>) -> Self {
+        Self::One(Arc::downgrade(signal))
+    }
+
+    /// Adds `signal` unless it is there; drops the signals of listeners gone.
+    pub(crate) fn add(&mut self, signal: &Arc<Signal>) {
+        match self {
+            Self::One(w) if is(w, signal) => {}
+            Self::One(w) if w.strong_count() == 0 => *w = Arc::downgrade(signal),
+            Self::One(w) => *self = Self::Many(vec![w.clone(), Arc::downgrade(signal)]),
+            Self::Many(ws) => {
+                if !ws.iter().any(|w| is(w, signal)) {
+                    ws.retain(|w| w.strong_count() > 0);
+                    ws.push(Arc::downgrade(signal));
+                }
+            }
+        }
+    }
+
+    /// Takes `signal` out (and the signals of listeners gone); returns whether none is left.
+    pub(crate) fn remove(&mut self, signal: &Arc<Signal>) -> bool {
+        match self {
+            Self::One(w) => is(w, signal) || w.strong_count() == 0,
+            Self::Many(ws) => {
+                ws.retain(|w| w.strong_count() > 0 && !is(w, signal));
+                ws.is_empty()
+            }
+        }
+    }
+
+    /// The signals of the listeners still there.
+    pub(crate) fn into_signals(self) -> impl Iterator<Item = Arc<Signal>> {
+        let ws = match self {
+            Self::One(w) => vec![w],
+            Self::Many(ws) => ws,
+        };
+        ws.into_iter().filter_map(|w| w.upgrade())
+    }
+}
+
+/// Whether `w` refers to `signal`.
+fn is(w: &Weak<Signal>, signal: &Arc<Signal>) -> bool {
+    std::ptr::eq(w.as_ptr(), Arc::as_ptr(signal))
+}
+
 static NEXT_SIGNAL_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Follows a set of topics and delivers their events in order, each exactly once.
@@ -123,7 +178,6 @@ pub struct Listener {
     shared: Arc<Shared>,
     /// Boxed: a table's smallest size is four slots, and most listeners follow one topic.
     subs: HashMap<Path, Box<Sub>>,
-    generation: watch::Receiver<u64>,
     /// Deliveries prepared but not yet returned. Kept here (not in a local) so that
     /// cancelling [`Listener::next`] loses nothing.
     ready: Vec<Delivery>,
@@ -142,17 +196,14 @@ static NEXT_PATTERN_ID: AtomicU64 = AtomicU64::new(1);
 impl Listener {
     pub(super) fn new(shared: Arc<Shared>) -> Self {
         shared.metrics.listeners.increment(1.0);
-        let generation = shared.generation.subscribe();
         let signal = Arc::new(Signal {
             id: NEXT_SIGNAL_ID.fetch_add(1, Ordering::Relaxed),
             dirty: Mutex::new(HashSet::new()),
             notify: Notify::new(),
         });
-        shared.add_listener(&signal);
         Self {
             shared,
             subs: HashMap::new(),
-            generation,
             ready: Vec::new(),
             todo: VecDeque::new(),
             signal,
@@ -299,6 +350,7 @@ impl Listener {
         let sub = Arc::new(PatternSub {
             id: NEXT_PATTERN_ID.fetch_add(1, Ordering::Relaxed),
             found: Default::default(),
+            signal: self.signal.clone(),
         });
         // Register first, then look at the existing topics: a topic created in between is seen
         // twice (and subscribed once), never missed.
@@ -360,8 +412,9 @@ impl Listener {
         let Some(sub) = self.subs.remove(topic) else {
             return false;
         };
-        if let Some(t) = &sub.attached {
-            t.unwatch(self.signal.id);
+        match &sub.attached {
+            Some(t) => t.unwatch(self.signal.id),
+            None => self.shared.stop_awaiting(topic, &self.signal),
         }
         if sub.queued {
             self.todo.retain(|p| p != topic);
@@ -439,19 +492,6 @@ impl Listener {
     pub async fn next_into(&mut self, out: &mut Vec<Delivery>) -> Result<(), TopicsError> {
         out.clear();
         loop {
-            if self.generation.has_changed().unwrap_or(false) {
-                self.generation.borrow_and_update();
-                // A topic was created or deleted: subscriptions waiting for theirs may attach.
-                let waiting: Vec<Path> = self
-                    .subs
-                    .values()
-                    .filter(|s| s.attached.is_none())
-                    .map(|s| s.path.clone())
-                    .collect();
-                for path in &waiting {
-                    self.enqueue(path);
-                }
-            }
             self.adopt_new_topics();
             let mut marked = std::mem::take(&mut self.marked);
             self.signal.take_into(&mut marked);
@@ -506,7 +546,7 @@ impl Listener {
             t.unwatch(signal.id);
         }
         if sub.attached.is_none() {
-            let Some(t) = self.shared.topic(&sub.path) else {
+            let Some(t) = self.shared.topic_or_await(&sub.path, &signal) else {
                 return Ok(false);
             };
             if sub.position.epoch.is_some_and(|e| e != t.epoch) {
@@ -603,9 +643,9 @@ impl Listener {
         Ok(sub.position.next <= last)
     }
 
-    /// Waits until a followed topic moves, or a topic is created or deleted anywhere: both
-    /// wake the signal (see `Shared::topics_changed`), and the caller looks at `generation`
-    /// itself. One wait, so that an idle listener's state is one `Notified`.
+    /// Waits until a followed topic moves, is created or is deleted, or a topic matching a
+    /// wildcard subscription is created: each wakes the signal. One wait, so that an idle
+    /// listener's state is one `Notified`.
     async fn wait(&mut self) {
         self.signal.notify.notified().await;
     }
@@ -614,8 +654,9 @@ impl Listener {
 impl Drop for Listener {
     fn drop(&mut self) {
         for sub in self.subs.values() {
-            if let Some(t) = &sub.attached {
-                t.unwatch(self.signal.id);
+            match &sub.attached {
+                Some(t) => t.unwatch(self.signal.id),
+                None => self.shared.stop_awaiting(&sub.path, &self.signal),
             }
         }
         if !self.patterns.is_empty() {
@@ -630,11 +671,154 @@ impl Drop for Listener {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
     use std::sync::Arc;
+    use std::task::{Context, Waker};
+    use std::time::Duration;
 
+    use herald_core::{Path, PathLimits, PathPattern};
     use herald_store::{MemoryStore, Store};
 
-    use super::super::{Topics, TopicsOptions};
+    use super::super::{NewEvent, Topics, TopicsOptions};
+    use super::{Delivery, Listener};
+
+    fn p(s: &str) -> Path {
+        Path::parse_url(s, &PathLimits::default()).expect("valid test path")
+    }
+
+    /// Takes the wake-up the listener's signal holds, if it holds one.
+    fn take_wake(listener: &Listener) -> bool {
+        let notified = std::pin::pin!(listener.signal.notify.notified());
+        notified
+            .poll(&mut Context::from_waker(Waker::noop()))
+            .is_ready()
+    }
+
+    /// Lets `listener` look at what it follows and wait: nothing arrives within 20 ms.
+    async fn settle(listener: &mut Listener) {
+        let mut out = Vec::new();
+        let waited = tokio::time::timeout(Duration::from_millis(20), listener.next_into(&mut out));
+        assert!(waited.await.is_err(), "unexpected deliveries: {out:?}");
+    }
+
+    fn awaited(topics: &Topics) -> Vec<String> {
+        let mut paths: Vec<String> = topics
+            .shared
+            .awaited()
+            .keys()
+            .map(ToString::to_string)
+            .collect();
+        paths.sort();
+        paths
+    }
+
+    /// A topic created or deleted wakes the listeners that follow it (by name or by a
+    /// matching pattern), not every listener; and listeners waiting for a topic that never
+    /// comes leave nothing behind when they unsubscribe or go.
+    #[tokio::test]
+    async fn a_topic_created_or_deleted_wakes_only_its_listeners() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let (topics, _task) = Topics::open(store, TopicsOptions::default())
+            .await
+            .expect("open");
+        let mut on_a = topics.listener();
+        on_a.subscribe(p("/a"), None);
+        let mut on_b = topics.listener();
+        on_b.subscribe(p("/b"), None);
+        let mut on_c = topics.listener();
+        on_c.subscribe_pattern(
+            PathPattern::parse("/c/+", &PathLimits::default()).expect("pattern"),
+            None,
+        );
+        for listener in [&mut on_a, &mut on_b, &mut on_c] {
+            settle(listener).await;
+        }
+        assert_eq!(awaited(&topics), ["/a", "/b"]);
+
+        topics
+            .append(p("/a"), vec![NewEvent::json("1")], None)
+            .await
+            .expect("append");
+        assert!(
+            take_wake(&on_a),
+            "the listener waiting for /a was not woken"
+        );
+        assert!(!take_wake(&on_b), "a listener of another topic was woken");
+        assert!(!take_wake(&on_c), "a pattern that does not match was woken");
+        let got = on_a.next().await.expect("next");
+        assert!(matches!(&got[..], [Delivery::Event { event, .. }] if event.seq == 1));
+        assert_eq!(awaited(&topics), ["/b"]);
+
+        topics
+            .append(p("/c/x"), vec![NewEvent::json("2")], None)
+            .await
+            .expect("append");
+        assert!(take_wake(&on_c), "the matching pattern was not woken");
+        assert!(!take_wake(&on_a) && !take_wake(&on_b));
+        let got = on_c.next().await.expect("next");
+        assert!(matches!(&got[..], [Delivery::Event { event, .. }] if event.seq == 1));
+
+        assert!(topics.delete(&p("/a")).await.expect("delete"));
+        assert!(
+            take_wake(&on_a),
+            "the deleted topic's listener was not woken"
+        );
+        assert!(!take_wake(&on_b) && !take_wake(&on_c));
+        // It notices, and waits for the next incarnation.
+        settle(&mut on_a).await;
+        assert_eq!(awaited(&topics), ["/a", "/b"]);
+        topics
+            .append(p("/a"), vec![NewEvent::json("3")], None)
+            .await
+            .expect("append");
+        let got = on_a.next().await.expect("next");
+        assert!(
+            matches!(&got[..], [Delivery::Reset { .. }, Delivery::Event { event, .. }] if event.seq == 1),
+            "{got:?}"
+        );
+
+        drop(on_b);
+        assert!(awaited(&topics).is_empty(), "{:?}", awaited(&topics));
+        on_a.subscribe(p("/never"), None);
+        settle(&mut on_a).await;
+        assert_eq!(awaited(&topics), ["/never"]);
+        assert!(on_a.unsubscribe(&p("/never")));
+        assert!(awaited(&topics).is_empty(), "{:?}", awaited(&topics));
+    }
+
+    /// Several listeners waiting for one topic: each is woken when it is created, and one
+    /// that goes first leaves the others registered.
+    #[tokio::test]
+    async fn listeners_waiting_for_one_topic_are_all_told() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let (topics, _task) = Topics::open(store, TopicsOptions::default())
+            .await
+            .expect("open");
+        let mut listeners: Vec<Listener> = (0..3).map(|_| topics.listener()).collect();
+        for listener in &mut listeners {
+            listener.subscribe(p("/s"), None);
+            settle(listener).await;
+        }
+        drop(listeners.remove(1));
+        assert_eq!(awaited(&topics), ["/s"]);
+        topics
+            .append(p("/s"), vec![NewEvent::json("1")], None)
+            .await
+            .expect("append");
+        for listener in &mut listeners {
+            let got = listener.next().await.expect("next");
+            assert!(matches!(&got[..], [Delivery::Event { event, .. }] if event.seq == 1));
+        }
+        assert!(awaited(&topics).is_empty());
+        // Going and coming back: the last one out takes the entry with it.
+        for listener in &mut listeners {
+            listener.subscribe(p("/t"), None);
+            settle(listener).await;
+        }
+        assert_eq!(awaited(&topics), ["/t"]);
+        listeners.clear();
+        assert!(awaited(&topics).is_empty(), "{:?}", awaited(&topics));
+    }
 
     /// Every idle subscriber (an MQTT session, a listen connection) holds this future in its
     /// task while it waits: a large value kept across one of its awaits would cost every

@@ -52,7 +52,7 @@ use bytes::Bytes;
 use herald_core::topic::{Retention, RetentionRules, decode_record};
 use herald_core::{Path, PathLimits, PatternIndex};
 use herald_store::{Store, StoreError};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 pub use event::{Event, EventParts, Wire};
@@ -561,14 +561,13 @@ pub(crate) enum InMemory {
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) topics: RwLock<HashMap<Path, Arc<Topic>>>,
-    /// Bumped whenever a topic is created or deleted, so listeners waiting for a topic that
-    /// does not exist (yet, or again) can look again (see [`Shared::topics_changed`]).
-    pub(crate) generation: watch::Sender<u64>,
-    /// Every listener's signal, woken when `generation` moves: a waiting listener then waits
-    /// on its signal alone, not on the channel as well (a second wait would make every idle
-    /// listener's state larger by one). Signals of listeners gone are dropped from it as it
-    /// is walked.
-    pub(crate) listeners: Mutex<Vec<Weak<listener::Signal>>>,
+    /// The listeners waiting for a topic that does not exist (yet, or again), by its path:
+    /// [`Shared::announce`] marks the path in their signals when it is created. A listener
+    /// registers here when it looks for a subscription's topic and finds none
+    /// ([`Shared::topic_or_await`]), and takes itself out when it unsubscribes or goes
+    /// ([`Shared::stop_awaiting`]). So a topic created or deleted wakes only the listeners
+    /// that follow it, not every listener.
+    pub(crate) awaited: Mutex<HashMap<Path, listener::Waiting>>,
     pub(crate) rules: RetentionRules,
     pub(crate) overrides: RwLock<HashMap<Path, Retention>>,
     /// Set after a storage failure; appends are refused from then on.
@@ -589,6 +588,8 @@ pub(crate) struct Shared {
 pub(crate) struct PatternSub {
     pub(crate) id: u64,
     pub(crate) found: Mutex<Vec<Path>>,
+    /// The listener's signal, woken when a topic is found.
+    pub(crate) signal: Arc<listener::Signal>,
 }
 
 impl PatternSub {
@@ -651,36 +652,55 @@ impl Shared {
     }
 
     /// Tells wildcard subscriptions and listeners waiting for topics that `path` now exists.
+    /// Called once the topic is in `topics`.
     pub(crate) fn announce(&self, path: &Path) {
         self.patterns().matches(path, |sub| {
             sub.found().push(path.clone());
+            sub.signal.wake();
         });
-        self.topics_changed();
-    }
-
-    /// A topic was created or deleted: bumps `generation` and wakes every listener, so those
-    /// waiting for a topic look again.
-    pub(crate) fn topics_changed(&self) {
-        self.generation.send_modify(|g| *g += 1);
-        let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
-        listeners.retain(|signal| match signal.upgrade() {
-            Some(signal) => {
-                signal.wake();
-                true
+        if let Some(waiting) = self.awaited().remove(path) {
+            for signal in waiting.into_signals() {
+                signal.mark(path);
             }
-            None => false,
-        });
+        }
     }
 
-    /// Registers a new listener's signal (see `listeners`).
-    pub(crate) fn add_listener(&self, signal: &Arc<listener::Signal>) {
-        let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
-        if listeners.len() == listeners.capacity() {
-            // Before it grows, the signals of listeners gone go: it grows only when full of
-            // live ones. (Between two walks the dead ones keep their allocation, a signal each.)
-            listeners.retain(|signal| signal.strong_count() > 0);
+    fn awaited(&self) -> std::sync::MutexGuard<'_, HashMap<Path, listener::Waiting>> {
+        self.awaited.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The topic `path`; or, when there is none, `None` after registering `signal` to be
+    /// marked with `path` when it is created (see `awaited`).
+    pub(crate) fn topic_or_await(
+        &self,
+        path: &Path,
+        signal: &Arc<listener::Signal>,
+    ) -> Option<Arc<Topic>> {
+        if let Some(topic) = self.topic(path) {
+            return Some(topic);
         }
-        listeners.push(Arc::downgrade(signal));
+        let mut awaited = self.awaited();
+        // Looked up again under the lock `announce` takes once the topic is in `topics`: a
+        // topic created since the first look is found here, or its announcement finds the
+        // registration below.
+        if let Some(topic) = self.topic(path) {
+            return Some(topic);
+        }
+        awaited
+            .entry(path.clone())
+            .and_modify(|waiting| waiting.add(signal))
+            .or_insert_with(|| listener::Waiting::new(signal));
+        None
+    }
+
+    /// Takes `signal` out of the listeners waiting for `path`, if it is there.
+    pub(crate) fn stop_awaiting(&self, path: &Path, signal: &Arc<listener::Signal>) {
+        let mut awaited = self.awaited();
+        if let Some(waiting) = awaited.get_mut(path)
+            && waiting.remove(signal)
+        {
+            awaited.remove(path);
+        }
     }
 
     /// The topic `path` if it is memory-only: the existing one, or a new one created (and
@@ -1008,8 +1028,7 @@ impl Topics {
         let shared = Arc::new(Shared {
             store,
             topics: RwLock::new(HashMap::new()),
-            generation: watch::channel(0).0,
-            listeners: Mutex::new(Vec::new()),
+            awaited: Mutex::new(HashMap::new()),
             rules: options.rules.clone(),
             overrides: RwLock::new(loaded.overrides),
             failed: OnceLock::new(),
@@ -1426,28 +1445,6 @@ fn validate(topic: &Path, events: &[NewEvent]) -> Result<(), TopicsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The listeners' signals woken on topic changes: those of listeners gone do not pile up.
-    #[tokio::test]
-    async fn signals_of_dropped_listeners_are_pruned() {
-        let store = Arc::new(herald_store::MemoryStore::default());
-        let (topics, _actor) = Topics::open(store, TopicsOptions::default()).await.unwrap();
-        let registered = || topics.shared.listeners.lock().unwrap().len();
-        let kept: Vec<Listener> = (0..10).map(|_| topics.listener()).collect();
-        for _ in 0..1_000 {
-            drop(topics.listener());
-        }
-        // Pruned whenever the list would grow: at most twice the live ones (and the one
-        // just dropped).
-        assert!(
-            registered() <= 2 * kept.len() + 2,
-            "{} signals kept",
-            registered()
-        );
-        // A topic change drops every dead one.
-        topics.shared.topics_changed();
-        assert_eq!(registered(), kept.len());
-    }
 
     fn event(seq: u64, data: &'static [u8]) -> Event {
         Event::new(
