@@ -91,6 +91,7 @@ pub fn start(
             };
             let plan = PublisherPlan {
                 topic: topic_of(i),
+                new_topics: false,
                 qos: publish.qos,
                 payload_bytes: publish.payload_bytes,
                 encoding: run.encoding,

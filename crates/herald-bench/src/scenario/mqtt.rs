@@ -16,6 +16,7 @@
 //! translation of the specification (it has its own conformance tests), while the broker code
 //! that is measured (`herald-transport-mqtt`) is not shared.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -578,6 +579,9 @@ impl Progress {
 pub struct PublisherPlan {
     /// Topic published to.
     pub topic: String,
+    /// Publish number `k` goes to `<topic>/<k>` instead: every publish to a topic not
+    /// used before, so the broker creates a topic per publish.
+    pub new_topics: bool,
     /// QoS of every publish.
     pub qos: QoS,
     /// Payload size, bytes.
@@ -814,10 +818,15 @@ pub async fn publisher(client: Client, plan: PublisherPlan) -> (PublisherResult,
                     } else {
                         0
                     };
+                    let topic = if plan.new_topics {
+                        Cow::Owned(format!("{}/{}", plan.topic, result.published + i))
+                    } else {
+                        Cow::Borrowed(plan.topic.as_str())
+                    };
                     push_publish(
                         &mut out,
                         protocol,
-                        &plan.topic,
+                        &topic,
                         plan.qos,
                         id,
                         plan.encoding.payload(

@@ -39,6 +39,11 @@ pub struct Options {
     /// Publisher `i` publishes to `<prefix>/<i>`.
     #[arg(long, default_value = "bench/publish")]
     pub prefix: String,
+    /// Every publish goes to a topic not used before (`<prefix>/<i>/<k>` for publisher
+    /// `i`'s `k`-th publish), so the broker creates a topic per publish: the cost of topic
+    /// creation, for instance beside many idle subscribers (`mqtt-idle`).
+    #[arg(long)]
+    pub new_topics: bool,
     /// Publisher connections.
     #[arg(long, default_value_t = 50)]
     pub publishers: usize,
@@ -78,6 +83,8 @@ pub struct Report {
     pub qos: u8,
     /// Publisher connections.
     pub publishers: usize,
+    /// Whether every publish went to a new topic (`--new-topics`).
+    pub new_topics: bool,
     /// Unacknowledged publishes allowed per publisher (before the broker's cap).
     pub inflight: usize,
     /// Payload size in bytes.
@@ -148,6 +155,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
             client,
             PublisherPlan {
                 topic: format!("{}/{i}", opts.prefix),
+                new_topics: opts.new_topics,
                 qos: opts.qos,
                 payload_bytes: opts.payload_bytes,
                 encoding: mqtt::Encoding::Binary,
@@ -205,6 +213,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         protocol: mqtt::protocol_name(broker.protocol),
         qos: opts.qos as u8,
         publishers: opts.publishers,
+        new_topics: opts.new_topics,
         inflight: opts.inflight,
         payload_bytes: opts.payload_bytes,
         rate_per_publisher: opts.rate.map(Rate::per_second),
@@ -230,14 +239,15 @@ impl fmt::Display for Report {
         };
         let mut t = Table::new(format!(
             "mqtt-publish  target={} mqtt={} qos={} publishers={} ({rate}, {} in flight each) \
-             payload={} B duration={} s",
+             payload={} B duration={} s{}",
             self.target,
             self.protocol,
             self.qos,
             self.publishers,
             self.inflight,
             self.payload_bytes,
-            self.duration_s
+            self.duration_s,
+            if self.new_topics { " new-topics" } else { "" }
         ));
         t.row(
             "published",

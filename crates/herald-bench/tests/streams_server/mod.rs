@@ -15,6 +15,8 @@ pub(crate) struct Streams {
     #[allow(dead_code, reason = "used by listen.rs only")]
     pub(crate) http: Target,
     pub(crate) mqtt: Target,
+    #[allow(dead_code, reason = "used by mqtt_publish.rs only")]
+    pub(crate) topics: herald_engine::Topics,
 }
 
 /// The password of the users of [`start_streams`]'s server.
@@ -44,7 +46,7 @@ pub(crate) async fn start_streams() -> anyhow::Result<Streams> {
         iorio.shutdown.clone(),
     )
     .await?;
-    let app = herald_transport_iorio::router(topics, accounts, iorio);
+    let app = herald_transport_iorio::router(topics.clone(), accounts, iorio);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let http = listener.local_addr()?;
     tokio::spawn(async move {
@@ -60,5 +62,6 @@ pub(crate) async fn start_streams() -> anyhow::Result<Streams> {
     Ok(Streams {
         http: format!("http://{http}").parse()?,
         mqtt: mqtt_addr.to_string().parse()?,
+        topics,
     })
 }
