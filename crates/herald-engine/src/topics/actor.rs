@@ -34,8 +34,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::{
-    Appended, Event, InMemory, LOG_PREFIX, NewEvent, RETENTION_SNAPSHOT, Reply, Shared, Topic,
-    TopicsError, parse_log_name, retention,
+    Appended, Event, InMemory, LOG_PREFIX, NewEvent, RETENTION_SNAPSHOT, Reach, Reply, Shared,
+    Topic, TopicsError, parse_log_name, retention,
 };
 
 pub(crate) enum Command {
@@ -376,17 +376,16 @@ impl Actor {
             None => {
                 // Normally done by the caller already; here in case the topic's retention
                 // became memory-only since.
-                let events =
-                    match self
-                        .shared
-                        .append_in_memory(&path, events, expect_last, None, true)
-                    {
-                        InMemory::Done(result) => {
-                            answer(reply, result);
-                            return;
-                        }
-                        InMemory::Durable(events) => events,
-                    };
+                let in_memory =
+                    self.shared
+                        .append_in_memory(&path, events, expect_last, None, Reach::Any);
+                let events = match in_memory {
+                    InMemory::Done(result) => {
+                        answer(reply, result);
+                        return;
+                    }
+                    InMemory::Durable(events) => events,
+                };
                 let topic = self.shared.topic(&path);
                 let last = topic.as_ref().map_or(0, |t| t.committed_last());
                 let created = topic.is_none();

@@ -557,6 +557,15 @@ pub(crate) enum InMemory {
     Durable(Vec<NewEvent>),
 }
 
+/// Which memory-only topic [`Shared::append_in_memory`] may append to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reach {
+    /// Only the one the caller's [`LastTopic`] remembers.
+    Remembered,
+    /// Any: the remembered one, else the topic looked up (or created) by its path.
+    Any,
+}
+
 /// State shared by the handle, the actor, listeners and the retention job.
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
@@ -732,22 +741,24 @@ impl Shared {
     /// nothing to commit, so its appends skip the actor. The events are numbered under the
     /// topic's lock, which every append to it takes, so numbers never collide and one
     /// caller's appends keep their order. A durable topic's events are handed back, for the
-    /// actor. With `look_up` false only the topic `last_topic` remembers is appended to, and
-    /// any other's events are handed back as a durable topic's are.
+    /// actor. With [`Reach::Remembered`] only the topic `last_topic` remembers is appended
+    /// to, and any other's events are handed back as a durable topic's are.
     pub(crate) fn append_in_memory(
         &self,
         path: &Path,
         events: Vec<NewEvent>,
         expect_last: Option<u64>,
         mut last_topic: Option<&mut LastTopic>,
-        look_up: bool,
+        reach: Reach,
     ) -> InMemory {
         loop {
             let remembered = last_topic.as_deref().and_then(|l| l.get(path));
             let found = match remembered {
                 Some(topic) => Some(topic),
-                None if look_up => self.memory_topic(path),
-                None => None,
+                None => match reach {
+                    Reach::Any => self.memory_topic(path),
+                    Reach::Remembered => None,
+                },
             };
             let Some(topic) = found else {
                 return InMemory::Durable(events);
@@ -1184,7 +1195,7 @@ impl Topics {
         validate(&topic, &events).map_err(RememberedAppend::Failed)?;
         match self
             .shared
-            .append_in_memory(&topic, events, None, Some(last), false)
+            .append_in_memory(&topic, events, None, Some(last), Reach::Remembered)
         {
             InMemory::Done(Ok(_)) => Ok(()),
             InMemory::Done(Err(e)) => Err(RememberedAppend::Failed(e)),
@@ -1245,7 +1256,7 @@ impl Topics {
         let events =
             match self
                 .shared
-                .append_in_memory(&topic, events, expect_last, last_topic, true)
+                .append_in_memory(&topic, events, expect_last, last_topic, Reach::Any)
             {
                 InMemory::Done(result) => return Ok(Prepared::Done(PendingAppend::done(result))),
                 InMemory::Durable(events) => events,
