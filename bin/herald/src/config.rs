@@ -196,6 +196,13 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "HERALD_MEMORY_ONLY_BUDGET", value_name = "BYTES")]
     memory_only_budget: Option<usize>,
 
+    /// What durable topics keep in memory together, in bytes, about: each keeps its newest
+    /// events (at most 256 events / 256 KiB, and at most an equal share of this) for
+    /// subscribers that are nearly caught up; older events are read from disk.
+    /// [default: 268435456]
+    #[arg(long, env = "HERALD_DURABLE_WINDOW_BUDGET", value_name = "BYTES")]
+    durable_window_budget: Option<usize>,
+
     /// Worker threads that run the connections and the engine. Fewer than the CPUs leaves
     /// cores to other processes on the machine (a database, a load generator); the store's
     /// commits and background work run on threads of their own either way.
@@ -307,6 +314,7 @@ struct FileConfig {
     max_body_bytes: Option<usize>,
     max_connections: Option<usize>,
     memory_only_budget: Option<usize>,
+    durable_window_budget: Option<usize>,
     threads: Option<usize>,
     queue_capacity: Option<usize>,
     snapshot_every: Option<u64>,
@@ -350,6 +358,7 @@ pub(crate) struct Settings {
     pub(crate) max_body_bytes: usize,
     pub(crate) max_connections: usize,
     pub(crate) memory_only_budget: usize,
+    pub(crate) durable_window_budget: usize,
     /// Worker threads of the async runtime; `None`: one per CPU.
     pub(crate) threads: Option<usize>,
     pub(crate) queue_capacity: usize,
@@ -462,6 +471,10 @@ impl Settings {
                 .memory_only_budget
                 .or(file.memory_only_budget)
                 .unwrap_or(herald_engine::DEFAULT_MEMORY_BUDGET),
+            durable_window_budget: args
+                .durable_window_budget
+                .or(file.durable_window_budget)
+                .unwrap_or(herald_engine::DEFAULT_WINDOW_BUDGET),
             threads: args.threads.or(file.threads),
             queue_capacity: args.queue_capacity.or(file.queue_capacity).unwrap_or(4096),
             snapshot_every: args
@@ -775,6 +788,35 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(s.hpfeeds_tls.unwrap().cert, PathBuf::from("x.pem"));
+    }
+
+    #[test]
+    fn memory_budgets() {
+        let s = load(&[]).unwrap();
+        assert_eq!(
+            (s.memory_only_budget, s.durable_window_budget),
+            (
+                herald_engine::DEFAULT_MEMORY_BUDGET,
+                herald_engine::DEFAULT_WINDOW_BUDGET
+            )
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("herald.toml");
+        std::fs::write(
+            &file,
+            "memory-only-budget = 1000
+durable-window-budget = 2000
+",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let s = load(&["--config", f]).unwrap();
+        assert_eq!(
+            (s.memory_only_budget, s.durable_window_budget),
+            (1000, 2000)
+        );
+        let s = load(&["--config", f, "--durable-window-budget", "3000"]).unwrap();
+        assert_eq!(s.durable_window_budget, 3000);
     }
 
     #[test]

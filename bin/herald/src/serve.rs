@@ -95,6 +95,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         TopicsOptions {
             rules: settings.retention.clone(),
             memory_budget_bytes: settings.memory_only_budget,
+            window_budget_bytes: settings.durable_window_budget,
             ..TopicsOptions::default()
         },
     )

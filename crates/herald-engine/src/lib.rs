@@ -58,7 +58,7 @@ pub use inbox::{Inbox, Update};
 pub use keyed::KeyedRecords;
 pub use retained::{Retained, RetainedError, RetainedMessage, RetainedOptions};
 pub use topics::{
-    Appended, DEFAULT_MEMORY_BUDGET, Delivery, Event, EventParts, LastTopic, Listener,
-    MIN_MEMORY_SHARE, NewEvent, PendingAppend, RememberedAppend, TopicInfo, Topics, TopicsError,
-    TopicsOptions, TryEnqueueError, Wire, footprint,
+    Appended, DEFAULT_MEMORY_BUDGET, DEFAULT_WINDOW_BUDGET, Delivery, Event, EventParts, LastTopic,
+    Listener, MIN_MEMORY_SHARE, NewEvent, PendingAppend, RememberedAppend, TopicInfo, Topics,
+    TopicsError, TopicsOptions, TryEnqueueError, Wire, footprint,
 };

@@ -98,6 +98,9 @@ fn options() -> TopicsOptions {
         )]),
         retention_interval: Duration::from_millis(5),
         window_events: 3,
+        // About two small events' worth with one topic, none with a few: reads come from
+        // full, partial and empty windows.
+        window_budget_bytes: 400,
         max_batch: 8,
         ..TopicsOptions::default()
     }

@@ -537,6 +537,7 @@ impl Actor {
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(s.topic.path.clone(), s.topic.clone());
+                self.shared.durable_topics.fetch_add(1, Ordering::Relaxed);
                 self.shared.announce(&s.topic.path);
                 new_topics = true;
             }
@@ -634,6 +635,8 @@ impl Actor {
         }
         if topic.memory_only {
             self.shared.memory_topics.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            self.shared.durable_topics.fetch_sub(1, Ordering::Relaxed);
         }
         // Wake the topic's listeners so they notice (and wait for its next incarnation).
         topic.wake();

@@ -79,6 +79,10 @@ pub struct TopicsOptions {
     pub window_events: usize,
     /// Bytes kept in memory per topic, at most (counted as [`footprint`] does).
     pub window_bytes: usize,
+    /// What durable topics' windows keep together: each keeps at most an equal share (and at
+    /// most `window_bytes`), so that many topics cannot hold memory without bound. What a
+    /// window does not hold is read from the store.
+    pub window_budget_bytes: usize,
     /// The window of a memory-only topic, which is its whole history: a listener further
     /// behind loses events (and is told, with [`Delivery::Gap`]). Larger than a durable
     /// topic's window, whose older events are still on disk.
@@ -107,6 +111,7 @@ impl Default for TopicsOptions {
             rules: RetentionRules::default(),
             window_events: 256,
             window_bytes: 256 * 1024,
+            window_budget_bytes: DEFAULT_WINDOW_BUDGET,
             memory_window_events: 65_536,
             memory_window_bytes: 32 * 1024 * 1024,
             memory_budget_bytes: DEFAULT_MEMORY_BUDGET,
@@ -115,6 +120,9 @@ impl Default for TopicsOptions {
         }
     }
 }
+
+/// The default [`TopicsOptions::window_budget_bytes`]: 256 MiB (1,024 full windows).
+pub const DEFAULT_WINDOW_BUDGET: usize = 256 * 1024 * 1024;
 
 /// The default [`TopicsOptions::memory_budget_bytes`]: 256 MiB.
 pub const DEFAULT_MEMORY_BUDGET: usize = 256 * 1024 * 1024;
@@ -320,17 +328,30 @@ impl TopicState {
         &mut self,
         events: impl Iterator<Item = Event>,
         memory_only: bool,
-        (max_events, max_bytes): (usize, usize),
-        mut evicted: impl FnMut(Event),
+        bounds: (usize, usize),
+        evicted: impl FnMut(Event),
     ) {
         for e in events {
             self.window.push_back(e);
         }
+        self.fit_window(memory_only, bounds, evicted);
+    }
+
+    /// Trims the window to `(max_events, max_bytes)` and hands every event trimmed to
+    /// `evicted` (see [`TopicState::push_evicting`]). A memory-only topic's window keeps at
+    /// least its newest event (its only copy); a durable topic's may end up empty (its
+    /// events are read from the store then).
+    pub(crate) fn fit_window(
+        &mut self,
+        memory_only: bool,
+        (max_events, max_bytes): (usize, usize),
+        mut evicted: impl FnMut(Event),
+    ) {
         // The events trimmed are not read here (see `Window`): freeing them is `evicted`'s
         // business.
         let mut trimmed = false;
         while self.window.len() > max_events
-            || (self.window.bytes() > max_bytes && self.window.len() > 1)
+            || (self.window.bytes() > max_bytes && (self.window.len() > 1 || !memory_only))
         {
             let Some(old) = self.window.pop_front() else {
                 break;
@@ -590,6 +611,8 @@ pub(crate) struct Shared {
     pub(crate) epochs: Mutex<HashMap<Path, u64>>,
     /// How many memory-only topics exist (they share `memory_budget_bytes`).
     pub(crate) memory_topics: AtomicUsize,
+    /// How many durable topics exist (their windows share `window_budget_bytes`).
+    pub(crate) durable_topics: AtomicUsize,
 }
 
 /// One wildcard subscription of a listener: the topics created since it last looked.
@@ -646,12 +669,18 @@ impl Shared {
             .insert(path.clone(), epoch);
     }
 
-    /// The most events and bytes a window keeps: a durable topic's are fixed; a memory-only
-    /// topic's bytes are its share of the budget.
+    /// The most events and bytes a window keeps now: its bytes are the topic's share of its
+    /// kind's budget (`window_budget_bytes` for durable topics, `memory_budget_bytes` for
+    /// memory-only ones), so they shrink as topics are created. Windows over their share
+    /// are trimmed at their next append or by the retention pass ([`retention::pass`]).
     pub(crate) fn window_bounds(&self, memory_only: bool) -> (usize, usize) {
         let o = &self.options;
         if !memory_only {
-            return (o.window_events, o.window_bytes);
+            let topics = self.durable_topics.load(Ordering::Relaxed).max(1);
+            return (
+                o.window_events,
+                (o.window_budget_bytes / topics).min(o.window_bytes),
+            );
         }
         let topics = self.memory_topics.load(Ordering::Relaxed).max(1);
         let share = (o.memory_budget_bytes / topics)
@@ -1048,6 +1077,7 @@ impl Topics {
             patterns: Mutex::new(PatternIndex::new()),
             epochs: Mutex::new(HashMap::new()),
             memory_topics: AtomicUsize::new(0),
+            durable_topics: AtomicUsize::new(loaded.topics.len()),
         });
         let mut topics = HashMap::new();
         for (path, l) in loaded.topics {
@@ -1456,6 +1486,112 @@ fn validate(topic: &Path, events: &[NewEvent]) -> Result<(), TopicsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Durable topics' windows share `window_budget_bytes`: a window is trimmed to its share
+    /// when it is appended to and, once more topics exist, by the retention pass even if its
+    /// topic is idle; a listener still gets every event, the older ones from the store.
+    #[tokio::test]
+    async fn durable_windows_share_their_budget() {
+        let p = |s: &str| Path::parse_url(s, &PathLimits::default()).expect("path");
+        let store = Arc::new(herald_store::MemoryStore::default());
+        let options = TopicsOptions {
+            window_budget_bytes: 64 * 1024,
+            retention_interval: Duration::from_millis(20),
+            ..TopicsOptions::default()
+        };
+        let (topics, _actor) = Topics::open(store, options).await.expect("open");
+        let window_bytes = |path: &str| {
+            let topic = topics.shared.topic(&p(path)).expect("topic");
+            let state = topic.lock();
+            (state.window.len(), state.window.bytes())
+        };
+        for i in 0..100u32 {
+            let data = vec![b'x'; 1000 + i as usize];
+            topics
+                .append(p("/a"), vec![NewEvent::json(data)], None)
+                .await
+                .expect("append");
+        }
+        let (events, bytes) = window_bytes("/a");
+        assert!(
+            bytes <= 64 * 1024 && events < 100,
+            "{events} events, {bytes} bytes"
+        );
+        assert!(
+            events > 30,
+            "the only topic has the whole budget: {events} events"
+        );
+
+        // Seven more topics: each has an eighth of the budget, /a too although it is idle.
+        for name in ["/b", "/c", "/d", "/e", "/f", "/g", "/h"] {
+            topics
+                .append(p(name), vec![NewEvent::json("{}")], None)
+                .await
+                .expect("append");
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while window_bytes("/a").1 > 8 * 1024 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{:?}",
+                window_bytes("/a")
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // A share smaller than one event: durable windows keep nothing then.
+        for i in 0..600 {
+            topics
+                .append(p(&format!("/many/{i}")), vec![NewEvent::json("{}")], None)
+                .await
+                .expect("append");
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while window_bytes("/a").0 > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{:?}",
+                window_bytes("/a")
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        let mut listener = topics.listener();
+        listener.subscribe(p("/a"), Some(1));
+        let mut seqs = Vec::new();
+        while seqs.len() < 100 {
+            for d in listener.next().await.expect("next") {
+                match d {
+                    Delivery::Event { event, .. } => seqs.push(event.seq),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        assert_eq!(seqs, (1..=100).collect::<Vec<u64>>());
+
+        // Deleted topics give their share back.
+        for name in ["/b", "/c", "/d", "/e", "/f", "/g", "/h"] {
+            assert!(topics.delete(&p(name)).await.expect("delete"));
+        }
+        for i in 0..600 {
+            assert!(
+                topics
+                    .delete(&p(&format!("/many/{i}")))
+                    .await
+                    .expect("delete")
+            );
+        }
+        for _ in 0..60 {
+            topics
+                .append(p("/a"), vec![NewEvent::json(vec![b'y'; 1000])], None)
+                .await
+                .expect("append");
+        }
+        let (events, bytes) = window_bytes("/a");
+        assert!(
+            events > 30 && bytes <= 64 * 1024,
+            "{events} events, {bytes} bytes"
+        );
+    }
 
     fn event(seq: u64, data: &'static [u8]) -> Event {
         Event::new(

@@ -4,6 +4,8 @@
 //! durable topic with a bounded retention it finds the first sequence number to keep, by
 //! count from the bounds alone, and by bytes and age by walking the oldest records, then trims
 //! the store and moves the topic's `first`. Appends go on meanwhile: they only touch the tail.
+//! Then it trims the windows over their share of the memory budgets (topics that stopped
+//! appending keep windows sized for fewer topics otherwise).
 
 use std::sync::Arc;
 
@@ -47,6 +49,39 @@ pub(super) fn pass(shared: &Shared, stale: Vec<String>) {
             }
             Err(e) => tracing::warn!(topic = %topic.path, error = %e, "retention pass failed"),
         }
+    }
+    fit_windows(shared);
+}
+
+/// Trims every window over its share of its budget (see [`Shared::window_bounds`]). A window
+/// is fitted at each append to its topic; this catches the topics that stopped appending, so
+/// that the windows together stay within the budgets as more topics are created.
+fn fit_windows(shared: &Shared) {
+    let topics: Vec<Arc<Topic>> = shared
+        .topics
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    let durable = shared.window_bounds(false);
+    let memory_only = shared.window_bounds(true);
+    let mut evicted = Vec::new();
+    for topic in topics {
+        let (max_events, max_bytes) = if topic.memory_only {
+            memory_only
+        } else {
+            durable
+        };
+        let mut state = topic.lock();
+        if state.window.len() > max_events || state.window.bytes() > max_bytes {
+            state.fit_window(topic.memory_only, (max_events, max_bytes), |e| {
+                evicted.push(e);
+            });
+        }
+        drop(state);
+        // Freed outside the topic's lock.
+        evicted.clear();
     }
 }
 
