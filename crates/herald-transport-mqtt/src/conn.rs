@@ -264,6 +264,66 @@ struct Conn<S> {
     batch: Vec<Delivery>,
     /// The topic of the last message sent and its MQTT name.
     delivered_name: Option<(Path, String)>,
+    /// How the session delivers the topics it got events of (see [`Conn::route`]). Boxed
+    /// and made at the first delivery: idle sessions have none.
+    routes: Option<Box<Routes>>,
+}
+
+/// How a session delivers one topic's events, worked out from its subscriptions and its
+/// access once per topic rather than once per event: a session with many subscriptions
+/// would otherwise match every one of them against every event.
+#[derive(Debug, Clone)]
+struct Route {
+    /// The highest QoS of the subscriptions that match (shared ones excepted); `None` when
+    /// the topic's events are not delivered: none matches, or reading it is not allowed.
+    qos: Option<QoS>,
+    /// Their MQTT 5 subscription identifiers.
+    ids: Vec<u32>,
+    /// Whether one of them keeps the retain flag as published.
+    retain_as_published: bool,
+    /// Whether all of them ask not to get the session's own publishes (No Local).
+    all_no_local: bool,
+}
+
+/// The routes worked out since the subscriptions last changed (any change forgets them).
+#[derive(Debug, Default)]
+struct Routes {
+    /// The last topic routed: deliveries come in runs of one topic, and a run's topics are
+    /// clones of one path, compared by pointer first.
+    last: Option<(Path, Route)>,
+    /// Others, up to [`MAX_ROUTES`] (then forgotten all at once: a `#` subscriber to many
+    /// topics keeps a bounded table).
+    by_topic: std::collections::HashMap<Path, Route>,
+}
+
+/// The most routes a session keeps besides the last one.
+const MAX_ROUTES: usize = 1024;
+
+/// How a session with `subs` and `access` delivers `topic`'s events (see [`Route`]).
+fn route_of(subs: &[Subscription], access: &Access, topic: &Path) -> Route {
+    let mut route = Route {
+        qos: None,
+        ids: Vec::new(),
+        retain_as_published: false,
+        all_no_local: true,
+    };
+    for sub in subs {
+        if sub.shared || !sub.pattern.matches(topic) || !dollar_rule_allows(&sub.filter, topic) {
+            continue;
+        }
+        route.qos = Some(
+            route
+                .qos
+                .map_or(sub.options.qos, |q| q.max(sub.options.qos)),
+        );
+        route.ids.extend(sub.id);
+        route.retain_as_published |= sub.options.retain_as_published;
+        route.all_no_local &= sub.options.no_local;
+    }
+    if !access.allows(topic, Modes::READ) {
+        route.qos = None;
+    }
+    route
 }
 
 /// QoS 0 publishes (not retained) to one topic, read one after the other.
@@ -565,6 +625,7 @@ where
         held: None,
         batch: Vec::new(),
         delivered_name: None,
+        routes: None,
     });
     Some(Ready {
         conn,
@@ -1258,6 +1319,7 @@ where
             id,
             shared,
         };
+        self.forget_routes();
         match existing {
             Some(i) => {
                 if let Some(slot) = self.session.subs.get_mut(i) {
@@ -1305,6 +1367,7 @@ where
         for filter in &u.filters {
             match self.session.subs.iter().position(|s| s.filter == *filter) {
                 Some(i) => {
+                    self.forget_routes();
                     let sub = self.session.subs.remove(i);
                     if sub.shared {
                         self.inner.shared.leave(&sub.filter, self.session.member_id);
@@ -1368,31 +1431,20 @@ where
             // Already sent as the retained message at SUBSCRIBE.
             return;
         }
-        let attrs = MessageAttrs::decode(&event.attrs);
-        let is_mqtt = !event.attrs.is_empty();
-        let mut qos: Option<QoS> = None;
-        let mut ids = Vec::new();
-        let mut retain_as_published = false;
-        let mut all_no_local = true;
-        for sub in &self.session.subs {
-            if sub.shared || !sub.pattern.matches(topic) || !dollar_rule_allows(&sub.filter, topic)
-            {
-                continue;
-            }
-            qos = Some(qos.map_or(sub.options.qos, |q| q.max(sub.options.qos)));
-            ids.extend(sub.id);
-            retain_as_published |= sub.options.retain_as_published;
-            all_no_local &= sub.options.no_local;
-        }
+        let Route {
+            qos,
+            ids,
+            retain_as_published,
+            all_no_local,
+        } = self.route(topic);
         let Some(sub_qos) = qos else {
             return;
         };
+        let is_mqtt = !event.attrs.is_empty();
         if all_no_local && is_mqtt && *event.origin == *self.client_id {
             return;
         }
-        if !self.access.allows(topic, Modes::READ) {
-            return;
-        }
+        let attrs = MessageAttrs::decode(&event.attrs);
         let retain = self.protocol == Protocol::V5 && retain_as_published && attrs.retain;
         self.send_message(
             topic,
@@ -1404,6 +1456,35 @@ where
             ids,
             &event.data,
         );
+    }
+
+    /// How this session delivers `topic`'s events: from the routes kept, else worked out
+    /// from its subscriptions and its access (and kept).
+    fn route(&mut self, topic: &Path) -> Route {
+        let routes = self.routes.get_or_insert_with(Box::default);
+        if let Some((last, route)) = &routes.last
+            && last == topic
+        {
+            return route.clone();
+        }
+        let route = match routes.by_topic.get(topic) {
+            Some(route) => route.clone(),
+            None => {
+                let route = route_of(&self.session.subs, &self.access, topic);
+                if routes.by_topic.len() >= MAX_ROUTES {
+                    routes.by_topic.clear();
+                }
+                routes.by_topic.insert(topic.clone(), route.clone());
+                route
+            }
+        };
+        routes.last = Some((topic.clone(), route.clone()));
+        route
+    }
+
+    /// The subscriptions changed: the routes worked out before may be wrong now.
+    fn forget_routes(&mut self) {
+        self.routes = None;
     }
 
     /// A message its shared subscription group gave this session.

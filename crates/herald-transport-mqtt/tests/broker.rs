@@ -265,6 +265,56 @@ async fn unsubscribe_stops_delivery_and_keeps_overlapping_filters() {
     s.assert_quiet().await;
 }
 
+/// A session works out how it delivers a topic once and keeps it: every change of its
+/// subscriptions (a new overlapping one, one replaced, one removed) must show in the next
+/// delivery of a topic it already got messages of.
+#[tokio::test]
+async fn deliveries_follow_every_change_of_the_subscriptions() {
+    let b = Broker::start().await;
+    let mut s = b.admin(Protocol::V5, "sub").await;
+    let mut p = b.admin(Protocol::V5, "pub").await;
+    let with_id = |id| {
+        Properties::from(PropertyValues {
+            subscription_identifiers: vec![id],
+            ..PropertyValues::default()
+        })
+    };
+    let unsubscribe = |filter: &str| {
+        Packet::Unsubscribe(herald_mqtt_codec::Unsubscribe {
+            packet_id: 5,
+            properties: Properties::default(),
+            filters: vec![filter.into()],
+        })
+    };
+    // Each step: publish at QoS 1, then the QoS and identifiers the session gets it with.
+    let mut step = async |s: &mut Client, body: &[u8]| {
+        p.publish(publish("rt/a", body, QoS::AtLeastOnce, 1)).await;
+        let got = s.recv_publish().await;
+        assert_eq!(&got.payload[..], body);
+        if got.qos == QoS::AtLeastOnce {
+            s.send(Packet::PubAck(ack(got.packet_id))).await;
+        }
+        (got.qos, got.properties.subscription_identifiers.clone())
+    };
+
+    s.subscribe_with(&[("rt/a", sub(QoS::AtMostOnce))], with_id(1))
+        .await;
+    assert_eq!(step(&mut s, b"1").await, (QoS::AtMostOnce, vec![1]));
+    s.subscribe_with(&[("rt/+", sub(QoS::AtLeastOnce))], with_id(2))
+        .await;
+    assert_eq!(step(&mut s, b"2").await, (QoS::AtLeastOnce, vec![1, 2]));
+    s.send(unsubscribe("rt/+")).await;
+    assert!(matches!(s.recv().await, Packet::UnsubAck(_)));
+    assert_eq!(step(&mut s, b"3").await, (QoS::AtMostOnce, vec![1]));
+    // The same filter again: it replaces the subscription (QoS 1, no identifier).
+    s.subscribe(&[("rt/a", sub(QoS::AtLeastOnce))]).await;
+    assert_eq!(step(&mut s, b"4").await, (QoS::AtLeastOnce, vec![]));
+    s.send(unsubscribe("rt/a")).await;
+    assert!(matches!(s.recv().await, Packet::UnsubAck(_)));
+    p.publish(publish("rt/a", b"5", QoS::AtLeastOnce, 1)).await;
+    s.assert_quiet().await;
+}
+
 #[tokio::test]
 async fn persistent_session_keeps_subscriptions_and_queues_messages() {
     let b = Broker::start().await;
