@@ -613,6 +613,10 @@ pub(crate) struct Shared {
     pub(crate) memory_topics: AtomicUsize,
     /// How many durable topics exist (their windows share `window_budget_bytes`).
     pub(crate) durable_topics: AtomicUsize,
+    /// The byte shares (durable, memory-only) the retention pass last fitted every window
+    /// to. An append fits its own window, so windows outgrow their share only when it
+    /// shrinks: a pass whose shares are no smaller has nothing to trim.
+    pub(crate) fitted_shares: Mutex<Option<(usize, usize)>>,
 }
 
 /// One wildcard subscription of a listener: the topics created since it last looked.
@@ -1078,6 +1082,7 @@ impl Topics {
             epochs: Mutex::new(HashMap::new()),
             memory_topics: AtomicUsize::new(0),
             durable_topics: AtomicUsize::new(loaded.topics.len()),
+            fitted_shares: Mutex::new(None),
         });
         let mut topics = HashMap::new();
         for (path, l) in loaded.topics {

@@ -55,8 +55,19 @@ pub(super) fn pass(shared: &Shared, stale: Vec<String>) {
 
 /// Trims every window over its share of its budget (see [`Shared::window_bounds`]). A window
 /// is fitted at each append to its topic; this catches the topics that stopped appending, so
-/// that the windows together stay within the budgets as more topics are created.
+/// that the windows together stay within the budgets as more topics are created. It walks
+/// the topics only when a share shrank since the last walk (`Shared::fitted_shares`).
 fn fit_windows(shared: &Shared) {
+    let durable = shared.window_bounds(false);
+    let memory_only = shared.window_bounds(true);
+    let shares = (durable.1, memory_only.1);
+    let mut fitted = shared
+        .fitted_shares
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if fitted.is_some_and(|(d, m)| shares.0 >= d && shares.1 >= m) {
+        return;
+    }
     let topics: Vec<Arc<Topic>> = shared
         .topics
         .read()
@@ -64,8 +75,6 @@ fn fit_windows(shared: &Shared) {
         .values()
         .cloned()
         .collect();
-    let durable = shared.window_bounds(false);
-    let memory_only = shared.window_bounds(true);
     let mut evicted = Vec::new();
     for topic in topics {
         let (max_events, max_bytes) = if topic.memory_only {
@@ -83,6 +92,9 @@ fn fit_windows(shared: &Shared) {
         // Freed outside the topic's lock.
         evicted.clear();
     }
+    // Topics created meanwhile may have made the shares smaller still: the next pass sees
+    // that and fits again.
+    *fitted = Some(shares);
 }
 
 /// Trims one topic; returns how many events were removed.
