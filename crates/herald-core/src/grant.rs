@@ -188,6 +188,18 @@ impl PathPattern {
         &self.segments
     }
 
+    /// The path every match is (or is under): the pattern's literal segments before its
+    /// first wildcard, the root when it starts with one. In a sorted set of paths (they sort
+    /// segment by segment) the paths under it follow one another from it, so the matches can
+    /// be looked for there instead of in the whole set.
+    pub fn literal_prefix(&self) -> Path {
+        let literal = self.segments.iter().map_while(|s| match s {
+            PatternSegment::Literal(l) => Some(l.clone()),
+            PatternSegment::Any | PatternSegment::Rest => None,
+        });
+        Path::from_valid_segments(literal.collect())
+    }
+
     /// Whether `path` matches the pattern.
     pub fn matches(&self, path: &Path) -> bool {
         let mut segs = path.segments().iter();
@@ -268,6 +280,19 @@ mod tests {
 
     fn pat(s: &str) -> PathPattern {
         PathPattern::parse(s, &PathLimits::default()).unwrap()
+    }
+
+    #[test]
+    fn literal_prefix_stops_at_the_first_wildcard() {
+        for (pattern, prefix) in [
+            ("/a/b/+/c", "/a/b"),
+            ("/a/b", "/a/b"),
+            ("/a/#", "/a"),
+            ("/+/x", "/"),
+            ("/#", "/"),
+        ] {
+            assert_eq!(pat(pattern).literal_prefix(), p(prefix), "{pattern}");
+        }
     }
 
     #[test]

@@ -165,6 +165,13 @@ impl Path {
         })
     }
 
+    /// A path from segments already known to be valid (a pattern's literal ones).
+    pub(crate) fn from_valid_segments(segments: Vec<String>) -> Self {
+        Self {
+            segments: segments.into(),
+        }
+    }
+
     /// The segments, root first.
     pub fn segments(&self) -> &[String] {
         &self.segments

@@ -536,7 +536,7 @@ impl Actor {
                     .topics
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(s.topic.path.clone(), s.topic.clone());
+                    .insert(s.topic.clone());
                 self.shared.durable_topics.fetch_add(1, Ordering::Relaxed);
                 self.shared.announce(&s.topic.path);
                 new_topics = true;

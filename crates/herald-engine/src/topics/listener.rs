@@ -355,15 +355,12 @@ impl Listener {
         // Register first, then look at the existing topics: a topic created in between is seen
         // twice (and subscribed once), never missed.
         self.shared.patterns().insert(&pattern, sub.clone());
-        let existing: Vec<Path> = self
+        let existing = self
             .shared
             .topics
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .filter(|p| pattern.matches(p))
-            .cloned()
-            .collect();
+            .matching(&pattern);
         for path in existing {
             self.subscribe_via(path, from, Some(sub.id));
         }

@@ -43,14 +43,14 @@ mod listener;
 mod retention;
 mod window;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use herald_core::topic::{Retention, RetentionRules, decode_record};
-use herald_core::{Path, PathLimits, PatternIndex};
+use herald_core::{Path, PathLimits, PathPattern, PatternIndex};
 use herald_store::{Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -587,10 +587,59 @@ pub(crate) enum Reach {
     Any,
 }
 
+/// The topics by path, and their paths in order: the topics under a path (a listing, the
+/// literal start of a wildcard subscription) are found without walking every topic.
+#[derive(Default)]
+pub(crate) struct TopicMap {
+    by_path: HashMap<Path, Arc<Topic>>,
+    ordered: BTreeSet<Path>,
+}
+
+impl TopicMap {
+    pub(crate) fn get(&self, path: &Path) -> Option<&Arc<Topic>> {
+        self.by_path.get(path)
+    }
+
+    pub(crate) fn insert(&mut self, topic: Arc<Topic>) {
+        self.ordered.insert(topic.path.clone());
+        self.by_path.insert(topic.path.clone(), topic);
+    }
+
+    pub(crate) fn remove(&mut self, path: &Path) -> Option<Arc<Topic>> {
+        self.ordered.remove(path);
+        self.by_path.remove(path)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.by_path.len()
+    }
+
+    pub(crate) fn values(&self) -> impl Iterator<Item = &Arc<Topic>> {
+        self.by_path.values()
+    }
+
+    /// The paths of the topics that are `prefix` or under it, in order.
+    pub(crate) fn under<'a>(&'a self, prefix: &'a Path) -> impl Iterator<Item = &'a Path> {
+        self.ordered
+            .range(prefix.clone()..)
+            .take_while(move |p| p.starts_with(prefix))
+    }
+
+    /// The paths of the topics matching `pattern`, in order: looked for under its literal
+    /// prefix only.
+    pub(crate) fn matching(&self, pattern: &PathPattern) -> Vec<Path> {
+        let prefix = pattern.literal_prefix();
+        self.under(&prefix)
+            .filter(|p| pattern.matches(p))
+            .cloned()
+            .collect()
+    }
+}
+
 /// State shared by the handle, the actor, listeners and the retention job.
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
-    pub(crate) topics: RwLock<HashMap<Path, Arc<Topic>>>,
+    pub(crate) topics: RwLock<TopicMap>,
     /// The listeners waiting for a topic that does not exist (yet, or again), by its path:
     /// [`Shared::announce`] marks the path in their signals when it is created. A listener
     /// registers here when it looks for a subscription's topic and finds none
@@ -761,7 +810,7 @@ impl Shared {
                 return topic.memory_only.then(|| topic.clone());
             }
             let topic = self.incarnation(path, true);
-            topics.insert(path.clone(), topic.clone());
+            topics.insert(topic.clone());
             self.memory_topics.fetch_add(1, Ordering::Relaxed);
             (topic, topics.len())
         };
@@ -1071,7 +1120,7 @@ impl Topics {
             .map_err(|e| TopicsError::Corrupt(format!("loading task failed: {e}")))??;
         let shared = Arc::new(Shared {
             store,
-            topics: RwLock::new(HashMap::new()),
+            topics: RwLock::new(TopicMap::default()),
             awaited: Mutex::new(HashMap::new()),
             rules: options.rules.clone(),
             overrides: RwLock::new(loaded.overrides),
@@ -1084,11 +1133,16 @@ impl Topics {
             durable_topics: AtomicUsize::new(loaded.topics.len()),
             fitted_shares: Mutex::new(None),
         });
-        let mut topics = HashMap::new();
+        let mut topics = TopicMap::default();
         for (path, l) in loaded.topics {
             let memory_only = false;
-            let t = Topic::new(path.clone(), l.epoch, memory_only, l.first, l.last);
-            topics.insert(path, Arc::new(t));
+            topics.insert(Arc::new(Topic::new(
+                path,
+                l.epoch,
+                memory_only,
+                l.first,
+                l.last,
+            )));
         }
         tracing::info!(
             topics = topics.len(),
@@ -1389,17 +1443,13 @@ impl Topics {
 
     /// The existing topics at or under `prefix`, sorted.
     pub fn list(&self, prefix: &Path) -> Vec<Path> {
-        let mut out: Vec<Path> = self
-            .shared
+        self.shared
             .topics
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .filter(|p| p.starts_with(prefix))
+            .under(prefix)
             .cloned()
-            .collect();
-        out.sort_unstable_by(|a, b| a.segments().cmp(b.segments()));
-        out
+            .collect()
     }
 
     /// Deletes `topic` and its history; returns whether it existed. Listeners are told with
