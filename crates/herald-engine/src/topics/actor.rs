@@ -600,6 +600,7 @@ impl Actor {
                 evicted.push(old)
             });
         topic.last.store(last, Ordering::Release);
+        topic.trim_soon();
         topic.wake();
     }
 
@@ -677,6 +678,9 @@ impl Actor {
             .overrides
             .write()
             .unwrap_or_else(|e| e.into_inner()) = next;
+        if let Some(topic) = self.shared.topic(&path) {
+            topic.trim_soon();
+        }
         tracing::info!(topic = %path, ?retention, "topic retention override set");
         Ok(())
     }

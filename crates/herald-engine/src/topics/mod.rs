@@ -285,6 +285,11 @@ pub(crate) struct Topic {
     pub(crate) last_t: AtomicU64,
     /// Set when the topic is deleted (its listeners are woken after setting it).
     pub(crate) deleted: AtomicBool,
+    /// When the retention pass must look at this topic next, in ms since the Unix epoch: 0
+    /// once events were appended (or the retention changed), the time its oldest event
+    /// grows too old for a maximum age, `u64::MAX` when nothing can be due. The pass skips
+    /// the topics not due, so an idle server does not read every bounded topic every second.
+    pub(crate) trim_due: AtomicU64,
     pub(crate) state: Mutex<TopicState>,
     /// The listeners following this topic, told by [`Topic::wake`] when it moves.
     signals: Mutex<HashMap<u64, Watcher>>,
@@ -376,6 +381,7 @@ impl Topic {
             last: AtomicU64::new(last),
             last_t: AtomicU64::new(0),
             deleted: AtomicBool::new(false),
+            trim_due: AtomicU64::new(0),
             signals: Mutex::new(HashMap::new()),
             watchers: AtomicUsize::new(0),
             state: Mutex::new(TopicState {
@@ -425,6 +431,13 @@ impl Topic {
             .into_iter()
             .zip(first..)
             .map(move |(e, seq)| e.numbered(seq, t_ms, many))
+    }
+
+    /// Events were appended: the retention pass looks at the topic at its next run.
+    pub(crate) fn trim_soon(&self) {
+        if self.trim_due.load(Ordering::Relaxed) != 0 {
+            self.trim_due.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Tells every listener following this topic that it moved (after a commit or a delete).
@@ -1541,6 +1554,82 @@ fn validate(topic: &Path, events: &[NewEvent]) -> Result<(), TopicsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The retention pass reads a bounded topic's log only when it may have something to
+    /// trim: after appends, or when its oldest event grows too old for a maximum age.
+    #[tokio::test]
+    async fn the_retention_pass_looks_only_at_topics_due() {
+        let p = |s: &str| Path::parse_url(s, &PathLimits::default()).expect("path");
+        let pattern = |s: &str| PathPattern::parse(s, &PathLimits::default()).expect("pattern");
+        let rules = RetentionRules::new(vec![
+            (
+                pattern("/count/#"),
+                Retention {
+                    max_events: Some(2),
+                    ..Retention::default()
+                },
+            ),
+            (
+                pattern("/age/#"),
+                Retention {
+                    max_age_ms: Some(60_000),
+                    ..Retention::default()
+                },
+            ),
+        ]);
+        let options = TopicsOptions {
+            rules,
+            retention_interval: Duration::from_millis(10),
+            ..TopicsOptions::default()
+        };
+        let store = Arc::new(herald_store::MemoryStore::default());
+        let (topics, _actor) = Topics::open(store, options).await.expect("open");
+        let due = |path: &str| {
+            let topic = topics.shared.topic(&p(path)).expect("topic");
+            topic.trim_due.load(Ordering::Relaxed)
+        };
+        let settled = async |path: &str, want: &dyn Fn(u64) -> bool| {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while !want(due(path)) {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{path}: due {}",
+                    due(path)
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        let before = now_ms();
+        for path in ["/count/a", "/age/a", "/free/a"] {
+            let events = (0..5).map(|i| NewEvent::json(format!("{i}"))).collect();
+            topics.append(p(path), events, None).await.expect("append");
+        }
+        // Count: trimmed, then not due until appended to.
+        settled("/count/a", &|d| d == u64::MAX).await;
+        assert_eq!(
+            topics.shared.topic(&p("/count/a")).expect("t").lock().first,
+            4
+        );
+        // Age: due when its oldest event is a minute old.
+        settled("/age/a", &|d| d != 0).await;
+        let d = due("/age/a");
+        assert!(
+            (before + 60_000..=now_ms() + 60_001).contains(&d),
+            "due {d}"
+        );
+        // Unbounded: never due.
+        settled("/free/a", &|d| d == u64::MAX).await;
+
+        topics
+            .append(p("/count/a"), vec![NewEvent::json("5")], None)
+            .await
+            .expect("append");
+        settled("/count/a", &|d| d == u64::MAX).await;
+        assert_eq!(
+            topics.shared.topic(&p("/count/a")).expect("t").lock().first,
+            5
+        );
+    }
 
     /// Durable topics' windows share `window_budget_bytes`: a window is trimmed to its share
     /// when it is appended to and, once more topics exist, by the retention pass even if its

@@ -8,6 +8,7 @@
 //! appending keep windows sized for fewer topics otherwise).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use herald_core::topic::{Retention, decode_record};
 use herald_store::{Durability, Store, StoreError};
@@ -24,30 +25,41 @@ pub(super) fn pass(shared: &Shared, stale: Vec<String>) {
             Err(e) => tracing::warn!(%log, error = %e, "could not delete an old topic log"),
         }
     }
+    let now = now_ms();
     let topics: Vec<(Arc<Topic>, Retention)> = shared
         .topics
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .values()
-        .filter(|t| !t.memory_only)
+        .filter(|t| !t.memory_only && t.trim_due.load(Ordering::Relaxed) <= now)
         .filter_map(|t| {
             let (r, _) = shared.retention(&t.path);
             let bounded = r.max_events.is_some() || r.max_bytes.is_some() || r.max_age_ms.is_some();
+            if !bounded {
+                // Nothing to trim until its retention changes (which makes it due again).
+                t.trim_due.store(u64::MAX, Ordering::Relaxed);
+            }
             bounded.then(|| (t.clone(), r))
         })
         .collect();
-    let now = now_ms();
     for (topic, retention) in topics {
         if topic.is_deleted() {
             continue;
         }
+        // Not due again unless appended to meanwhile (which sets 0: kept by `fetch_min`).
+        topic.trim_due.store(u64::MAX, Ordering::Relaxed);
         match trim_topic(&*shared.store, &topic, &retention, now) {
-            Ok(0) => {}
-            Ok(n) => {
-                shared.metrics.trimmed.increment(n);
-                tracing::debug!(topic = %topic.path, trimmed = n, "retention trimmed a topic");
+            Ok((trimmed, due)) => {
+                topic.trim_due.fetch_min(due, Ordering::Relaxed);
+                if trimmed > 0 {
+                    shared.metrics.trimmed.increment(trimmed);
+                    tracing::debug!(topic = %topic.path, trimmed, "retention trimmed a topic");
+                }
             }
-            Err(e) => tracing::warn!(topic = %topic.path, error = %e, "retention pass failed"),
+            Err(e) => {
+                topic.trim_due.store(0, Ordering::Relaxed);
+                tracing::warn!(topic = %topic.path, error = %e, "retention pass failed");
+            }
         }
     }
     fit_windows(shared);
@@ -97,16 +109,19 @@ fn fit_windows(shared: &Shared) {
     *fitted = Some(shares);
 }
 
-/// Trims one topic; returns how many events were removed.
+/// Trims one topic; returns how many events were removed and when it is due again without
+/// appends (see `Topic::trim_due`): when its oldest event kept grows too old for a maximum
+/// age, else never.
 fn trim_topic(
     store: &dyn Store,
     topic: &Topic,
     retention: &Retention,
     now: u64,
-) -> Result<u64, StoreError> {
+) -> Result<(u64, u64), StoreError> {
     let Some(bounds) = store.bounds(&topic.log)? else {
-        return Ok(0);
+        return Ok((0, u64::MAX));
     };
+    let mut due = u64::MAX;
     let retained = (bounds.last + 1).saturating_sub(bounds.first);
     let mut cut = bounds.first;
     if let Some(max) = retention.max_events
@@ -133,11 +148,16 @@ fn trim_topic(
                 if *seq > bounds.last {
                     break 'walk;
                 }
-                let too_old = match (cutoff, decode_record(raw)) {
-                    (Some(c), Ok(rec)) => rec.t_ms < c,
-                    _ => false,
+                let (too_old, expires) = match (retention.max_age_ms, cutoff, decode_record(raw)) {
+                    (Some(age), Some(c), Ok(rec)) => {
+                        (rec.t_ms < c, rec.t_ms.saturating_add(age).saturating_add(1))
+                    }
+                    // Unreadable: look again at the next pass.
+                    (Some(_), _, Err(_)) => (false, now),
+                    _ => (false, u64::MAX),
                 };
                 if !too_old && !over_bytes(bytes) {
+                    due = expires;
                     break 'walk;
                 }
                 bytes = bytes.saturating_sub(raw.len() as u64);
@@ -150,7 +170,7 @@ fn trim_topic(
         }
     }
     if cut <= bounds.first {
-        return Ok(0);
+        return Ok((0, due));
     }
     let mut state = topic.lock();
     if cut > state.first {
@@ -159,5 +179,5 @@ fn trim_topic(
             state.window.pop_front();
         }
     }
-    Ok(cut - bounds.first)
+    Ok((cut - bounds.first, due))
 }
