@@ -679,6 +679,16 @@ mod tests {
     use super::super::{NewEvent, Topics, TopicsOptions};
     use super::{Delivery, Listener};
 
+    /// An engine on a memory store with the default options (its actor runs until the
+    /// test's runtime stops).
+    async fn open() -> Topics {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let (topics, _task) = Topics::open(store, TopicsOptions::default())
+            .await
+            .expect("open");
+        topics
+    }
+
     fn p(s: &str) -> Path {
         Path::parse_url(s, &PathLimits::default()).expect("valid test path")
     }
@@ -714,10 +724,7 @@ mod tests {
     /// comes leave nothing behind when they unsubscribe or go.
     #[tokio::test]
     async fn a_topic_created_or_deleted_wakes_only_its_listeners() {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
-        let (topics, _task) = Topics::open(store, TopicsOptions::default())
-            .await
-            .expect("open");
+        let topics = open().await;
         let mut on_a = topics.listener();
         on_a.subscribe(p("/a"), None);
         let mut on_b = topics.listener();
@@ -787,10 +794,7 @@ mod tests {
     /// that goes first leaves the others registered.
     #[tokio::test]
     async fn listeners_waiting_for_one_topic_are_all_told() {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
-        let (topics, _task) = Topics::open(store, TopicsOptions::default())
-            .await
-            .expect("open");
+        let topics = open().await;
         let mut listeners: Vec<Listener> = (0..3).map(|_| topics.listener()).collect();
         for listener in &mut listeners {
             listener.subscribe(p("/s"), None);
@@ -822,10 +826,7 @@ mod tests {
     /// idle connection that much. (312 bytes when written.)
     #[tokio::test]
     async fn the_wait_for_deliveries_stays_small() {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
-        let (topics, _task) = Topics::open(store, TopicsOptions::default())
-            .await
-            .expect("open");
+        let topics = open().await;
         let mut listener = topics.listener();
         let mut batch = Vec::new();
         let size = std::mem::size_of_val(&listener.next_into(&mut batch));
