@@ -197,8 +197,9 @@ pub(crate) struct ServeArgs {
     memory_only_budget: Option<usize>,
 
     /// What durable topics keep in memory together, in bytes, about: each keeps its newest
-    /// events (at most 256 events / 256 KiB, and at most an equal share of this) for
-    /// subscribers that are nearly caught up; older events are read from disk.
+    /// events (at most 256 events / 256 KiB, and at most an equal share of this, but at
+    /// least 64 KiB while subscribers follow it) for subscribers that are nearly caught up;
+    /// older events are read from disk.
     /// [default: 268435456]
     #[arg(long, env = "HERALD_DURABLE_WINDOW_BUDGET", value_name = "BYTES")]
     durable_window_budget: Option<usize>,

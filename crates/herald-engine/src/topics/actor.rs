@@ -592,7 +592,7 @@ impl Actor {
         let Some(last) = events.last().map(|e| e.seq) else {
             return;
         };
-        let bounds = self.shared.window_bounds(topic.memory_only);
+        let bounds = self.shared.window_bounds(topic);
         let evicted = &mut self.evicted;
         topic
             .lock()

@@ -131,6 +131,12 @@ pub const DEFAULT_MEMORY_BUDGET: usize = 256 * 1024 * 1024;
 /// however many there are.
 pub const MIN_MEMORY_SHARE: usize = 64 * 1024;
 
+/// The least a durable topic that listeners follow keeps in its window, whatever its share
+/// of [`TopicsOptions::window_budget_bytes`] (at most `window_bytes`): with very many
+/// topics, most of them idle, the ones read live still serve their listeners from memory.
+/// So the windows hold at most the budget plus this much per topic being listened to.
+pub const MIN_LISTENED_SHARE: usize = 64 * 1024;
+
 /// The memory an event in a window takes, as the window bounds count it: its data and
 /// attributes, the event itself (its shared parts) and its entry in the window (its handle
 /// and this footprint).
@@ -735,24 +741,38 @@ impl Shared {
             .insert(path.clone(), epoch);
     }
 
-    /// The most events and bytes a window keeps now: its bytes are the topic's share of its
-    /// kind's budget (`window_budget_bytes` for durable topics, `memory_budget_bytes` for
-    /// memory-only ones), so they shrink as topics are created. Windows over their share
-    /// are trimmed at their next append or by the retention pass ([`retention::pass`]).
-    pub(crate) fn window_bounds(&self, memory_only: bool) -> (usize, usize) {
+    /// The equal shares of the two budgets now, in bytes: `window_budget_bytes` over the
+    /// durable topics, `memory_budget_bytes` over the memory-only ones (between
+    /// [`MIN_MEMORY_SHARE`] and `memory_window_bytes`). They shrink as topics are created.
+    pub(crate) fn shares(&self) -> (usize, usize) {
         let o = &self.options;
-        if !memory_only {
-            let topics = self.durable_topics.load(Ordering::Relaxed).max(1);
-            return (
-                o.window_events,
-                (o.window_budget_bytes / topics).min(o.window_bytes),
-            );
+        let durable = self.durable_topics.load(Ordering::Relaxed).max(1);
+        let memory = self.memory_topics.load(Ordering::Relaxed).max(1);
+        (
+            o.window_budget_bytes / durable,
+            (o.memory_budget_bytes / memory)
+                .max(MIN_MEMORY_SHARE)
+                .min(o.memory_window_bytes),
+        )
+    }
+
+    /// The most events and bytes `topic`'s window keeps now: its share of its kind's budget
+    /// ([`Shared::shares`]); a durable topic that listeners follow keeps at least
+    /// [`MIN_LISTENED_SHARE`] (however many topics there are, those being read live keep
+    /// their newest events in memory), and none more than `window_bytes`. Windows over their
+    /// bound are trimmed at their next append or by the retention pass ([`retention::pass`]).
+    pub(crate) fn window_bounds(&self, topic: &Topic) -> (usize, usize) {
+        let o = &self.options;
+        let (durable, memory) = self.shares();
+        if topic.memory_only {
+            return (o.memory_window_events, memory);
         }
-        let topics = self.memory_topics.load(Ordering::Relaxed).max(1);
-        let share = (o.memory_budget_bytes / topics)
-            .max(MIN_MEMORY_SHARE)
-            .min(o.memory_window_bytes);
-        (o.memory_window_events, share)
+        let share = if topic.watchers.load(Ordering::Relaxed) > 0 {
+            durable.max(MIN_LISTENED_SHARE)
+        } else {
+            durable
+        };
+        (o.window_events, share.min(o.window_bytes))
     }
 
     /// Tells wildcard subscriptions and listeners waiting for topics that `path` now exists.
@@ -884,7 +904,7 @@ impl Shared {
             let numbered = topic.number(events, last + 1, t_ms).inspect(|e| {
                 bytes += e.data.len();
             });
-            state.push(numbered, true, self.window_bounds(true));
+            state.push(numbered, true, self.window_bounds(&topic));
             topic.last.store(last + count, Ordering::Release);
             drop(state);
             topic.wake();
@@ -1711,6 +1731,23 @@ mod tests {
             }
         }
         assert_eq!(seqs, (1..=100).collect::<Vec<u64>>());
+
+        // A topic that a listener follows keeps at least `MIN_LISTENED_SHARE` (here the
+        // whole budget) however small the shares are.
+        let mut on_b = topics.listener();
+        on_b.subscribe(p("/b"), None);
+        for _ in 0..100 {
+            topics
+                .append(p("/b"), vec![NewEvent::json(vec![b'z'; 1000])], None)
+                .await
+                .expect("append");
+        }
+        let (events, bytes) = window_bytes("/b");
+        assert!(
+            events > 40 && bytes <= MIN_LISTENED_SHARE,
+            "{events} events, {bytes} bytes"
+        );
+        drop(on_b);
 
         // Deleted topics give their share back.
         for name in ["/b", "/c", "/d", "/e", "/f", "/g", "/h"] {

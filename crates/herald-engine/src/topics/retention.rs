@@ -65,14 +65,12 @@ pub(super) fn pass(shared: &Shared, stale: Vec<String>) {
     fit_windows(shared);
 }
 
-/// Trims every window over its share of its budget (see [`Shared::window_bounds`]). A window
+/// Trims every window over its bound (see [`Shared::window_bounds`]). A window
 /// is fitted at each append to its topic; this catches the topics that stopped appending, so
 /// that the windows together stay within the budgets as more topics are created. It walks
 /// the topics only when a share shrank since the last walk (`Shared::fitted_shares`).
 fn fit_windows(shared: &Shared) {
-    let durable = shared.window_bounds(false);
-    let memory_only = shared.window_bounds(true);
-    let shares = (durable.1, memory_only.1);
+    let shares = shared.shares();
     let mut fitted = shared
         .fitted_shares
         .lock()
@@ -89,11 +87,7 @@ fn fit_windows(shared: &Shared) {
         .collect();
     let mut evicted = Vec::new();
     for topic in topics {
-        let (max_events, max_bytes) = if topic.memory_only {
-            memory_only
-        } else {
-            durable
-        };
+        let (max_events, max_bytes) = shared.window_bounds(&topic);
         let mut state = topic.lock();
         if state.window.len() > max_events || state.window.bytes() > max_bytes {
             state.fit_window(topic.memory_only, (max_events, max_bytes), |e| {
