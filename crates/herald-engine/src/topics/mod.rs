@@ -1732,16 +1732,21 @@ mod tests {
         }
         assert_eq!(seqs, (1..=100).collect::<Vec<u64>>());
 
+        // `count` events of 1,000 bytes.
+        let fill = async |path: &str, count: usize| {
+            for _ in 0..count {
+                topics
+                    .append(p(path), vec![NewEvent::json(vec![b'z'; 1000])], None)
+                    .await
+                    .expect("append");
+            }
+        };
+
         // A topic that a listener follows keeps at least `MIN_LISTENED_SHARE` (here the
         // whole budget) however small the shares are.
         let mut on_b = topics.listener();
         on_b.subscribe(p("/b"), None);
-        for _ in 0..100 {
-            topics
-                .append(p("/b"), vec![NewEvent::json(vec![b'z'; 1000])], None)
-                .await
-                .expect("append");
-        }
+        fill("/b", 100).await;
         let (events, bytes) = window_bytes("/b");
         assert!(
             events > 40 && bytes <= MIN_LISTENED_SHARE,
@@ -1761,12 +1766,7 @@ mod tests {
                     .expect("delete")
             );
         }
-        for _ in 0..60 {
-            topics
-                .append(p("/a"), vec![NewEvent::json(vec![b'y'; 1000])], None)
-                .await
-                .expect("append");
-        }
+        fill("/a", 60).await;
         let (events, bytes) = window_bytes("/a");
         assert!(
             events > 30 && bytes <= 64 * 1024,
