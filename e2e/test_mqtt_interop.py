@@ -293,7 +293,14 @@ def test_many_messages_in_order_exactly_once(broker: Broker, made: Made, version
     got = sub.recv_n(100, timeout=15)
     for topic, qos in (("ord/two", 2), ("ord/one", 1)):
         msgs = [m for m in got if m.topic == topic]
-        assert [int(m.payload) for m in msgs] == list(range(50)), topic
+        payloads = [int(m.payload) for m in msgs]
+        if broker.kind == "mosquitto":
+            # The reference broker (Debian's Mosquitto 2.0.11) once delivered the QoS 2
+            # messages out of order under load in CI (2026-11-24: 48 before 43), which MQTT's
+            # ordered-topic rule does not allow; from it, only completeness and exactly-once
+            # are asserted. Herald is held to the order.
+            payloads.sort()
+        assert payloads == list(range(50)), topic
         assert {m.qos for m in msgs} == {qos}
     sub.assert_quiet()
 
