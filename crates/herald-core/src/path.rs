@@ -5,6 +5,7 @@
 //! parsed so that no spelling of a path can step outside a granted prefix. Matching (grants,
 //! subscriptions) is always by whole segments, so `/foo` is never a prefix of `/foobar`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -187,6 +188,17 @@ impl Path {
         self.segments.is_empty()
     }
 
+    /// The entries of `map` whose path is this one or under it, in order: paths sort segment
+    /// by segment, so they follow one another from this path, and the rest of the map is
+    /// not looked at.
+    pub fn entries_under<'a, V>(
+        &'a self,
+        map: &'a BTreeMap<Path, V>,
+    ) -> impl Iterator<Item = (&'a Path, &'a V)> {
+        map.range(self.clone()..)
+            .take_while(move |(path, _)| path.starts_with(self))
+    }
+
     /// Whether `prefix` is this path or one of its ancestors, compared segment by segment.
     pub fn starts_with(&self, prefix: &Path) -> bool {
         self.segments.starts_with(&prefix.segments)
@@ -270,6 +282,26 @@ mod tests {
 
     fn url(s: &str) -> Result<Path, PathError> {
         Path::parse_url(s, &PathLimits::default())
+    }
+
+    #[test]
+    fn entries_under_a_path_are_whole_segments_below_it() {
+        let map: BTreeMap<Path, u8> = ["/a", "/a/b", "/a/b/c", "/ab", "/a0/x", "/b", "/"]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (url(s).unwrap(), i as u8))
+            .collect();
+        let under = |prefix: &str| -> Vec<String> {
+            url(prefix)
+                .unwrap()
+                .entries_under(&map)
+                .map(|(p, _)| p.to_string())
+                .collect()
+        };
+        assert_eq!(under("/a"), ["/a", "/a/b", "/a/b/c"]);
+        assert_eq!(under("/a/b/c"), ["/a/b/c"]);
+        assert_eq!(under("/c"), Vec::<String>::new());
+        assert_eq!(under("/").len(), map.len());
     }
 
     #[test]

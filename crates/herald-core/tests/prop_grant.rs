@@ -297,21 +297,22 @@ proptest! {
 proptest! {
     #![proptest_config(config())]
 
-    /// In a sorted set of paths, the matches of a pattern are all among the paths that
-    /// follow its literal prefix and start with it (what the topics engine and the retained
-    /// messages search instead of the whole set).
+    /// In a map sorted by path, the matches of a pattern are all among the entries under its
+    /// literal prefix (`Path::entries_under`, what the topics engine and the retained
+    /// messages search instead of the whole map).
     #[test]
     fn matches_lie_under_the_literal_prefix(
         pattern in pattern_segments(),
         paths in vec(path_segments(), 0..40),
     ) {
         let pattern = pattern_of(&pattern);
-        let set: std::collections::BTreeSet<Path> = paths.iter().map(|p| path_of(p)).collect();
+        let map: std::collections::BTreeMap<Path, ()> =
+            paths.iter().map(|p| (path_of(p), ())).collect();
         let prefix = pattern.literal_prefix();
-        let everywhere: Vec<&Path> = set.iter().filter(|p| pattern.matches(p)).collect();
-        let under: Vec<&Path> = set
-            .range(prefix.clone()..)
-            .take_while(|p| p.starts_with(&prefix))
+        let everywhere: Vec<&Path> = map.keys().filter(|p| pattern.matches(p)).collect();
+        let under: Vec<&Path> = prefix
+            .entries_under(&map)
+            .map(|(p, ())| p)
             .filter(|p| pattern.matches(p))
             .collect();
         prop_assert_eq!(under, everywhere);

@@ -184,12 +184,11 @@ impl Retained {
 
     /// The retained messages of the topics `pattern` matches, in path order.
     pub fn matching(&self, pattern: &PathPattern) -> Vec<(Path, Arc<RetainedMessage>)> {
-        // Sorted by path: the matches are all under the pattern's literal prefix.
+        // The matches are all under the pattern's literal prefix.
         let prefix = pattern.literal_prefix();
         self.read_state(|s| {
-            s.entries
-                .range(prefix.clone()..)
-                .take_while(|(p, _)| p.starts_with(&prefix))
+            prefix
+                .entries_under(&s.entries)
                 .filter(|(p, _)| pattern.matches(p))
                 .map(|(p, m)| (p.clone(), m.clone()))
                 .collect()

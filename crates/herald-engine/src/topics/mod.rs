@@ -43,7 +43,7 @@ mod listener;
 mod retention;
 mod window;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -611,7 +611,7 @@ pub(crate) enum Reach {
 #[derive(Default)]
 pub(crate) struct TopicMap {
     by_path: HashMap<Path, Arc<Topic>>,
-    ordered: BTreeSet<Path>,
+    ordered: BTreeMap<Path, ()>,
 }
 
 impl TopicMap {
@@ -620,7 +620,7 @@ impl TopicMap {
     }
 
     pub(crate) fn insert(&mut self, topic: Arc<Topic>) {
-        self.ordered.insert(topic.path.clone());
+        self.ordered.insert(topic.path.clone(), ());
         self.by_path.insert(topic.path.clone(), topic);
     }
 
@@ -639,9 +639,7 @@ impl TopicMap {
 
     /// The paths of the topics that are `prefix` or under it, in order.
     pub(crate) fn under<'a>(&'a self, prefix: &'a Path) -> impl Iterator<Item = &'a Path> {
-        self.ordered
-            .range(prefix.clone()..)
-            .take_while(move |p| p.starts_with(prefix))
+        prefix.entries_under(&self.ordered).map(|(path, ())| path)
     }
 
     /// The paths of the topics matching `pattern`, in order: looked for under its literal
@@ -762,8 +760,17 @@ impl Shared {
     /// their newest events in memory), and none more than `window_bytes`. Windows over their
     /// bound are trimmed at their next append or by the retention pass ([`retention::pass`]).
     pub(crate) fn window_bounds(&self, topic: &Topic) -> (usize, usize) {
+        self.window_bounds_at(topic, self.shares())
+    }
+
+    /// [`Shared::window_bounds`] with the shares already read (a walk over many topics reads
+    /// them once).
+    pub(crate) fn window_bounds_at(
+        &self,
+        topic: &Topic,
+        (durable, memory): (usize, usize),
+    ) -> (usize, usize) {
         let o = &self.options;
-        let (durable, memory) = self.shares();
         if topic.memory_only {
             return (o.memory_window_events, memory);
         }

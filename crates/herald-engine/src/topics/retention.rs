@@ -87,7 +87,7 @@ fn fit_windows(shared: &Shared) {
         .collect();
     let mut evicted = Vec::new();
     for topic in topics {
-        let (max_events, max_bytes) = shared.window_bounds(&topic);
+        let (max_events, max_bytes) = shared.window_bounds_at(&topic, shares);
         let mut state = topic.lock();
         if state.window.len() > max_events || state.window.bytes() > max_bytes {
             state.fit_window(topic.memory_only, (max_events, max_bytes), |e| {
