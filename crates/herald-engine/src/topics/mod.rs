@@ -192,24 +192,6 @@ impl NewEvent {
         self.attrs = attrs;
         self
     }
-
-    /// The event as accepted: number `seq`, time `t_ms`; `many_listen` when more than one
-    /// listener follows its topic (it then keeps a rendering, see [`Event::render_into`]).
-    pub(crate) fn numbered(self, seq: u64, t_ms: u64, many_listen: bool) -> Event {
-        let event = Event::new(
-            seq,
-            t_ms,
-            self.content_type,
-            self.origin,
-            self.attrs,
-            self.data,
-        );
-        if many_listen {
-            event.keeping_renderings()
-        } else {
-            event
-        }
-    }
 }
 
 /// The outcome of an append.
@@ -425,18 +407,14 @@ impl Topic {
         self.watchers.load(Ordering::Relaxed) > 1
     }
 
-    /// Numbers `events` from `first` at `t_ms`.
+    /// Numbers `events` from `first` at `t_ms` (see [`Event::numbered`]).
     pub(crate) fn number(
         &self,
-        events: impl IntoIterator<Item = NewEvent>,
+        events: Vec<NewEvent>,
         first: u64,
         t_ms: u64,
-    ) -> impl Iterator<Item = Event> {
-        let many = self.many_listen();
-        events
-            .into_iter()
-            .zip(first..)
-            .map(move |(e, seq)| e.numbered(seq, t_ms, many))
+    ) -> impl ExactSizeIterator<Item = Event> {
+        Event::numbered(events, first, t_ms, self.many_listen())
     }
 
     /// Events were appended: the retention pass looks at the topic at its next run.

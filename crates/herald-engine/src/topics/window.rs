@@ -74,14 +74,20 @@ impl Window {
         match self.chunks.back_mut() {
             Some(last) if last.len() < CHUNK => last.push_back(entry),
             _ => {
-                // A first chunk grows as it fills (a topic with a handful of events keeps a
-                // small one); later ones are whole chunks, the spare if there is one.
+                // A first chunk grows as it fills, from room for one event: a topic with a
+                // handful of events keeps a small one, and with many idle topics most windows
+                // hold one event, where `VecDeque`'s smallest growth (room for four, in the
+                // chunk and in the list of chunks) took 224 bytes instead of 56. Later chunks
+                // are whole, the spare if there is one.
                 let mut chunk = match self.spare.take() {
                     Some(spare) => spare,
-                    None if self.chunks.is_empty() => VecDeque::new(),
+                    None if self.chunks.is_empty() => VecDeque::with_capacity(1),
                     None => VecDeque::with_capacity(CHUNK),
                 };
                 chunk.push_back(entry);
+                if self.chunks.capacity() == 0 {
+                    self.chunks.reserve_exact(1);
+                }
                 self.chunks.push_back(chunk);
             }
         }
@@ -202,6 +208,23 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_window_of_one_event_has_room_for_one() {
+        let mut window = Window::default();
+        window.push_back(event(1));
+        assert_eq!(window.chunks.capacity(), 1);
+        assert_eq!(window.chunks.front().map(VecDeque::capacity), Some(1));
+        // It grows as any other from there, and the first chunk can become the spare.
+        for seq in 2..=2 * CHUNK as u64 {
+            window.push_back(event(seq));
+        }
+        assert_eq!(window.chunks.len(), 2);
+        for _ in 0..CHUNK {
+            window.pop_front();
+        }
+        assert!(window.spare.is_some());
     }
 
     #[test]
