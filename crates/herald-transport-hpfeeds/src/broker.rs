@@ -1027,8 +1027,12 @@ impl Conn {
                 // The payload shares the read buffer's allocation; an event kept in a topic's
                 // in-memory window would pin all of it, so it gets its own copy.
                 let payload = Bytes::copy_from_slice(&payload);
-                let event = NewEvent::new(self.shared.content_type.clone(), payload)
-                    .with_origin(session.origin.clone());
+                let event = NewEvent {
+                    content_type: self.shared.content_type.clone(),
+                    origin: session.origin.clone(),
+                    attrs: Bytes::new(),
+                    data: payload,
+                };
                 self.hold(topic, event).await
             }
             Frame::Subscribe { channel, .. } => {

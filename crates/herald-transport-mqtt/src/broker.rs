@@ -185,11 +185,14 @@ impl Outgoing {
             id: retain.then(rand::random::<u64>),
         };
         let encoded = attrs.encode()?;
-        Some(
-            NewEvent::new(content_type, payload)
-                .with_origin(origin)
-                .with_attrs(encoded),
-        )
+        // Built whole: `NewEvent::new` would take a reference to the shared empty origin
+        // only to drop it again (two updates of a count every publishing thread shares).
+        Some(NewEvent {
+            content_type,
+            origin,
+            attrs: encoded,
+            data: payload,
+        })
     }
 }
 

@@ -260,6 +260,9 @@ struct Conn<S> {
     /// QoS 0 publishes to one topic read back to back, not yet handed to the engine: they
     /// go as one append (see [`Conn::hold`]). Boxed: empty between reads.
     held: Option<Box<Held>>,
+    /// How many publishes the last run handed to the engine held: the next run starts with
+    /// room for as many (a publisher tends to send runs of one length).
+    last_run: u16,
     /// The deliveries being handled (empty between batches; kept for its buffer).
     batch: Vec<Delivery>,
     /// The topic of the last message sent and its MQTT name.
@@ -623,6 +626,7 @@ where
         last_topic: None,
         last_appended: LastTopic::default(),
         held: None,
+        last_run: 1,
         batch: Vec::new(),
         delivered_name: None,
         routes: None,
@@ -1088,10 +1092,15 @@ where
                     let refused = Err(PublishError::Engine(e));
                     return Next::Done(self.published(0, QoS::AtMostOnce, refused));
                 }
-                Err(RememberedAppend::Elsewhere { topic, events }) => (topic, events),
+                Err(RememberedAppend::Elsewhere { topic, mut events }) => {
+                    events.reserve(usize::from(self.last_run).saturating_sub(1));
+                    (topic, events)
+                }
             }
         } else {
-            (topic, vec![event])
+            let mut events = Vec::with_capacity(usize::from(self.last_run).max(1));
+            events.push(event);
+            (topic, events)
         };
         let earlier = self.held.replace(Box::new(Held { topic, events }));
         let sent = self.send_held(earlier);
@@ -1111,7 +1120,13 @@ where
         let Some(held) = held else {
             return Ok(None);
         };
-        let Held { topic, events } = *held;
+        let Held { topic, mut events } = *held;
+        self.last_run = u16::try_from(events.len()).unwrap_or(u16::MAX);
+        if events.capacity() > 2 * events.len() {
+            // Shorter than the last run: the engine's queue is bounded in appends, and must
+            // stay bounded in bytes by what was read.
+            events.shrink_to_fit();
+        }
         self.send_events(topic, events)
     }
 
