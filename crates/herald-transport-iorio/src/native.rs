@@ -331,7 +331,7 @@ async fn append(
             "the body is not valid JSON but its Content-Type says JSON",
         );
     }
-    let event = NewEvent::new(content_type.into(), body);
+    let event = NewEvent::new(content_type.into(), entry::owned(&body));
     match state
         .topics
         .append(path.clone(), vec![event], expect_last)

@@ -119,7 +119,7 @@ async fn post(state: &AppState, bucket: &str, stream: &str, topic: Path, req: Re
     }
     match state
         .topics
-        .append(topic, vec![NewEvent::json(body)], None)
+        .append(topic, vec![NewEvent::json(entry::owned(&body))], None)
         .await
     {
         Ok(a) => {
@@ -288,7 +288,7 @@ async fn patch(
         Some(p) => {
             if let Err(e) = state
                 .topics
-                .append(p, vec![NewEvent::json(body)], None)
+                .append(p, vec![NewEvent::json(entry::owned(&body))], None)
                 .await
             {
                 tracing::warn!(topic = %topic, error = %e, "could not record the patch");
