@@ -73,10 +73,7 @@ OUT=${OUT:-$(mktemp -d /tmp/herald-compare.XXXXXX)}
 VENV=${VENV:-/tmp/herald-bench-venv}
 mkdir -p "$OUT"
 
-HERALD="$ROOT/target/release/herald"
-# BENCH and RUN_TIMEOUT are used by bench/lib.sh.
-# shellcheck disable=SC2034
-BENCH="$ROOT/target/release/herald-bench"
+# RUN_TIMEOUT is used by bench/lib.sh.
 RUN_TIMEOUT=300
 # Random per run; written to $OUT only in the brokers' configs (Mosquitto's hashed).
 PASSWORD=$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
@@ -182,10 +179,7 @@ run_bench() {
   echo "  other processes: $(cat "$dir/$name.other") cores over the run"
 }
 
-if [[ "$SKIP_BUILD" != 1 ]]; then
-  log "cargo build --release -p herald -p herald-bench"
-  (cd "$ROOT" && cargo build --release -p herald -p herald-bench)
-fi
+build_release
 if [[ " $BROKERS " == *" mosquitto "* && "$SKIP_INSTALL" != 1 ]]; then
   log "bash scripts/setup-mqtt-tools.sh"
   bash "$ROOT/scripts/setup-mqtt-tools.sh"

@@ -47,8 +47,6 @@ DIAG=${DIAG:-1}
 OUT=${OUT:-$(mktemp -d /tmp/herald-bench.XXXXXX)}
 mkdir -p "$OUT"
 
-HERALD="$ROOT/target/release/herald"
-BENCH="$ROOT/target/release/herald-bench"
 # Upper bound for one herald-bench run: scenario time plus connecting and settling.
 RUN_TIMEOUT=600
 
@@ -87,10 +85,7 @@ metrics() {
 }
 
 
-if [[ "$SKIP_BUILD" != 1 ]]; then
-  log "cargo build --release -p herald -p herald-bench"
-  (cd "$ROOT" && cargo build --release -p herald -p herald-bench)
-fi
+build_release
 machine
 
 # put NAME API METRICS: one docs-put run on a fresh server.

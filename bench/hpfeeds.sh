@@ -43,8 +43,6 @@ REF_VENV=${REF_VENV:-/tmp/hpfeeds-ref-venv}
 OUT=${OUT:-$(mktemp -d /tmp/herald-hpfeeds.XXXXXX)}
 mkdir -p "$OUT"
 
-HERALD="$ROOT/target/release/herald"
-BENCH="$ROOT/target/release/herald-bench"
 RUN_TIMEOUT=300
 IDENT=bench
 CHANNEL=bench
@@ -108,10 +106,7 @@ start_herald() {
 }
 
 
-if [[ "$SKIP_BUILD" != 1 ]]; then
-  log "cargo build --release -p herald -p herald-bench"
-  (cd "$ROOT" && cargo build --release -p herald -p herald-bench)
-fi
+build_release
 [[ " $BROKERS " == *" ref "* ]] && install_ref
 machine "ref:    hpfeeds $("$REF_VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("hpfeeds"))' 2>/dev/null || echo '?'), $("$REF_VENV/bin/python" --version 2>&1)" \
   "ulimit: $(ulimit -n)"

@@ -1,7 +1,14 @@
 # Helpers shared by the benchmark scripts (bench/*.sh), which source this file after setting
-# ROOT, OUT, BENCH (the herald-bench binary) and RUN_TIMEOUT. It installs traps that stop the
-# server in SERVER_PID (and a `perf record` in PERF_PID) on exit, Ctrl-C or error.
+# ROOT, OUT, RUN_TIMEOUT and SKIP_BUILD (for build_release). It sets HERALD and BENCH, the
+# release binaries build_release builds (under CARGO_TARGET_DIR when that is set, as cargo
+# does), and installs traps that stop the server in SERVER_PID (and a `perf record` in
+# PERF_PID) on exit, Ctrl-C or error.
 # shellcheck shell=bash
+
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+# shellcheck disable=SC2034  # read by the sourcing scripts and bench/mqtt-brokers.sh
+HERALD="$TARGET_DIR/release/herald"
+BENCH="$TARGET_DIR/release/herald-bench"
 
 SERVER_PID=""
 PERF_PID=""
@@ -58,6 +65,14 @@ wait_ready() {
 }
 
 bench() { timeout --signal=INT --kill-after=10 "$RUN_TIMEOUT" "$BENCH" "$@"; }
+
+# build_release: builds herald and herald-bench in release mode, unless SKIP_BUILD=1.
+build_release() {
+  if [[ "$SKIP_BUILD" != 1 ]]; then
+    log "cargo build --release -p herald -p herald-bench"
+    (cd "$ROOT" && cargo build --release -p herald -p herald-bench)
+  fi
+}
 
 # machine [LINE...]: what the runs ran on; extra LINEs ("name: value") are printed too.
 # shellcheck disable=SC2120

@@ -46,11 +46,7 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 OUT=${OUT:-$(mktemp -d /tmp/herald-listen.XXXXXX)}
 mkdir -p "$OUT"
 
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-HERALD="$TARGET_DIR/release/herald"
-# BENCH and RUN_TIMEOUT are used by bench/lib.sh.
-# shellcheck disable=SC2034
-BENCH="$TARGET_DIR/release/herald-bench"
+# RUN_TIMEOUT is used by bench/lib.sh.
 # shellcheck disable=SC2034
 RUN_TIMEOUT=300
 # Read by start_herald (bench/mqtt-brokers.sh) and passed to herald-bench in its environment.
@@ -64,10 +60,7 @@ source "$ROOT/bench/lib.sh"
 # shellcheck source=bench/mqtt-brokers.sh
 source "$ROOT/bench/mqtt-brokers.sh"
 
-if [[ "$SKIP_BUILD" != 1 ]]; then
-  log "cargo build --release -p herald -p herald-bench"
-  (cd "$ROOT" && cargo build --release -p herald -p herald-bench)
-fi
+build_release
 machine "ulimit: $(ulimit -n)"
 
 for server in $SERVERS; do

@@ -3,7 +3,7 @@
 # MQTT brokers for the benchmark scripts (bench/mqtt.sh, bench/compare.sh), sourced after
 # bench/lib.sh. Each start_* function starts one broker on a free loopback port with its files
 # under DIR, sets SERVER_PID and ADDR, and exports MQTT_BENCH_USERNAME / MQTT_BENCH_PASSWORD for
-# herald-bench. Needs HERALD (the binary) and PASSWORD (random per run).
+# herald-bench. Needs HERALD (set by bench/lib.sh) and PASSWORD (random per run).
 
 # wait_port NAME PORT DIR: until 127.0.0.1:PORT accepts (30 s at most) or SERVER_PID dies.
 wait_port() {

@@ -58,10 +58,7 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 OUT=${OUT:-$(mktemp -d /tmp/herald-mqtt.XXXXXX)}
 mkdir -p "$OUT"
 
-HERALD="$ROOT/target/release/herald"
-# BENCH and RUN_TIMEOUT are used by bench/lib.sh.
-# shellcheck disable=SC2034
-BENCH="$ROOT/target/release/herald-bench"
+# RUN_TIMEOUT is used by bench/lib.sh.
 # shellcheck disable=SC2034
 RUN_TIMEOUT=300
 # Random per run; written to $OUT only as Mosquitto's (hashed) password file.
@@ -77,10 +74,7 @@ source "$ROOT/bench/lib.sh"
 # shellcheck source=bench/mqtt-brokers.sh
 source "$ROOT/bench/mqtt-brokers.sh"
 
-if [[ "$SKIP_BUILD" != 1 ]]; then
-  log "cargo build --release -p herald -p herald-bench"
-  (cd "$ROOT" && cargo build --release -p herald -p herald-bench)
-fi
+build_release
 if [[ " $BROKERS " == *" mosquitto"* ]]; then
   log "bash scripts/setup-mqtt-tools.sh"
   bash "$ROOT/scripts/setup-mqtt-tools.sh"

@@ -38,8 +38,6 @@ DIAG=${DIAG:-1}
 OUT=${OUT:-$(mktemp -d /tmp/herald-streams.XXXXXX)}
 mkdir -p "$OUT"
 
-HERALD="$ROOT/target/release/herald"
-BENCH="$ROOT/target/release/herald-bench"
 # Upper bound for one herald-bench run: scenario time plus connecting and settling.
 RUN_TIMEOUT=600
 # The server creates `admin` with it on first start; herald-bench logs in with it (it reads
@@ -79,10 +77,7 @@ metrics() {
 }
 
 
-if [[ "$SKIP_BUILD" != 1 ]]; then
-  log "cargo build --release -p herald -p herald-bench"
-  (cd "$ROOT" && cargo build --release -p herald -p herald-bench)
-fi
+build_release
 machine
 
 # append NAME SHARED METRICS: one streams-append run on a fresh server; SHARED is 1 for one

@@ -42,13 +42,7 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 OUT=${OUT:-$(mktemp -d /tmp/herald-churn.XXXXXX)}
 mkdir -p "$OUT"
 
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-# HERALD and PASSWORD are read by start_herald (bench/mqtt-brokers.sh); BENCH and RUN_TIMEOUT
-# by bench/lib.sh.
-# shellcheck disable=SC2034
-HERALD="$TARGET_DIR/release/herald"
-# shellcheck disable=SC2034
-BENCH="$TARGET_DIR/release/herald-bench"
+# PASSWORD is read by start_herald (bench/mqtt-brokers.sh), RUN_TIMEOUT by bench/lib.sh.
 # shellcheck disable=SC2034
 RUN_TIMEOUT=300
 # shellcheck disable=SC2034
@@ -73,10 +67,7 @@ stop_all() {
 trap stop_all EXIT
 trap 'stop_all; exit 130' INT TERM
 
-if [[ "$SKIP_BUILD" != 1 ]]; then
-  log "cargo build --release -p herald -p herald-bench"
-  (cd "$ROOT" && cargo build --release -p herald -p herald-bench)
-fi
+build_release
 machine "ulimit: $(ulimit -n)"
 
 for idle in $IDLE; do

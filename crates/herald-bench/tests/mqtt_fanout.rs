@@ -5,7 +5,6 @@ mod streams_server;
 use std::time::Duration;
 
 use herald_bench::scenario::fanout::{Publish, Topics};
-use herald_bench::scenario::mqtt::Broker;
 use herald_bench::scenario::mqtt_fanout;
 use herald_mqtt_codec::{Protocol, QoS};
 
@@ -17,13 +16,7 @@ async fn mqtt_fanout_delivers_every_message() -> anyhow::Result<()> {
         (Topics::Distinct, 2, QoS::AtLeastOnce),
     ] {
         let report = mqtt_fanout::run(&mqtt_fanout::Options {
-            broker: Broker {
-                addr: server.mqtt.clone(),
-                username: Some("admin".into()),
-                password: Some(streams_server::ADMIN_PASSWORD.into()),
-                protocol: Protocol::V5,
-                connect_timeout: Duration::from_secs(10),
-            },
+            broker: server.mqtt_admin(Protocol::V5),
             topic: "bench/fanout".into(),
             topics,
             subscribers: 4,

@@ -4,7 +4,6 @@ mod streams_server;
 
 use std::time::Duration;
 
-use herald_bench::scenario::mqtt::Broker;
 use herald_bench::scenario::mqtt_publish;
 use herald_core::{Path, PathLimits};
 use herald_mqtt_codec::{Protocol, QoS};
@@ -14,13 +13,7 @@ use herald_mqtt_codec::{Protocol, QoS};
 async fn mqtt_publish_to_new_topics_creates_one_per_publish() -> anyhow::Result<()> {
     let server = streams_server::start_streams().await?;
     let report = mqtt_publish::run(&mqtt_publish::Options {
-        broker: Broker {
-            addr: server.mqtt.clone(),
-            username: Some("admin".into()),
-            password: Some(streams_server::ADMIN_PASSWORD.into()),
-            protocol: Protocol::V311,
-            connect_timeout: Duration::from_secs(10),
-        },
+        broker: server.mqtt_admin(Protocol::V311),
         prefix: "bench/new".into(),
         new_topics: true,
         publishers: 2,

@@ -3,8 +3,11 @@
 //! registry on a memory store, as `herald serve` composes them, on `127.0.0.1:0`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use herald_bench::args::Target;
+use herald_bench::scenario::mqtt::Broker;
+use herald_mqtt_codec::Protocol;
 use herald_store::{MemoryStore, Store};
 
 /// The listeners of an in-process stream server: the main API (sessions, streams, `/listen`)
@@ -17,6 +20,20 @@ pub(crate) struct Streams {
     pub(crate) mqtt: Target,
     #[allow(dead_code, reason = "used by mqtt_publish.rs only")]
     pub(crate) topics: herald_engine::Topics,
+}
+
+impl Streams {
+    /// The MQTT broker, logged in to as `admin` over `protocol`.
+    #[allow(dead_code, reason = "used by the MQTT tests only")]
+    pub(crate) fn mqtt_admin(&self, protocol: Protocol) -> Broker {
+        Broker {
+            addr: self.mqtt.clone(),
+            username: Some("admin".into()),
+            password: Some(ADMIN_PASSWORD.into()),
+            protocol,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// The password of the users of [`start_streams`]'s server.
