@@ -27,6 +27,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-auto}"
+# One build from scratch gains nothing from incremental compilation's caches (2.8 GB with full
+# debug info; a CI run once filled its disk). CARGO_INCREMENTAL=1 keeps them between local runs.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 on() { [[ "${!1:-0}" != "0" && -n "${!1:-}" ]]; }
 
