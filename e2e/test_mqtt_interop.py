@@ -1198,6 +1198,49 @@ def test_herald_cli_persistent_session_survives_restart(herald_broker: Broker, v
     assert again.returncode == 0 and again.stdout.splitlines() == ["m0", "m1", "m2"], (again.stdout, again.stderr)
 
 
+def metric_value(text: str, name: str) -> float | None:
+    """The value of the unlabelled sample `name` in a Prometheus text page, if present."""
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == name:
+            return float(value)
+    return None
+
+
+def test_herald_mqtt_publish_metrics(herald_factory):
+    """herald_mqtt_publish_{received,sent}_total count every PUBLISH in and out (counted
+    once per read and once per write, not per packet: the totals must still be exact)."""
+    server: HeraldServer = herald_factory(
+        "--mqtt", "127.0.0.1:0", icepeak=False, env={"HERALD_ADMIN_PASSWORD": ADMIN_PASSWORD}
+    )
+    host, port = server.ready["mqtt"].rsplit(":", 1)
+    made = Made(Broker("herald", host, int(port), "admin", ADMIN_PASSWORD, server=server))
+    try:
+        subs = [made.connected("m-sub-v3", version=V311), made.connected("m-sub-v5")]
+        subs[0].subscribe("m/t", qos=0)
+        subs[1].subscribe("m/t", qos=1)
+        pub = made.connected("m-pub")
+        for i in range(4):
+            pub.publish("m/t", f"q0-{i}", qos=0)
+        for i in range(2):
+            pub.publish("m/t", f"q1-{i}", qos=1)
+        for sub in subs:
+            assert sorted(m.payload for m in sub.recv_n(6)) == sorted(
+                [f"q0-{i}".encode() for i in range(4)] + [f"q1-{i}".encode() for i in range(2)]
+            )
+        want = {"herald_mqtt_publish_received_total": 6.0, "herald_mqtt_publish_sent_total": 12.0}
+        deadline = time.monotonic() + IO_TIMEOUT
+        while True:
+            text = requests.get(server.metrics(), timeout=IO_TIMEOUT).text
+            got = {name: metric_value(text, name) for name in want}
+            if got == want:
+                break
+            assert time.monotonic() < deadline, f"metrics {got}, expected {want}"
+            time.sleep(0.05)
+    finally:
+        made.close()
+
+
 @BOTH
 def test_herald_mqtt_over_websocket(herald_broker: Broker, hmade: Made, version: int):
     """MQTT over WebSocket at /mqtt on the HTTP listener is the same broker as the TCP listener."""

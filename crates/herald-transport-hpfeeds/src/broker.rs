@@ -1119,6 +1119,20 @@ impl Conn {
     /// Encodes deliveries from the backlog while the output buffer is below `high`. Returns
     /// the end of the connection when the subscriber lost events (a gap).
     fn encode_deliveries(&mut self, high: usize) -> Option<End> {
+        // Added to the fill metric (one per ident, shared by its connections) once per call,
+        // not once per event.
+        let mut filled = 0u64;
+        let end = self.encode_backlog(high, &mut filled);
+        if filled > 0
+            && let Some(session) = &self.session
+        {
+            session.buffers.send_fill.increment(filled);
+        }
+        end
+    }
+
+    /// [`Conn::encode_deliveries`]'s loop; adds the bytes of the events encoded to `filled`.
+    fn encode_backlog(&mut self, high: usize, filled: &mut u64) -> Option<End> {
         let Some(session) = &self.session else {
             return None;
         };
@@ -1131,7 +1145,7 @@ impl Conn {
                     let Some(channel) = session.subs.get(&topic) else {
                         continue;
                     };
-                    session.buffers.send_fill.increment(bytes(event.data.len()));
+                    *filled = filled.saturating_add(bytes(event.data.len()));
                     let ident: &str = if event.origin.is_empty() {
                         &self.shared.config.name
                     } else {

@@ -1114,7 +1114,13 @@ fn metrics_have_the_python_names_and_labels() {
         // The buffer metrics of an authenticated connection, by ident: bytes read, payload bytes
         // queued for it, bytes written, and the two buffer gauges.
         let fill = r#"hpfeeds_broker_connection_send_buffer_fill{ident="alice"}"#;
-        assert!(m.count(fill) >= 3000, "{:?}", m.keys());
+        // Exactly the payloads delivered to alice: hers and the marker of subscribe_synced.
+        assert_eq!(
+            m.count(fill),
+            3000 + "marker-1".len() as u64,
+            "{:?}",
+            m.keys()
+        );
         let drain = r#"hpfeeds_broker_connection_send_buffer_drain{ident="alice"}"#;
         assert!(m.count(drain) >= 3000 + 5 + 1 + 5 + 1 + 5, "{:?}", m.keys());
         let read = r#"hpfeeds_broker_connection_receive_buffer_fill{ident="alice"}"#;

@@ -16,6 +16,7 @@ use herald_mqtt_codec::{
     encode_plain_publish, encoded_len, parse_shared, plain_publish_len, reason, valid_topic_filter,
     valid_topic_name,
 };
+use metrics::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +43,9 @@ struct Reader<S> {
     /// Whether the buffer may hold whole packets not decoded yet: the next
     /// [`Reader::fill`] returns at once.
     pending: bool,
+    /// PUBLISH packets handled and not yet counted in `herald_mqtt_publish_received_total`
+    /// (see [`Outbox::uncounted`]).
+    uncounted: u32,
 }
 
 /// The least a read asks for (an idle connection's buffer).
@@ -116,6 +120,11 @@ struct Outbox<S> {
     protocol: Protocol,
     /// The client's Maximum Packet Size.
     max_packet: usize,
+    /// PUBLISH packets queued in `buf` and not yet counted in
+    /// `herald_mqtt_publish_sent_total`: counted once per write, not once per packet. Every
+    /// connection adding to the one shared counter for every delivery was 9 % of the server's
+    /// samples in 1 -> 1,000 fan-out with metrics on.
+    uncounted: u32,
 }
 
 /// Queued output worth a write before anything else is done.
@@ -169,13 +178,26 @@ impl<S: AsyncWrite> Outbox<S> {
         encode(packet, self.protocol, &mut self.buf);
     }
 
+    /// Notes a PUBLISH written into `buf` (for the metric, counted at the next write).
+    fn count_publish(&mut self) {
+        self.uncounted = self.uncounted.saturating_add(1);
+    }
+
+    /// Adds the PUBLISH packets queued since the last call to `sent`.
+    fn report(&mut self, sent: &Counter) {
+        if self.uncounted > 0 {
+            sent.increment(u64::from(std::mem::take(&mut self.uncounted)));
+        }
+    }
+
     fn queued(&self) -> usize {
         self.buf.len()
     }
 
     /// Writes what the socket takes of the buffer. Cancel-safe: bytes leave the buffer only
     /// once written.
-    async fn write_some(&mut self) -> std::io::Result<()> {
+    async fn write_some(&mut self, sent: &Counter) -> std::io::Result<()> {
+        self.report(sent);
         let n = self.wr.write(&self.buf).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
@@ -188,7 +210,8 @@ impl<S: AsyncWrite> Outbox<S> {
     }
 
     /// Writes everything still queued (at most [`FLUSH_WAIT`]) and closes the write side.
-    async fn close(&mut self) {
+    async fn close(&mut self, sent: &Counter) {
+        self.report(sent);
         let _ = tokio::time::timeout(FLUSH_WAIT, async {
             let _ = self.wr.write_all(&self.buf).await;
             let _ = self.wr.shutdown().await;
@@ -376,6 +399,7 @@ where
         decoder: Decoder::new(inner.config.max_packet_size),
         room: MIN_READ_ROOM,
         pending: false,
+        uncounted: 0,
     };
     let first = tokio::select! {
         _ = inner.shutdown.cancelled() => None,
@@ -574,6 +598,7 @@ where
         buf: BytesMut::new(),
         protocol,
         max_packet: client_max,
+        uncounted: 0,
     };
     let config = &inner.config;
     let mut props = Properties::default();
@@ -680,7 +705,7 @@ where
             if self.out.queued() >= WRITE_EAGER {
                 // Enough for a write of its own: try it now (without waiting for the socket),
                 // so that a busy connection does not hold large amounts back.
-                if let Some(Err(e)) = self.out.write_some().now_or_never() {
+                if let Some(Err(e)) = self.out.write_some(&self.inner.metrics.sent).now_or_never() {
                     tracing::debug!(client = %self.client_id, error = %e, "mqtt: write failed");
                     return End::Abnormal;
                 }
@@ -754,6 +779,7 @@ where
                             break;
                         }
                     }
+                    self.count_received();
                     // Before waiting for more input, the QoS 0 publishes held go to the engine.
                     let end = match self.release_held() {
                         Next::Done(end) => end,
@@ -798,7 +824,7 @@ where
                 // packets in and acknowledgements out shares one write. The output is bounded
                 // all the same: past the limits above, reading and pulling stop and this is
                 // what is left to do.
-                written = self.out.write_some(), if queued > 0 => {
+                written = self.out.write_some(&self.inner.metrics.sent), if queued > 0 => {
                     deferral.wrote();
                     if let Err(e) = written {
                         tracing::debug!(client = %self.client_id, error = %e, "mqtt: write failed");
@@ -964,10 +990,19 @@ where
 
     // ------------------------------------------------------------------ incoming publish
 
+    /// Adds the PUBLISH packets handled since the last call to the received metric (once per
+    /// read, as [`Outbox::uncounted`] is per write).
+    fn count_received(&mut self) {
+        if self.reader.uncounted > 0 {
+            let n = std::mem::take(&mut self.reader.uncounted);
+            self.inner.metrics.received.increment(u64::from(n));
+        }
+    }
+
     /// Handles an incoming PUBLISH, without waiting unless the broker must (see
     /// [`Inner::publish`]): then what is left, the wait and [`Conn::published`], is boxed.
     fn on_publish(&mut self, mut p: Publish) -> Next<'_> {
-        self.inner.metrics.received.increment(1);
+        self.reader.uncounted = self.reader.uncounted.saturating_add(1);
         let alias = p.properties.values_mut().and_then(|v| v.topic_alias.take());
         if let Some(alias) = alias {
             if alias == 0 || alias > self.inner.config.topic_alias_maximum {
@@ -1596,7 +1631,7 @@ where
                 return;
             }
             encode_plain_publish(name, retain, payload, self.protocol, &mut self.out.buf);
-            self.inner.metrics.sent.increment(1);
+            self.out.count_publish();
             return;
         }
         let mut properties = Properties::default();
@@ -1635,7 +1670,7 @@ where
                 self.fill_window();
             }
             packet => {
-                self.inner.metrics.sent.increment(1);
+                self.out.count_publish();
                 self.out.send(&packet);
             }
         }
@@ -1648,7 +1683,7 @@ where
                 break;
             };
             publish.packet_id = self.session.next_packet_id();
-            self.inner.metrics.sent.increment(1);
+            self.out.count_publish();
             self.out.send(&Packet::Publish(publish.clone()));
             self.session
                 .inflight
@@ -1664,6 +1699,7 @@ where
             End::Abnormal => true,
         };
         let will = self.will.take().filter(|_| send_will);
+        self.count_received();
         // QoS 0 publishes held when the connection ended (a refused publish, say) were read
         // before it ended: they are appended, before the will.
         let _ = match self.release_held() {
@@ -1697,7 +1733,7 @@ where
                 }
             }
         }
-        out.close().await;
+        out.close(&inner.metrics.sent).await;
         if !session.expiry.is_zero() && !inner.sessions.room_to_keep() {
             tracing::warn!(client = %client_id, max = inner.config.max_sessions, "mqtt: too many sessions; this one ends with its connection");
             inner.metrics.sessions_dropped.increment(1);
