@@ -100,13 +100,21 @@ impl MessageAttrs {
     /// Decodes what [`MessageAttrs::encode`] wrote; anything else (an event from another
     /// protocol) is [`MessageAttrs::foreign`].
     pub(crate) fn decode(bytes: &[u8]) -> Self {
-        let mut out = Self::foreign();
         let [VERSION, flags, rest @ ..] = bytes else {
-            return out;
+            return Self::foreign();
         };
-        out.qos = QoS::from_u8(flags & 3).unwrap_or(QoS::ExactlyOnce);
-        out.retain = flags & 4 != 0;
-        out.explicit_content_type = flags & 8 != 0;
+        let mut out = Self {
+            qos: QoS::from_u8(flags & 3).unwrap_or(QoS::ExactlyOnce),
+            retain: flags & 4 != 0,
+            explicit_content_type: flags & 8 != 0,
+            properties: Properties::default(),
+            id: None,
+        };
+        if rest.is_empty() {
+            // The common case (see `encode`), built in place: filling in a copy of `foreign()`
+            // field by field stalled on the copy (3 % of the samples of 1 -> 1,000 fan-out).
+            return out;
+        }
         let mut r = Reader(rest);
         let mut id = None;
         let p = &mut out.properties;
