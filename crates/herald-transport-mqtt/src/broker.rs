@@ -458,11 +458,14 @@ impl Inner {
     /// `last` is the connection's handle on the topic it appended to last.
     pub(crate) fn publish(self: &Arc<Self>, out: Outgoing, last: &mut LastTopic) -> Publishing {
         let (qos, retain) = (out.qos, out.retain);
-        let Some(event) =
+        let Some(mut event) =
             Outgoing::event(out.qos, out.retain, out.properties, out.payload, out.origin)
         else {
             return Publishing::Done(Err(PublishError::Invalid));
         };
+        // A payload read from a connection is a slice of its read buffer, which the topic's
+        // window (and the retained message) would keep whole.
+        NewEvent::own_data(std::slice::from_mut(&mut event));
         if !retain && qos == QoS::AtMostOnce {
             return self.send_detached(out.path, vec![event], last);
         }

@@ -9,7 +9,9 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use herald_core::{Access, Modes, Path};
-use herald_engine::{Delivery, Event, LastTopic, PendingAppend, RememberedAppend, TopicsError};
+use herald_engine::{
+    Delivery, Event, LastTopic, NewEvent, PendingAppend, RememberedAppend, TopicsError,
+};
 use herald_mqtt_codec::{
     Ack, ConnAck, Connect, DecodeError, Decoder, Disconnect, Packet, Properties, PropertyValues,
     Protocol, Publish, QoS, SubAck, SubOptions, Subscribe, UnsubAck, Unsubscribe, Will, encode,
@@ -39,19 +41,33 @@ struct Reader<S> {
     decoder: Decoder,
     /// How much to read at once: doubled while reads fill it, halved while they leave most
     /// of it empty.
-    room: usize,
+    room: u32,
     /// Whether the buffer may hold whole packets not decoded yet: the next
     /// [`Reader::fill`] returns at once.
     pending: bool,
     /// PUBLISH packets handled and not yet counted in `herald_mqtt_publish_received_total`
     /// (see [`Outbox::uncounted`]).
     uncounted: u32,
+    /// The size of the allocation `buf` reads into (at least): what a slice of it, a decoded
+    /// payload, keeps alive (see [`Reader::pins_much`]).
+    allocation: u32,
 }
 
 /// The least a read asks for (an idle connection's buffer).
-const MIN_READ_ROOM: usize = 64;
+const MIN_READ_ROOM: u32 = 64;
 /// The most a read asks for.
-const MAX_READ_ROOM: usize = 64 * 1024;
+const MAX_READ_ROOM: u32 = 64 * 1024;
+
+impl<S> Reader<S> {
+    /// Whether events whose data, `bytes` in all, are slices of the read buffer would keep
+    /// much more memory alive than their own bytes if they outlived the rest of it (in a
+    /// topic's window): then they get a copy of their own ([`NewEvent::own_data`]). A run of
+    /// publishes that fills a good part of the buffer (a busy publisher's, the common case)
+    /// keeps its slices, at most 8 times its bytes.
+    fn pins_much(&self, bytes: usize) -> bool {
+        bytes.saturating_mul(8) < self.allocation as usize
+    }
+}
 
 impl<S: AsyncRead> Reader<S> {
     /// The next packet; `Ok(None)` at end of stream.
@@ -84,16 +100,21 @@ impl<S: AsyncRead> Reader<S> {
         // Small while idle (most connections are); a packet larger than what is buffered
         // makes the buffer grow as its bytes arrive, and a busy publisher gets larger reads.
         let room = if self.buf.is_empty() {
-            self.room
+            self.room as usize
         } else {
-            self.room.max(4096)
+            (self.room as usize).max(4096)
         };
+        let before = self.buf.capacity();
         if self.buf.is_empty() && self.buf.capacity() > room * 4 {
             // Quiet again: a small buffer (a fresh one: `reserve` would come back to the size
             // this one started with).
             self.buf = BytesMut::with_capacity(room);
         } else {
             self.buf.reserve(room);
+        }
+        if self.buf.capacity() != before {
+            // A new allocation (or the old one reclaimed, whole): its capacity is all of it.
+            self.allocation = u32::try_from(self.buf.capacity()).unwrap_or(u32::MAX);
         }
         match self.rd.read_buf(&mut self.buf).await? {
             0 => return Ok(false),
@@ -355,7 +376,11 @@ fn route_of(subs: &[Subscription], access: &Access, topic: &Path) -> Route {
 /// QoS 0 publishes (not retained) to one topic, read one after the other.
 struct Held {
     topic: Path,
-    events: Vec<herald_engine::NewEvent>,
+    events: Vec<NewEvent>,
+    /// How many of `events`, from the first, have their data in allocations of their own
+    /// already; the others' data are slices of the connection's read buffer, copied when the
+    /// run goes to the engine (see [`NewEvent::own_data`]).
+    owned: usize,
 }
 
 /// The most QoS 0 publishes held for one append. A run never outlasts the read it came in
@@ -400,6 +425,7 @@ where
         room: MIN_READ_ROOM,
         pending: false,
         uncounted: 0,
+        allocation: 0,
     };
     let first = tokio::select! {
         _ = inner.shutdown.cancelled() => None,
@@ -1100,7 +1126,7 @@ where
     ///
     /// The publish's topic is the last one read, `last_topic` (see [`Conn::on_publish`]):
     /// one joining the run held for it takes no reference to its path.
-    fn hold(&mut self, event: herald_engine::NewEvent) -> Next<'_> {
+    fn hold(&mut self, event: NewEvent) -> Next<'_> {
         let Some((_, topic)) = &self.last_topic else {
             // Not reached: `on_publish` sets it first.
             return Next::Done(self.published(0, QoS::AtMostOnce, Err(PublishError::Invalid)));
@@ -1113,15 +1139,17 @@ where
             return Next::Done(None);
         }
         let topic = topic.clone();
-        let (topic, events) = if self.held.is_none() {
+        let (topic, events, owned) = if self.held.is_none() {
             // The memory-only topic appended to last is appended to at once: its appends skip
             // the engine's actor, and its subscribers can take each message the moment it is
             // appended. Any other topic's publishes are held.
-            match self.inner.topics.try_append_remembered(
-                &mut self.last_appended,
-                topic,
-                vec![event],
-            ) {
+            let mut events = vec![event];
+            NewEvent::own_data(&mut events);
+            match self
+                .inner
+                .topics
+                .try_append_remembered(&mut self.last_appended, topic, events)
+            {
                 Ok(()) => return Next::Done(None),
                 Err(RememberedAppend::Failed(e)) => {
                     let refused = Err(PublishError::Engine(e));
@@ -1129,15 +1157,19 @@ where
                 }
                 Err(RememberedAppend::Elsewhere { topic, mut events }) => {
                     events.reserve(usize::from(self.last_run).saturating_sub(1));
-                    (topic, events)
+                    (topic, events, 1)
                 }
             }
         } else {
             let mut events = Vec::with_capacity(usize::from(self.last_run).max(1));
             events.push(event);
-            (topic, events)
+            (topic, events, 0)
         };
-        let earlier = self.held.replace(Box::new(Held { topic, events }));
+        let earlier = self.held.replace(Box::new(Held {
+            topic,
+            events,
+            owned,
+        }));
         let sent = self.send_held(earlier);
         self.after_held(sent)
     }
@@ -1155,7 +1187,19 @@ where
         let Some(held) = held else {
             return Ok(None);
         };
-        let Held { topic, mut events } = *held;
+        let Held {
+            topic,
+            mut events,
+            owned,
+        } = *held;
+        // The data are slices of the read buffer, which a window would keep whole.
+        let to_own = events.get_mut(owned..).unwrap_or_default();
+        if self
+            .reader
+            .pins_much(to_own.iter().map(|e| e.data.len()).sum())
+        {
+            NewEvent::own_data(to_own);
+        }
         self.last_run = u16::try_from(events.len()).unwrap_or(u16::MAX);
         if events.capacity() > 2 * events.len() {
             // Shorter than the last run: the engine's queue is bounded in appends, and must
@@ -1169,7 +1213,7 @@ where
     fn send_events(
         &mut self,
         topic: Path,
-        events: Vec<herald_engine::NewEvent>,
+        events: Vec<NewEvent>,
     ) -> Result<Option<End>, PublishFuture> {
         // A QoS 0 publish has no packet id: 0 stands for it.
         match self

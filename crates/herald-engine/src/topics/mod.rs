@@ -48,7 +48,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use herald_core::topic::{Retention, RetentionRules, decode_record};
 use herald_core::{Path, PathLimits, PathPattern, PatternIndex};
 use herald_store::{Store, StoreError};
@@ -191,6 +191,29 @@ impl NewEvent {
     pub fn with_attrs(mut self, attrs: Bytes) -> Self {
         self.attrs = attrs;
         self
+    }
+
+    /// Copies the data of `events` into one allocation of their own, which they then share.
+    ///
+    /// Data that slices a larger buffer (a connection's read buffer, as protocol decoders hand
+    /// out) keeps all of that buffer alive for as long as any of these events stays in its
+    /// topic's window, and the window's budget counts only the slice: a publisher mixing one
+    /// publish to a quiet topic into each read of 64 KiB kept 64 KiB alive per quiet topic.
+    /// After this, the events keep only their own bytes (for as long as the last of them
+    /// stays in a window).
+    pub fn own_data(events: &mut [NewEvent]) {
+        let total: usize = events.iter().map(|e| e.data.len()).sum();
+        if total == 0 {
+            return;
+        }
+        let mut copy = BytesMut::with_capacity(total);
+        for e in events.iter() {
+            copy.extend_from_slice(&e.data);
+        }
+        let mut copy = copy.freeze();
+        for e in events.iter_mut() {
+            e.data = copy.split_to(e.data.len());
+        }
     }
 }
 
@@ -1559,6 +1582,31 @@ fn validate(topic: &Path, events: &[NewEvent]) -> Result<(), TopicsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `own_data` leaves the events' bytes as they were, in one new allocation of exactly
+    /// their size (each event's data right after the previous one's), not in the buffer they
+    /// sliced.
+    #[test]
+    fn own_data_copies_a_run_into_one_allocation_of_its_own() {
+        let buffer = Bytes::from(b"xxAAAyyBByyyyC".to_vec());
+        let ranges = [2..5, 7..9, 9..9, 13..14];
+        let mut events: Vec<NewEvent> = ranges
+            .iter()
+            .map(|r| NewEvent::json(buffer.slice(r.clone())))
+            .collect();
+        NewEvent::own_data(&mut events);
+        let data: Vec<&[u8]> = events.iter().map(|e| &e.data[..]).collect();
+        assert_eq!(data, [&b"AAA"[..], b"BB", b"", b"C"]);
+        let inside = buffer.as_ptr_range();
+        let at = |i: usize| events[i].data.as_ptr();
+        assert!(events.iter().all(|e| !inside.contains(&e.data.as_ptr())));
+        assert_eq!(at(1), at(0).wrapping_add(3));
+        assert_eq!(at(3), at(1).wrapping_add(2));
+        // Nothing to copy: nothing allocated, nothing changed.
+        let mut empty = vec![NewEvent::json(Bytes::new())];
+        NewEvent::own_data(&mut empty);
+        assert!(empty[0].data.is_empty());
+    }
 
     /// The retention pass reads a bounded topic's log only when it may have something to
     /// trim: after appends, or when its oldest event grows too old for a maximum age.
