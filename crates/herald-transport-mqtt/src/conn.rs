@@ -1143,6 +1143,7 @@ where
             // The memory-only topic appended to last is appended to at once: its appends skip
             // the engine's actor, and its subscribers can take each message the moment it is
             // appended. Any other topic's publishes are held.
+            // Appended at once, its data cannot wait to be copied with a run (see `send_held`).
             let mut events = vec![event];
             NewEvent::own_data(&mut events);
             match self
