@@ -20,12 +20,14 @@ fn path(topic: &str) -> Path {
     Path::parse_url(&format!("/{topic}"), &PathLimits::default()).unwrap()
 }
 
-/// Writes `out` and waits for the PUBACK of its last packet, a QoS 1 publish with id `id`.
-async fn send_and_sync(p: &mut Client, out: &BytesMut, id: u16) {
+/// Writes `out` and waits for the PUBACKs of its QoS 1 publishes, `ids` in order.
+async fn send_and_sync(p: &mut Client, out: &BytesMut, ids: &[u16]) {
     p.send_raw(out).await;
-    match p.recv().await {
-        Packet::PubAck(ack) => assert_eq!(ack.packet_id, id, "{ack:?}"),
-        other => panic!("expected PUBACK, got {other:?}"),
+    for &id in ids {
+        match p.recv().await {
+            Packet::PubAck(ack) => assert_eq!(ack.packet_id, id, "{ack:?}"),
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
     }
 }
 
@@ -46,75 +48,45 @@ async fn a_quiet_topics_event_does_not_keep_the_read_buffer() {
     };
     let b = Broker::start_with(MqttConfig::default(), options).await;
     let mut p = b.admin(protocol, "pub").await;
-    let hot = Bytes::from(vec![b'h'; PAYLOAD]);
-    let hot_packet = |out: &mut BytesMut| {
+    let put = |out: &mut BytesMut, topic: &str, payload: &[u8], qos: QoS, id: u16| {
         encode(
-            &Packet::Publish(publish("mem/hot", &hot, QoS::AtMostOnce, 0)),
+            &Packet::Publish(publish(topic, payload, qos, id)),
             protocol,
             out,
         );
     };
+    let hot = Bytes::from(vec![b'h'; PAYLOAD]);
+    let hot_packets = |out: &mut BytesMut, n: usize| {
+        for _ in 0..n {
+            put(out, "mem/hot", &hot, QoS::AtMostOnce, 0);
+        }
+    };
 
     // Large reads first, so that the connection reads into a large buffer.
     let mut out = BytesMut::new();
-    for _ in 0..2_000 {
-        hot_packet(&mut out);
-    }
-    encode(
-        &Packet::Publish(publish("mem/hot", b"sync", QoS::AtLeastOnce, 1)),
-        protocol,
-        &mut out,
-    );
-    send_and_sync(&mut p, &out, 1).await;
+    hot_packets(&mut out, 2_000);
+    put(&mut out, "mem/hot", b"sync", QoS::AtLeastOnce, 1);
+    send_and_sync(&mut p, &out, &[1]).await;
 
     // One write: a QoS 0 publish to a quiet topic, many to the hot one with another QoS 0
-    // publish to a quiet topic among them, a QoS 1 publish to a third quiet topic, many more
-    // to the hot one.
-    let mut out = BytesMut::new();
+    // publish to a quiet topic among them (read while the hot ones are held: a run of its
+    // own), a QoS 1 publish to a third quiet topic, many more to the hot one.
     let cold = Bytes::from(vec![b'c'; PAYLOAD]);
-    encode(
-        &Packet::Publish(publish("mem/cold", &cold, QoS::AtMostOnce, 0)),
-        protocol,
-        &mut out,
-    );
-    for _ in 0..150 {
-        hot_packet(&mut out);
-    }
-    // (Read while the hot topic's publishes are held: a run of its own.)
-    encode(
-        &Packet::Publish(publish("mem/cold2", &cold, QoS::AtMostOnce, 0)),
-        protocol,
-        &mut out,
-    );
-    for _ in 0..150 {
-        hot_packet(&mut out);
-    }
-    encode(
-        &Packet::Publish(publish("mem/cold1", &cold, QoS::AtLeastOnce, 2)),
-        protocol,
-        &mut out,
-    );
-    for _ in 0..300 {
-        hot_packet(&mut out);
-    }
-    encode(
-        &Packet::Publish(publish("mem/hot", b"sync", QoS::AtLeastOnce, 3)),
-        protocol,
-        &mut out,
-    );
-    p.send_raw(&out).await;
-    for id in [2, 3] {
-        match p.recv().await {
-            Packet::PubAck(ack) => assert_eq!(ack.packet_id, id, "{ack:?}"),
-            other => panic!("expected PUBACK, got {other:?}"),
-        }
-    }
+    let mut out = BytesMut::new();
+    put(&mut out, "mem/cold", &cold, QoS::AtMostOnce, 0);
+    hot_packets(&mut out, 150);
+    put(&mut out, "mem/cold2", &cold, QoS::AtMostOnce, 0);
+    hot_packets(&mut out, 150);
+    put(&mut out, "mem/cold1", &cold, QoS::AtLeastOnce, 2);
+    hot_packets(&mut out, 300);
+    put(&mut out, "mem/hot", b"sync", QoS::AtLeastOnce, 3);
+    send_and_sync(&mut p, &out, &[2, 3]).await;
 
     // Where the hot payloads right after a quiet topic's would start if its event still
     // sliced the read buffer: past its payload and a hot publish's header, and one hot publish
     // further (the first hot publish after a QoS 1 publish is appended at once, with a copy).
     let mut one = BytesMut::new();
-    hot_packet(&mut one);
+    hot_packets(&mut one, 1);
     let (packet, header) = (one.len(), one.len() - PAYLOAD);
     let hot_events = b.topics.read(&path("mem/hot"), 2_002, 600).await.unwrap();
     assert_eq!(hot_events.len(), 600);
