@@ -48,8 +48,8 @@ struct Reader<S> {
     /// PUBLISH packets handled and not yet counted in `herald_mqtt_publish_received_total`
     /// (see [`Outbox::uncounted`]).
     uncounted: u32,
-    /// The size of the allocation `buf` reads into (at least): what a slice of it, a decoded
-    /// payload, keeps alive (see [`Reader::pins_much`]).
+    /// The size of the allocation `buf` reads into, as its capacity was when it was made (see
+    /// `read`): what a slice of it, a decoded payload, keeps alive (see [`Reader::pins_much`]).
     allocation: u32,
 }
 
@@ -113,7 +113,10 @@ impl<S: AsyncRead> Reader<S> {
             self.buf.reserve(room);
         }
         if self.buf.capacity() != before {
-            // A new allocation (or the old one reclaimed, whole): its capacity is all of it.
+            // A new allocation, or the old one reclaimed: its capacity is all of it. (When
+            // bytes grows a buffer nobody else holds in place, for a packet larger than it,
+            // the capacity leaves out the consumed bytes before the data, and the bound of
+            // `pins_much` is looser by that much.)
             self.allocation = u32::try_from(self.buf.capacity()).unwrap_or(u32::MAX);
         }
         match self.rd.read_buf(&mut self.buf).await? {
