@@ -98,18 +98,14 @@ impl Event {
         attrs: Bytes,
         data: Bytes,
     ) -> Self {
-        let parts = EventParts {
-            seq,
-            t_ms,
+        let event = NewEvent {
             content_type,
             origin,
             attrs,
             data,
-            keep_rendering: false,
-            rendered: OnceLock::new(),
         };
         Self {
-            run: Run::one(parts),
+            run: Run::one(EventParts::new(event, seq, t_ms, false)),
             at: 0,
         }
     }
