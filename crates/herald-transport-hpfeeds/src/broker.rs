@@ -605,6 +605,9 @@ struct Conn {
     nonce: [u8; NONCE_LEN],
     decoder: Decoder,
     rbuf: BytesMut,
+    /// The size of the allocation `rbuf` reads into, as its capacity was when it was made
+    /// (see [`read_some`]): what a slice of it, a decoded payload, keeps alive.
+    rbuf_allocation: usize,
     out: Outbox,
     session: Option<Session>,
     listener: Option<Listener>,
@@ -650,6 +653,7 @@ async fn connection<R, W>(
         nonce: rand::random(),
         decoder: Decoder::new(),
         rbuf: BytesMut::new(),
+        rbuf_allocation: 0,
         out: Outbox::default(),
         session: None,
         listener: None,
@@ -870,7 +874,7 @@ impl Conn {
                     Ok(deliveries) => self.backlog.extend(deliveries),
                     Err(e) => return End::Engine(e),
                 },
-                read = read_some(reader, &mut self.rbuf), if can_read => match read {
+                read = read_some(reader, &mut self.rbuf, &mut self.rbuf_allocation), if can_read => match read {
                     Ok(0) => eof = true,
                     Ok(n) => {
                         if let Some(session) = &self.session {
@@ -928,6 +932,13 @@ impl Conn {
     /// nothing in flight slows a publisher there, and runs would let one outpace the
     /// channel's subscribers until they fall out of its window (measured: 7 % of the
     /// deliveries lost in `bench/hpfeeds.sh`'s memory-only `max`, none without runs).
+    ///
+    /// The payloads are slices of the read buffer, and an event kept in a topic's window
+    /// would keep the whole buffer alive, which the window's budget does not count. So the
+    /// engine gets copies: a publish appended at once gets its own, and a held run one
+    /// allocation for all but its first publish (which may have been appended at once),
+    /// made as it is released ([`NewEvent::own_data`]), unless it fills a good part of the
+    /// buffer ([`NewEvent::slices_pin_much`]): a busy publisher's runs keep their slices.
     async fn hold(&mut self, topic: Path, event: NewEvent) -> Option<End> {
         if let Some(held) = &mut self.held
             && held.topic == topic
@@ -937,10 +948,12 @@ impl Conn {
             return None;
         }
         let end = self.release_held().await;
+        let mut events = vec![event];
+        NewEvent::own_data(&mut events);
         let held = match self.shared.topics.try_append_remembered(
             &mut self.last_appended,
             topic,
-            vec![event],
+            events,
         ) {
             Ok(()) => return end,
             Err(RememberedAppend::Failed(e)) => {
@@ -956,7 +969,15 @@ impl Conn {
 
     /// Appends the publishes held (see [`Conn::hold`]); waits for room in the engine's queue.
     async fn release_held(&mut self) -> Option<End> {
-        let Held { topic, events } = self.held.take()?;
+        let Held { topic, mut events } = self.held.take()?;
+        // The first was copied as the run began (see `hold`).
+        let rest = events.get_mut(1..).unwrap_or_default();
+        if NewEvent::slices_pin_much(
+            rest.iter().map(|e| e.data.len()).sum(),
+            self.rbuf_allocation,
+        ) {
+            NewEvent::own_data(rest);
+        }
         let messages = events.len();
         let queued = match self
             .shared
@@ -1024,9 +1045,8 @@ impl Conn {
                     .or_insert_with_key(|chan| publish_metrics(me, chan));
                 count.increment(1);
                 size.record(payload.len() as f64);
-                // The payload shares the read buffer's allocation; an event kept in a topic's
-                // in-memory window would pin all of it, so it gets its own copy.
-                let payload = Bytes::copy_from_slice(&payload);
+                // The payload is a slice of the read buffer: `hold` copies it before the
+                // engine keeps it.
                 let event = NewEvent {
                     content_type: self.shared.content_type.clone(),
                     origin: session.origin.clone(),
@@ -1279,9 +1299,21 @@ async fn write_some<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Reads what is available into `rbuf`. Cancel-safe.
-async fn read_some<R: AsyncRead + Unpin>(reader: &mut R, rbuf: &mut BytesMut) -> io::Result<usize> {
+/// Reads what is available into `rbuf`, keeping `allocation` up to date (the size of the
+/// allocation it reads into). Cancel-safe.
+async fn read_some<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    rbuf: &mut BytesMut,
+    allocation: &mut usize,
+) -> io::Result<usize> {
+    let before = rbuf.capacity();
     rbuf.reserve(READ_CHUNK);
+    if rbuf.capacity() != before {
+        // A new allocation, or the old one reclaimed: its capacity is all of it (short of
+        // what was consumed before the data when `reserve` grows it in place, which loosens
+        // the bound of `NewEvent::slices_pin_much` by that much).
+        *allocation = rbuf.capacity();
+    }
     reader.read_buf(rbuf).await
 }
 

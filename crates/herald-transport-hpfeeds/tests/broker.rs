@@ -787,14 +787,20 @@ fn bulk_is_memory_only() -> herald_core::topic::RetentionRules {
 
 /// Waits until `t` holds `n` events and returns their payloads as numbers.
 async fn stored_numbers(broker: &Broker, t: &Path, n: usize) -> Vec<u32> {
+    stored_events(broker, t, n)
+        .await
+        .iter()
+        .map(|e| u32::from_be_bytes(e.data[..].try_into().unwrap()))
+        .collect()
+}
+
+/// Waits until `t` holds at least `n` events and returns them.
+async fn stored_events(broker: &Broker, t: &Path, n: usize) -> Vec<herald_engine::Event> {
     let deadline = tokio::time::Instant::now() + IO;
     loop {
         let events = broker.topics.read(t, 1, 5000).await.unwrap();
         if events.len() >= n {
-            return events
-                .iter()
-                .map(|e| u32::from_be_bytes(e.data[..].try_into().unwrap()))
-                .collect();
+            return events;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -853,6 +859,110 @@ async fn runs_of_publishes_to_several_channels_keep_each_order() {
     let bulk = stored_numbers(&broker, &topic("/hpfeeds/bulk"), on_bulk as usize).await;
     assert_eq!(chan1, (0..on_chan1).collect::<Vec<_>>());
     assert_eq!(bulk, (0..on_bulk).collect::<Vec<_>>());
+}
+
+/// A publish's payload is decoded as a slice of the connection's read buffer, and an event
+/// keeping that slice in its topic's window would keep the whole buffer alive. The engine
+/// gets copies: a short run of publishes to one channel in one allocation (all but its
+/// first), a publish to a memory-only channel (appended at once) in one of its own. A run
+/// that fills a good part of the buffer keeps its slices.
+#[tokio::test]
+async fn events_do_not_keep_slices_of_the_read_buffer() {
+    const PAYLOAD: usize = 100;
+    let broker = Broker::start_full(
+        HpfeedsConfig::default(),
+        HpfeedsOptions::default(),
+        TopicsOptions {
+            rules: bulk_is_memory_only(),
+            ..TopicsOptions::default()
+        },
+    )
+    .await;
+    let mut carol = broker.login("carol").await;
+    let payload = |i: u8| Bytes::from(vec![i; PAYLOAD]);
+    let bulk = topic("/hpfeeds/bulk");
+    // The memory-only channel is appended to at once once it is the one appended to last.
+    carol.publish("carol", "bulk", &payload(200)).await;
+    stored_events(&broker, &bulk, 1).await;
+    // One write of 20 publishes to the memory-only channel, a run of 10 to a durable one,
+    // one to another durable channel, another run of 10 to the first (about 4 KiB, one read
+    // into a buffer of 16 KiB); then a write of a run of 60 (7 KiB).
+    let writes = |runs: &[(&str, u8, u8)]| {
+        let mut all = BytesMut::new();
+        for &(chan, from, n) in runs {
+            for i in from..from + n {
+                Frame::publish("carol", chan, payload(i))
+                    .encode(&mut all)
+                    .unwrap();
+            }
+        }
+        all
+    };
+    let first = writes(&[
+        ("bulk", 0, 20),
+        ("chan1", 0, 10),
+        ("weird/chan", 0, 1),
+        ("chan1", 20, 10),
+    ]);
+    // How far apart two payloads to `chan` are in the read buffer: a publish frame.
+    let in_buffer = |chan: &str| {
+        let mut one = BytesMut::new();
+        Frame::publish("carol", chan, payload(0))
+            .encode(&mut one)
+            .unwrap();
+        one.len()
+    };
+    carol.raw(&first).await;
+
+    let ptr = |e: &herald_engine::Event| e.data.as_ptr() as usize;
+    let chan1 = topic("/hpfeeds/chan1");
+    let events = stored_events(&broker, &chan1, 20).await;
+    assert_eq!(events.len(), 20);
+    for (i, e) in events.iter().enumerate() {
+        let want = if i < 10 { i } else { i + 10 };
+        assert_eq!(e.data, payload(u8::try_from(want).unwrap()), "event {i}");
+    }
+    for run in [&events[..10], &events[10..]] {
+        // The run's first was copied alone (a slice would share the read buffer with the
+        // others read with it); the others follow each other in one copy.
+        assert!(
+            run[0].data.is_unique(),
+            "a run's first payload has a copy of its own"
+        );
+        for pair in run[1..].windows(2) {
+            assert_eq!(
+                ptr(&pair[1]).wrapping_sub(ptr(&pair[0])),
+                PAYLOAD,
+                "a run's payloads are copied together"
+            );
+        }
+    }
+    let events = stored_events(&broker, &bulk, 21).await.split_off(1);
+    assert_eq!(events.len(), 20);
+    for pair in events.windows(2) {
+        let gap = ptr(&pair[1]).wrapping_sub(ptr(&pair[0]));
+        assert_ne!(
+            gap,
+            in_buffer("bulk"),
+            "a memory-only channel's event slices the read buffer"
+        );
+    }
+    assert!(
+        events.iter().all(|e| e.data.is_unique()),
+        "each has a copy of its own"
+    );
+
+    carol.raw(&writes(&[("chan1", 100, 60)])).await;
+    let events = stored_events(&broker, &chan1, 80).await.split_off(20);
+    assert_eq!(events.len(), 60);
+    assert!(events[0].data.is_unique());
+    for pair in events[1..].windows(2) {
+        assert_eq!(
+            ptr(&pair[1]).wrapping_sub(ptr(&pair[0])),
+            in_buffer("chan1"),
+            "a long run keeps its slices of the read buffer"
+        );
+    }
 }
 
 /// Publishes held when a later frame in the same read is refused are still appended, as

@@ -60,12 +60,10 @@ const MAX_READ_ROOM: u32 = 64 * 1024;
 
 impl<S> Reader<S> {
     /// Whether events whose data, `bytes` in all, are slices of the read buffer would keep
-    /// much more memory alive than their own bytes if they outlived the rest of it (in a
-    /// topic's window): then they get a copy of their own ([`NewEvent::own_data`]). A run of
-    /// publishes that fills a good part of the buffer (a busy publisher's, the common case)
-    /// keeps its slices, at most 8 times its bytes.
+    /// much more memory alive than their own bytes if they outlived the rest of it
+    /// ([`NewEvent::slices_pin_much`]): then they get a copy of their own.
     fn pins_much(&self, bytes: usize) -> bool {
-        bytes.saturating_mul(8) < self.allocation as usize
+        NewEvent::slices_pin_much(bytes, self.allocation as usize)
     }
 }
 

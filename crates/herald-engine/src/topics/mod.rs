@@ -201,6 +201,8 @@ impl NewEvent {
     /// publish to a quiet topic into each read of 64 KiB kept 64 KiB alive per quiet topic.
     /// After this, the events keep only their own bytes (for as long as the last of them
     /// stays in a window).
+    ///
+    /// See [`NewEvent::slices_pin_much`] for when a run of events is worth the copy.
     pub fn own_data(events: &mut [NewEvent]) {
         let total: usize = events.iter().map(|e| e.data.len()).sum();
         if total == 0 {
@@ -214,6 +216,16 @@ impl NewEvent {
         for e in events.iter_mut() {
             e.data = copy.split_to(e.data.len());
         }
+    }
+
+    /// Whether events whose data, `bytes` in all, are slices of a buffer whose allocation is
+    /// `allocation` bytes would keep much more memory alive than their own bytes if they
+    /// outlived the rest of the buffer (in a topic's window): more than 8 times. Such events
+    /// are worth copying with [`NewEvent::own_data`]; a run that fills a good part of its
+    /// buffer (a busy publisher's, the common case) is not, as copying every run costs a
+    /// busy publisher measurably (docs/benchmarks.md, "Read buffers kept by quiet topics").
+    pub fn slices_pin_much(bytes: usize, allocation: usize) -> bool {
+        bytes.saturating_mul(8) < allocation
     }
 }
 
