@@ -9,9 +9,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use herald_core::{Access, Modes, Path};
-use herald_engine::{
-    Delivery, Event, LastTopic, NewEvent, PendingAppend, RememberedAppend, TopicsError,
-};
+use herald_engine::{Delivery, Event, LastTopic, NewEvent, PendingAppend, TopicsError};
 use herald_mqtt_codec::{
     Ack, ConnAck, Connect, DecodeError, Decoder, Disconnect, Packet, Properties, PropertyValues,
     Protocol, Publish, QoS, SubAck, SubOptions, Subscribe, UnsubAck, Unsubscribe, Will, encode,
@@ -374,14 +372,12 @@ fn route_of(subs: &[Subscription], access: &Access, topic: &Path) -> Route {
     route
 }
 
-/// QoS 0 publishes (not retained) to one topic, read one after the other.
+/// QoS 0 publishes (not retained) to one topic, read one after the other. Their data are
+/// slices of the connection's read buffer, copied when the run goes to the engine if they
+/// would keep much of it alive (see [`Reader::pins_much`]).
 struct Held {
     topic: Path,
     events: Vec<NewEvent>,
-    /// How many of `events`, from the first, have their data in allocations of their own
-    /// already; the others' data are slices of the connection's read buffer, copied when the
-    /// run goes to the engine (see [`NewEvent::own_data`]).
-    owned: usize,
 }
 
 /// The most QoS 0 publishes held for one append. A run never outlasts the read it came in
@@ -1125,6 +1121,12 @@ where
     /// engine first, and so does the end of every read: nothing is held while the connection
     /// waits for input, and the topic's order is the order of the publishes.
     ///
+    /// Memory-only topics too: their runs are appended at once when handed over, without the
+    /// engine's actor. (Until 2026-11-25 each of their publishes was appended on its own as it
+    /// was read; runs took up to a third less server CPU per delivery on the memory-only
+    /// benchmarks and lost fewer messages to slow subscribers: docs/benchmarks.md,
+    /// "Memory-only runs".)
+    ///
     /// The publish's topic is the last one read, `last_topic` (see [`Conn::on_publish`]):
     /// one joining the run held for it takes no reference to its path.
     fn hold(&mut self, event: NewEvent) -> Next<'_> {
@@ -1139,38 +1141,11 @@ where
             held.events.push(event);
             return Next::Done(None);
         }
-        let topic = topic.clone();
-        let (topic, events, owned) = if self.held.is_none() {
-            // The memory-only topic appended to last is appended to at once: its appends skip
-            // the engine's actor, and its subscribers can take each message the moment it is
-            // appended. Any other topic's publishes are held.
-            // Appended at once, its data cannot wait to be copied with a run (see `send_held`).
-            let mut events = vec![event];
-            NewEvent::own_data(&mut events);
-            match self
-                .inner
-                .topics
-                .try_append_remembered(&mut self.last_appended, topic, events)
-            {
-                Ok(()) => return Next::Done(None),
-                Err(RememberedAppend::Failed(e)) => {
-                    let refused = Err(PublishError::Engine(e));
-                    return Next::Done(self.published(0, QoS::AtMostOnce, refused));
-                }
-                Err(RememberedAppend::Elsewhere { topic, mut events }) => {
-                    events.reserve(usize::from(self.last_run).saturating_sub(1));
-                    (topic, events, 1)
-                }
-            }
-        } else {
-            let mut events = Vec::with_capacity(usize::from(self.last_run).max(1));
-            events.push(event);
-            (topic, events, 0)
-        };
+        let mut events = Vec::with_capacity(usize::from(self.last_run).max(1));
+        events.push(event);
         let earlier = self.held.replace(Box::new(Held {
-            topic,
+            topic: topic.clone(),
             events,
-            owned,
         }));
         let sent = self.send_held(earlier);
         self.after_held(sent)
@@ -1189,18 +1164,13 @@ where
         let Some(held) = held else {
             return Ok(None);
         };
-        let Held {
-            topic,
-            mut events,
-            owned,
-        } = *held;
+        let Held { topic, mut events } = *held;
         // The data are slices of the read buffer, which a window would keep whole.
-        let to_own = events.get_mut(owned..).unwrap_or_default();
         if self
             .reader
-            .pins_much(to_own.iter().map(|e| e.data.len()).sum())
+            .pins_much(events.iter().map(|e| e.data.len()).sum())
         {
-            NewEvent::own_data(to_own);
+            NewEvent::own_data(&mut events);
         }
         self.last_run = u16::try_from(events.len()).unwrap_or(u16::MAX);
         if events.capacity() > 2 * events.len() {

@@ -83,8 +83,8 @@ async fn a_quiet_topics_event_does_not_keep_the_read_buffer() {
     send_and_sync(&mut p, &out, &[2, 3]).await;
 
     // Where the hot payloads right after a quiet topic's would start if its event still
-    // sliced the read buffer: past its payload and a hot publish's header, and one hot publish
-    // further (the first hot publish after a QoS 1 publish is appended at once, with a copy).
+    // sliced the read buffer: past its payload and a hot publish's header (and one hot publish
+    // further, should the first hot publish be copied).
     let mut one = BytesMut::new();
     hot_packets(&mut one, 1);
     let (packet, header) = (one.len(), one.len() - PAYLOAD);
