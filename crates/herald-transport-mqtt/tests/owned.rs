@@ -105,5 +105,24 @@ async fn a_quiet_topics_event_does_not_keep_the_read_buffer() {
             );
         }
     }
+    // The publishes of one read to one topic go to the engine in runs, memory-only as it is
+    // (the first write's, read in a few reads of up to 64 KiB): each run's payloads are
+    // either its slices of the read buffer (a run that fills much of it) or one copy, one
+    // after the other. Only where a run ends (a read's end) may the next payload be
+    // anywhere (about 15 here, as the read room grows from 64 bytes); publishes appended one
+    // by one, each with a copy of its own, are apart almost everywhere (1,964 measured).
+    let first_write = b.topics.read(&path("mem/hot"), 1, 2_000).await.unwrap();
+    assert_eq!(first_write.len(), 2_000);
+    let apart = first_write
+        .windows(2)
+        .filter(|pair| {
+            let gap = (pair[1].data.as_ptr() as usize).wrapping_sub(pair[0].data.as_ptr() as usize);
+            gap != packet && gap != PAYLOAD
+        })
+        .count();
+    assert!(
+        apart <= 200,
+        "{apart} of 1,999 hot payloads start apart from the one before"
+    );
     p.disconnect().await;
 }
