@@ -6,15 +6,12 @@
 //! backlog) instead of costing memory, and are served as others leave.
 
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
-use axum::extract::Request;
-use axum::extract::connect_info::{ConnectInfo, Connected};
-use axum::serve::{IncomingStream, Listener};
+use axum::serve::Listener;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -133,30 +130,4 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
     }
-}
-
-/// The peer address of a connection accepted through [`Limited`], for axum's `ConnectInfo`.
-///
-/// axum only knows how to get the address from its own listeners; this says how to get it from
-/// ours. [`peer_as_socket_addr`] then exposes it to handlers as the usual
-/// `ConnectInfo<SocketAddr>`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct PeerAddr(pub(crate) SocketAddr);
-
-impl<L> Connected<IncomingStream<'_, Limited<L>>> for PeerAddr
-where
-    L: Listener<Addr = SocketAddr>,
-{
-    fn connect_info(stream: IncomingStream<'_, Limited<L>>) -> Self {
-        PeerAddr(*stream.remote_addr())
-    }
-}
-
-/// Request middleware: copies `ConnectInfo<PeerAddr>` to `ConnectInfo<SocketAddr>`.
-pub(crate) async fn peer_as_socket_addr(mut req: Request) -> Request {
-    if let Some(ConnectInfo(PeerAddr(addr))) = req.extensions().get::<ConnectInfo<PeerAddr>>() {
-        let addr = *addr;
-        req.extensions_mut().insert(ConnectInfo(addr));
-    }
-    req
 }

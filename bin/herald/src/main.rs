@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod config;
 mod datadir;
 mod hpfeeds_cli;
+mod http1;
 mod limit;
 mod serve;
 mod tls_listener;

@@ -27,7 +27,8 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{Listen, ServeArgs, Settings};
 use crate::datadir;
-use crate::limit::{ConnectionLimit, PeerAddr, peer_as_socket_addr};
+use crate::http1;
+use crate::limit::ConnectionLimit;
 use crate::tls_listener::TlsListener;
 
 /// How long listeners get to finish in-flight requests after a shutdown signal.
@@ -422,54 +423,25 @@ async fn start_with_tls(
     if let Some(files) = tls {
         let tls_listener = TlsListener::new(listener, files.clone(), name, shutdown.clone())
             .map_err(|e| anyhow::anyhow!("--{name}-tls-cert / --{name}-tls-key: {e}"))?;
-        let token = shutdown.clone();
-        let limit = limit.cloned();
-        servers.spawn(async move {
-            let stop = async move { token.cancelled().await };
-            let app = app
-                .layer(middleware::map_request(peer_as_socket_addr))
-                .into_make_service_with_connect_info::<PeerAddr>();
-            let limit = limit.unwrap_or_else(|| ConnectionLimit::new(usize::MAX >> 4));
-            if let Err(e) = axum::serve(limit.wrap(tls_listener), app)
-                .with_graceful_shutdown(stop)
-                .await
-            {
-                tracing::error!(listener = name, error = %e, "listener failed");
-            }
-        });
+        let stop = shutdown.clone();
+        match limit {
+            Some(limit) => servers.spawn(http1::serve(limit.wrap(tls_listener), app, stop)),
+            None => servers.spawn(http1::serve(tls_listener, app, stop)),
+        };
         return Ok(local);
     }
-    let token = shutdown.clone();
-    let limit = limit.cloned();
-    servers.spawn(async move {
-        // Small pushes (WebSocket updates, short HTTP answers) must not wait for Nagle's
-        // algorithm and the peer's delayed ACK.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        let stop = async move { token.cancelled().await };
-        let result = match limit {
-            Some(limit) => {
-                // Handlers get the peer address (the login rate limit is per client IP).
-                let app = app
-                    .layer(middleware::map_request(peer_as_socket_addr))
-                    .into_make_service_with_connect_info::<PeerAddr>();
-                axum::serve(limit.wrap(listener), app)
-                    .with_graceful_shutdown(stop)
-                    .await
-            }
-            None => {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stop)
-                    .await
-            }
-        };
-        if let Err(e) = result {
-            tracing::error!(listener = name, error = %e, "listener failed");
+    // Small pushes (WebSocket updates, short HTTP answers) must not wait for Nagle's algorithm
+    // and the peer's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
+    let stop = shutdown.clone();
+    match limit {
+        Some(limit) => servers.spawn(http1::serve(limit.wrap(listener), app, stop)),
+        None => servers.spawn(http1::serve(listener, app, stop)),
+    };
     Ok(local)
 }
 

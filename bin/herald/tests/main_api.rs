@@ -331,3 +331,48 @@ async fn early_errors_keep_keep_alive_clients_working() {
     }
     stop(s).await;
 }
+
+/// Handlers see each client's own address (`src/http1.rs` gives it to them): the login rate
+/// limit, a bucket of attempts per client IP, holds one client back and not another. Without
+/// the address every client would share one bucket.
+#[tokio::test]
+async fn the_login_rate_limit_is_per_client_address() {
+    let s = start(&[]).await;
+    let url = format!("{}/sessions", s.http_url());
+    let from = |ip: [u8; 4]| {
+        reqwest::Client::builder()
+            .no_proxy()
+            .timeout(T)
+            .local_address(std::net::IpAddr::from(ip))
+            .build()
+            .expect("reqwest client")
+    };
+    let login = |client: &reqwest::Client| {
+        send(
+            client
+                .post(&url)
+                .json(&json!({"username": "nobody", "password": "wrong"})),
+        )
+    };
+    let first = from([127, 0, 0, 1]);
+    let mut statuses = Vec::new();
+    while statuses.last() != Some(&429) && statuses.len() < 20 {
+        statuses.push(login(&first).await.status);
+    }
+    let (last, before) = statuses.split_last().expect("one attempt at least");
+    assert!(
+        *last == 429 && !before.is_empty() && before.iter().all(|s| *s == 401),
+        "{statuses:?}"
+    );
+    let other = login(&from([127, 0, 0, 2])).await;
+    assert_eq!(
+        other.status, 401,
+        "another address has attempts left: {other:?}"
+    );
+    assert_eq!(
+        login(&first).await.status,
+        429,
+        "the first is still held back"
+    );
+    stop(s).await;
+}

@@ -1,0 +1,72 @@
+//! HTTP/1.1 on the HTTP listeners: one hyper connection per accepted socket.
+//!
+//! `axum::serve` does the same through hyper-util's HTTP/1-or-2 detection, which reads the first
+//! bytes of each connection into a buffer of its own and hands them to hyper ahead of the socket.
+//! hyper's first read then takes only those bytes, and its next one grows the 8 KiB read buffer
+//! to 16 KiB. The larger buffer stays with the connection while it is open: 8 KiB more for each
+//! SSE listener and each idle keep-alive client. Herald speaks HTTP/1.1 only (WebSockets are
+//! HTTP/1.1 upgrades), so it serves hyper's HTTP/1 connection directly and skips the detection.
+
+use std::net::SocketAddr;
+use std::pin::pin;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::serve::Listener;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+/// Serves `app` on every connection `listener` accepts until `stop` is cancelled, then asks each
+/// open connection to finish its request in flight and close, and returns once all have.
+///
+/// Handlers see the peer's address as `ConnectInfo<SocketAddr>` (the login rate limit is per
+/// client IP). A connection that cannot be served (a malformed request head, a reset) is logged
+/// at debug level; hyper answers what it can parse with a 4xx itself.
+pub(crate) async fn serve<L>(mut listener: L, app: Router, stop: CancellationToken)
+where
+    L: Listener<Addr = SocketAddr>,
+{
+    // Every connection task holds a receiver; `closed` resolves when the last one is dropped.
+    let (open_tx, open_rx) = watch::channel(());
+    let http = http1::Builder::new();
+    loop {
+        let (io, peer) = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let app = app.clone();
+        let service = service_fn(move |req: hyper::Request<Incoming>| {
+            let mut req = req.map(Body::new);
+            req.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(req)
+        });
+        let conn = http
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        let stop = stop.clone();
+        let open = open_rx.clone();
+        tokio::spawn(async move {
+            let mut conn = pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                () = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+            drop(open);
+        });
+    }
+    drop(open_rx);
+    open_tx.closed().await;
+}
