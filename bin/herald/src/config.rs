@@ -190,6 +190,14 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", value_name = "N")]
     max_connections: Option<usize>,
 
+    /// Seconds a connection to the HTTP listeners (--icepeak, --http, --metrics) gets to send a
+    /// complete request head, counted from when the server starts waiting for one: on a new
+    /// connection, and on a keep-alive one after each response. Past it the connection is
+    /// closed. A request being answered (a long poll, an SSE stream, a WebSocket) is not timed
+    /// by it. [default: 30]
+    #[arg(long, env = "HERALD_HTTP_IDLE_TIMEOUT", value_name = "SECONDS")]
+    http_idle_timeout: Option<u64>,
+
     /// What memory-only topics keep in memory together, in bytes, about: each keeps at most
     /// an equal share (at least 64 KiB, at most 32 MiB) of its newest events, its whole
     /// history. [default: 268435456]
@@ -314,6 +322,7 @@ struct FileConfig {
     allow_anonymous: Option<bool>,
     max_body_bytes: Option<usize>,
     max_connections: Option<usize>,
+    http_idle_timeout: Option<u64>,
     memory_only_budget: Option<usize>,
     durable_window_budget: Option<usize>,
     threads: Option<usize>,
@@ -358,6 +367,7 @@ pub(crate) struct Settings {
     pub(crate) allow_anonymous: bool,
     pub(crate) max_body_bytes: usize,
     pub(crate) max_connections: usize,
+    pub(crate) http_idle_timeout: u64,
     pub(crate) memory_only_budget: usize,
     pub(crate) durable_window_budget: usize,
     /// Worker threads of the async runtime; `None`: one per CPU.
@@ -468,6 +478,10 @@ impl Settings {
                 .max_connections
                 .or(file.max_connections)
                 .unwrap_or(100_000),
+            http_idle_timeout: args
+                .http_idle_timeout
+                .or(file.http_idle_timeout)
+                .unwrap_or(30),
             memory_only_budget: args
                 .memory_only_budget
                 .or(file.memory_only_budget)
@@ -545,6 +559,9 @@ impl Settings {
         }
         if self.mqtt_max_packet_size < 64 {
             bail!("--mqtt-max-packet-size must be at least 64 bytes");
+        }
+        if self.http_idle_timeout == 0 {
+            bail!("--http-idle-timeout must be at least 1 second");
         }
         if self.hpfeeds_backpressure_deadline == 0 {
             bail!("--hpfeeds-backpressure-deadline must be at least 1 second");
@@ -694,6 +711,7 @@ mod tests {
         );
         assert!(s.hpfeeds_env_auth);
         assert_eq!(s.hpfeeds_backpressure_deadline, 60);
+        assert_eq!(s.http_idle_timeout, 30);
     }
 
     #[test]
@@ -845,7 +863,8 @@ durable-window-budget = 2000
         let file = dir.path().join("herald.toml");
         std::fs::write(
             &file,
-            "data-dir = \"/tmp/x\"\nicepeak = \"127.0.0.1:4000\"\nhttp = \"off\"\nqueue-capacity = 7\n",
+            "data-dir = \"/tmp/x\"\nicepeak = \"127.0.0.1:4000\"\nhttp = \"off\"\nqueue-capacity = 7\n\
+             http-idle-timeout = 5\n",
         )
         .unwrap();
         let f = file.to_str().unwrap();
@@ -853,6 +872,7 @@ durable-window-budget = 2000
         assert_eq!(s.icepeak.to_string(), "127.0.0.1:5000");
         assert_eq!(s.http, Listen::Off);
         assert_eq!(s.queue_capacity, 7);
+        assert_eq!(s.http_idle_timeout, 5);
         assert_eq!(s.data_dir, PathBuf::from("/tmp/x"));
     }
 
@@ -887,5 +907,10 @@ durable-window-budget = 2000
         let err = load(&["--config", file.to_str().unwrap()]).unwrap_err();
         assert!(format!("{err:#}").contains("no-such-key"), "{err:#}");
         assert!(load(&["--icepeak", "off", "--http", "off"]).is_err());
+        let err = load(&["--http-idle-timeout", "0"]).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("--http-idle-timeout"),
+            "{err:#}"
+        );
     }
 }

@@ -6,9 +6,15 @@
 //! to 16 KiB. The larger buffer stays with the connection while it is open: 8 KiB more for each
 //! SSE listener and each idle keep-alive client. Herald speaks HTTP/1.1 only (WebSockets are
 //! HTTP/1.1 upgrades), so it serves hyper's HTTP/1 connection directly and skips the detection.
+//!
+//! A connection waiting for a request head (a new one, or a keep-alive one between requests)
+//! gets `--http-idle-timeout` to complete it and is closed past it, so clients that connect and
+//! send nothing, or trickle a head, do not keep a connection slot forever. A request being
+//! answered (a long poll, an SSE stream) is not timed by it.
 
 use std::net::SocketAddr;
 use std::pin::pin;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -17,7 +23,7 @@ use axum::serve::Listener;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -28,13 +34,19 @@ use tower::ServiceExt;
 /// Handlers see the peer's address as `ConnectInfo<SocketAddr>` (the login rate limit is per
 /// client IP). A connection that cannot be served (a malformed request head, a reset) is logged
 /// at debug level; hyper answers what it can parse with a 4xx itself.
-pub(crate) async fn serve<L>(mut listener: L, app: Router, stop: CancellationToken)
-where
+pub(crate) async fn serve<L>(
+    mut listener: L,
+    app: Router,
+    stop: CancellationToken,
+    idle_timeout: Duration,
+) where
     L: Listener<Addr = SocketAddr>,
 {
     // Every connection task holds a receiver; `closed` resolves when the last one is dropped.
     let (open_tx, open_rx) = watch::channel(());
-    let http = http1::Builder::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(idle_timeout);
     loop {
         let (io, peer) = tokio::select! {
             biased;

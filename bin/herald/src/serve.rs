@@ -131,6 +131,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let limit = ConnectionLimit::new(settings.max_connections);
+    let serving = Serving {
+        shutdown: shutdown.clone(),
+        limit: Some(limit.clone()),
+        idle_timeout: Duration::from_secs(settings.http_idle_timeout),
+    };
     let mut servers = tokio::task::JoinSet::new();
     let mut bound: BTreeMap<&'static str, SocketAddr> = BTreeMap::new();
 
@@ -151,7 +156,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             "icepeak",
             metrics.is_some(),
         );
-        let local = start(&mut servers, "icepeak", addr, app, &shutdown, Some(&limit)).await?;
+        let local = start(&mut servers, "icepeak", addr, app, &serving).await?;
         bound.insert("icepeak", local);
     }
     // One broker for --mqtt and MQTT over WebSocket on --http.
@@ -211,8 +216,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             "http",
             addr,
             app,
-            &shutdown,
-            Some(&limit),
+            &serving,
             settings.http_tls.as_ref(),
         )
         .await?;
@@ -259,8 +263,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             "metrics",
             addr,
             metrics_router(handle),
-            &shutdown,
-            None,
+            &Serving {
+                shutdown: serving.shutdown.clone(),
+                limit: None,
+                idle_timeout: serving.idle_timeout,
+            },
         )
         .await?;
         bound.insert("metrics", local);
@@ -393,16 +400,25 @@ async fn start_hpfeeds(
     Ok(local)
 }
 
+/// What every HTTP listener shares.
+struct Serving {
+    /// Cancelled on SIGINT/SIGTERM.
+    shutdown: CancellationToken,
+    /// The cap on open connections, for the data listeners (the metrics listener has none).
+    limit: Option<ConnectionLimit>,
+    /// `--http-idle-timeout`.
+    idle_timeout: Duration,
+}
+
 /// Binds `addr` and serves `app` until `shutdown` is cancelled.
 async fn start(
     servers: &mut tokio::task::JoinSet<()>,
     name: &'static str,
     addr: SocketAddr,
     app: Router,
-    shutdown: &CancellationToken,
-    limit: Option<&ConnectionLimit>,
+    serving: &Serving,
 ) -> anyhow::Result<SocketAddr> {
-    start_with_tls(servers, name, addr, app, shutdown, limit, None).await
+    start_with_tls(servers, name, addr, app, serving, None).await
 }
 
 /// [`start`], over TLS when `tls` is given.
@@ -411,22 +427,21 @@ async fn start_with_tls(
     name: &'static str,
     addr: SocketAddr,
     app: Router,
-    shutdown: &CancellationToken,
-    limit: Option<&ConnectionLimit>,
+    serving: &Serving,
     tls: Option<&herald_tls::TlsFiles>,
 ) -> anyhow::Result<SocketAddr> {
+    let (stop, idle) = (serving.shutdown.clone(), serving.idle_timeout);
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot bind the {name} listener to {addr}"))?;
     let local = listener.local_addr()?;
     tracing::info!(listener = name, addr = %local, tls = tls.is_some(), "listening");
     if let Some(files) = tls {
-        let tls_listener = TlsListener::new(listener, files.clone(), name, shutdown.clone())
+        let tls_listener = TlsListener::new(listener, files.clone(), name, stop.clone())
             .map_err(|e| anyhow::anyhow!("--{name}-tls-cert / --{name}-tls-key: {e}"))?;
-        let stop = shutdown.clone();
-        match limit {
-            Some(limit) => servers.spawn(http1::serve(limit.wrap(tls_listener), app, stop)),
-            None => servers.spawn(http1::serve(tls_listener, app, stop)),
+        match &serving.limit {
+            Some(limit) => servers.spawn(http1::serve(limit.wrap(tls_listener), app, stop, idle)),
+            None => servers.spawn(http1::serve(tls_listener, app, stop, idle)),
         };
         return Ok(local);
     }
@@ -437,10 +452,9 @@ async fn start_with_tls(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    let stop = shutdown.clone();
-    match limit {
-        Some(limit) => servers.spawn(http1::serve(limit.wrap(listener), app, stop)),
-        None => servers.spawn(http1::serve(listener, app, stop)),
+    match &serving.limit {
+        Some(limit) => servers.spawn(http1::serve(limit.wrap(listener), app, stop, idle)),
+        None => servers.spawn(http1::serve(listener, app, stop, idle)),
     };
     Ok(local)
 }
