@@ -190,11 +190,12 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", value_name = "N")]
     max_connections: Option<usize>,
 
-    /// Seconds a connection to the HTTP listeners (--icepeak, --http, --metrics) gets to send a
-    /// complete request head, counted from when the server starts waiting for one: on a new
-    /// connection, and on a keep-alive one after each response. Past it the connection is
-    /// closed. A request being answered (a long poll, an SSE stream, a WebSocket) is not timed
-    /// by it. [default: 30]
+    /// Seconds a client of the HTTP listeners (--icepeak, --http, --metrics) may keep the server
+    /// waiting for what it owes: a complete request head, counted from when the server starts
+    /// waiting for one (on a new connection, and on a keep-alive one after each response; past
+    /// it the connection is closed), and the next piece of a request body (past it the request
+    /// gets 408). A request being answered (a long poll, an SSE stream, a WebSocket) is not
+    /// timed by it. [default: 30]
     #[arg(long, env = "HERALD_HTTP_IDLE_TIMEOUT", value_name = "SECONDS")]
     http_idle_timeout: Option<u64>,
 

@@ -7,10 +7,12 @@
 //! SSE listener and each idle keep-alive client. Herald speaks HTTP/1.1 only (WebSockets are
 //! HTTP/1.1 upgrades), so it serves hyper's HTTP/1 connection directly and skips the detection.
 //!
-//! A connection waiting for a request head (a new one, or a keep-alive one between requests)
-//! gets `--http-idle-timeout` to complete it and is closed past it, so clients that connect and
-//! send nothing, or trickle a head, do not keep a connection slot forever. A request being
-//! answered (a long poll, an SSE stream) is not timed by it.
+//! `--http-idle-timeout` bounds how long a client that owes the server bytes may keep it
+//! waiting, so clients that connect and send nothing, or trickle a request, do not hold a
+//! connection slot and a handler forever: a connection waiting for a request head (a new one, or
+//! a keep-alive one between requests) is closed when the head is not complete in time, and a
+//! request body from which nothing arrives for that long fails (`herald_httpkit::StallGuard`;
+//! the handler answers 408). A request being answered (a long poll, an SSE stream) is not timed.
 
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -20,6 +22,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::serve::Listener;
+use herald_httpkit::StallGuard;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -55,7 +58,7 @@ pub(crate) async fn serve<L>(
         };
         let app = app.clone();
         let service = service_fn(move |req: hyper::Request<Incoming>| {
-            let mut req = req.map(Body::new);
+            let mut req = req.map(|body| Body::new(StallGuard::new(body, idle_timeout)));
             req.extensions_mut().insert(ConnectInfo(peer));
             app.clone().oneshot(req)
         });

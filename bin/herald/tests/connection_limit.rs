@@ -1,5 +1,6 @@
 //! `--max-connections`: at the cap, new connections wait to be served until one closes.
-//! `--http-idle-timeout`: a connection waiting too long for a request head is closed.
+//! `--http-idle-timeout`: a connection waiting too long for a request head is closed, and a
+//! request body from which nothing arrives for that long gets 408.
 
 mod common;
 
@@ -78,8 +79,17 @@ async fn until_closed(stream: &mut TcpStream) -> (Vec<u8>, Instant) {
     }
 }
 
+/// A PUT of `body` to `path` on the Icepeak listener: the request head alone.
+fn put_head(path: &str, body: &[u8]) -> String {
+    format!(
+        "PUT {path} HTTP/1.1\r\nHost: herald\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+}
+
 #[tokio::test]
-async fn connections_waiting_for_a_request_head_are_closed_after_the_idle_timeout() {
+async fn clients_that_keep_the_server_waiting_are_cut_off_after_the_idle_timeout() {
     let s = Server::start(bin(), &["--http-idle-timeout", "1"])
         .await
         .unwrap();
@@ -91,17 +101,21 @@ async fn connections_waiting_for_a_request_head_are_closed_after_the_idle_timeou
     let mut kept = connect_and_send(addr, b"GET /x HTTP/1.1\r\nHost: herald\r\n\r\n").await;
     let first = within("the answer", read_response(&mut kept)).await;
     assert_eq!(first.status, 404, "{first:?}");
-    // A request whose body is slow is being answered: the head timeout does not cut it.
-    let body = b"{\"slow\": true}";
-    let head = format!(
-        "PUT /slow HTTP/1.1\r\nHost: herald\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n",
-        body.len()
-    );
-    let mut slow = connect_and_send(addr, head.as_bytes()).await;
-    within("half a body", slow.write_all(&body[..4]))
+    // Sends part of a body and stops.
+    let mut stalled = connect_and_send(addr, put_head("/stalled", b"{\"a\": 1}").as_bytes()).await;
+    within("part of a body", stalled.write_all(b"{\"a\""))
         .await
         .unwrap();
+    // Sends a body slowly but steadily, over twice the timeout: it is answered.
+    let body = b"{\"steady\": true}";
+    let mut steady = connect_and_send(addr, put_head("/steady", body).as_bytes()).await;
+    let trickle = tokio::spawn(async move {
+        for piece in body.chunks(3) {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            steady.write_all(piece).await.unwrap();
+        }
+        steady
+    });
 
     for (what, stream) in [
         ("silent", &mut silent),
@@ -121,15 +135,22 @@ async fn connections_waiting_for_a_request_head_are_closed_after_the_idle_timeou
         );
     }
 
-    within("the rest of the body", slow.write_all(&body[4..]))
-        .await
-        .unwrap();
-    let answered = within("the slow PUT's answer", read_response(&mut slow)).await;
-    assert_eq!(answered.status, 202, "{answered:?}");
-    assert!(started.elapsed() > Duration::from_secs(1));
-    assert_eq!(
-        icepeak_get(&s, "/slow").await,
-        Some(serde_json::json!({"slow": true}))
+    let timed_out = within("the stalled PUT's answer", read_response(&mut stalled)).await;
+    assert_eq!(timed_out.status, 408, "{timed_out:?}");
+    assert!(
+        timed_out
+            .body_str()
+            .contains("nothing of the request body for 1 s"),
+        "{timed_out:?}"
     );
+    let mut steady = within("the trickle", trickle).await.unwrap();
+    let answered = within("the steady PUT's answer", read_response(&mut steady)).await;
+    assert_eq!(answered.status, 202, "{answered:?}");
+    assert!(started.elapsed() > Duration::from_secs(2));
+    assert_eq!(
+        icepeak_get(&s, "/steady").await,
+        Some(serde_json::json!({"steady": true}))
+    );
+    assert_eq!(icepeak_get(&s, "/stalled").await, None);
     s.stop().await.unwrap();
 }
