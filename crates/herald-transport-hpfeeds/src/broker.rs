@@ -938,7 +938,7 @@ impl Conn {
     /// engine gets copies: a publish appended at once gets its own, and a held run one
     /// allocation for all but its first publish (which may have been appended at once),
     /// made as it is released ([`NewEvent::own_data`]), unless it fills a good part of the
-    /// buffer ([`NewEvent::slices_pin_much`]): a busy publisher's runs keep their slices.
+    /// buffer ([`NewEvent::own_data_if_pinning`]): a busy publisher's runs keep their slices.
     async fn hold(&mut self, topic: Path, event: NewEvent) -> Option<End> {
         if let Some(held) = &mut self.held
             && held.topic == topic
@@ -972,12 +972,7 @@ impl Conn {
         let Held { topic, mut events } = self.held.take()?;
         // The first was copied as the run began (see `hold`).
         let rest = events.get_mut(1..).unwrap_or_default();
-        if NewEvent::slices_pin_much(
-            rest.iter().map(|e| e.data.len()).sum(),
-            self.rbuf_allocation,
-        ) {
-            NewEvent::own_data(rest);
-        }
+        NewEvent::own_data_if_pinning(rest, self.rbuf_allocation);
         let messages = events.len();
         let queued = match self
             .shared
@@ -1311,7 +1306,7 @@ async fn read_some<R: AsyncRead + Unpin>(
     if rbuf.capacity() != before {
         // A new allocation, or the old one reclaimed: its capacity is all of it (short of
         // what was consumed before the data when `reserve` grows it in place, which loosens
-        // the bound of `NewEvent::slices_pin_much` by that much).
+        // the bound of `NewEvent::own_data_if_pinning` by that much).
         *allocation = rbuf.capacity();
     }
     reader.read_buf(rbuf).await

@@ -47,7 +47,8 @@ struct Reader<S> {
     /// (see [`Outbox::uncounted`]).
     uncounted: u32,
     /// The size of the allocation `buf` reads into, as its capacity was when it was made (see
-    /// `read`): what a slice of it, a decoded payload, keeps alive (see [`Reader::pins_much`]).
+    /// `read`): what a slice of it, a decoded payload, keeps alive (see
+    /// [`NewEvent::own_data_if_pinning`]).
     allocation: u32,
 }
 
@@ -55,15 +56,6 @@ struct Reader<S> {
 const MIN_READ_ROOM: u32 = 64;
 /// The most a read asks for.
 const MAX_READ_ROOM: u32 = 64 * 1024;
-
-impl<S> Reader<S> {
-    /// Whether events whose data, `bytes` in all, are slices of the read buffer would keep
-    /// much more memory alive than their own bytes if they outlived the rest of it
-    /// ([`NewEvent::slices_pin_much`]): then they get a copy of their own.
-    fn pins_much(&self, bytes: usize) -> bool {
-        NewEvent::slices_pin_much(bytes, self.allocation as usize)
-    }
-}
 
 impl<S: AsyncRead> Reader<S> {
     /// The next packet; `Ok(None)` at end of stream.
@@ -112,7 +104,7 @@ impl<S: AsyncRead> Reader<S> {
             // A new allocation, or the old one reclaimed: its capacity is all of it. (When
             // bytes grows a buffer nobody else holds in place, for a packet larger than it,
             // the capacity leaves out the consumed bytes before the data, and the bound of
-            // `pins_much` is looser by that much.)
+            // `NewEvent::own_data_if_pinning` is looser by that much.)
             self.allocation = u32::try_from(self.buf.capacity()).unwrap_or(u32::MAX);
         }
         match self.rd.read_buf(&mut self.buf).await? {
@@ -374,7 +366,7 @@ fn route_of(subs: &[Subscription], access: &Access, topic: &Path) -> Route {
 
 /// QoS 0 publishes (not retained) to one topic, read one after the other. Their data are
 /// slices of the connection's read buffer, copied when the run goes to the engine if they
-/// would keep much of it alive (see [`Reader::pins_much`]).
+/// would keep much of it alive (see [`NewEvent::own_data_if_pinning`]).
 struct Held {
     topic: Path,
     events: Vec<NewEvent>,
@@ -1166,12 +1158,7 @@ where
         };
         let Held { topic, mut events } = *held;
         // The data are slices of the read buffer, which a window would keep whole.
-        if self
-            .reader
-            .pins_much(events.iter().map(|e| e.data.len()).sum())
-        {
-            NewEvent::own_data(&mut events);
-        }
+        NewEvent::own_data_if_pinning(&mut events, self.reader.allocation as usize);
         self.last_run = u16::try_from(events.len()).unwrap_or(u16::MAX);
         if events.capacity() > 2 * events.len() {
             // Shorter than the last run: the engine's queue is bounded in appends, and must

@@ -202,30 +202,43 @@ impl NewEvent {
     /// After this, the events keep only their own bytes (for as long as the last of them
     /// stays in a window).
     ///
-    /// See [`NewEvent::slices_pin_much`] for when a run of events is worth the copy.
+    /// See [`NewEvent::own_data_if_pinning`] for runs that are not always worth the copy.
     pub fn own_data(events: &mut [NewEvent]) {
-        let total: usize = events.iter().map(|e| e.data.len()).sum();
-        if total == 0 {
-            return;
-        }
-        let mut copy = BytesMut::with_capacity(total);
-        for e in events.iter() {
-            copy.extend_from_slice(&e.data);
-        }
-        let mut copy = copy.freeze();
-        for e in events.iter_mut() {
-            e.data = copy.split_to(e.data.len());
-        }
+        let total = data_len(events);
+        copy_data(events, total);
     }
 
-    /// Whether events whose data, `bytes` in all, are slices of a buffer whose allocation is
-    /// `allocation` bytes would keep much more memory alive than their own bytes if they
-    /// outlived the rest of the buffer (in a topic's window): more than 8 times. Such events
-    /// are worth copying with [`NewEvent::own_data`]; a run that fills a good part of its
-    /// buffer (a busy publisher's, the common case) is not, as copying every run costs a
-    /// busy publisher measurably (docs/benchmarks.md, "Read buffers kept by quiet topics").
-    pub fn slices_pin_much(bytes: usize, allocation: usize) -> bool {
-        bytes.saturating_mul(8) < allocation
+    /// [`NewEvent::own_data`], only when the events' data are slices of a buffer whose
+    /// allocation is `allocation` bytes and would keep much more of it alive than their own
+    /// bytes if they outlived the rest of it (in a topic's window): more than 8 times. A run
+    /// that fills a good part of its buffer (a busy publisher's, the common case) keeps its
+    /// slices, as copying every run costs a busy publisher measurably (docs/benchmarks.md,
+    /// "Read buffers kept by quiet topics").
+    pub fn own_data_if_pinning(events: &mut [NewEvent], allocation: usize) {
+        let total = data_len(events);
+        if total.saturating_mul(8) < allocation {
+            copy_data(events, total);
+        }
+    }
+}
+
+/// The bytes of all of `events`' data.
+fn data_len(events: &[NewEvent]) -> usize {
+    events.iter().map(|e| e.data.len()).sum()
+}
+
+/// Copies the data of `events`, `total` bytes in all, into one allocation they then share.
+fn copy_data(events: &mut [NewEvent], total: usize) {
+    if total == 0 {
+        return;
+    }
+    let mut copy = BytesMut::with_capacity(total);
+    for e in events.iter() {
+        copy.extend_from_slice(&e.data);
+    }
+    let mut copy = copy.freeze();
+    for e in events.iter_mut() {
+        e.data = copy.split_to(e.data.len());
     }
 }
 
@@ -1618,6 +1631,27 @@ mod tests {
         let mut empty = vec![NewEvent::json(Bytes::new())];
         NewEvent::own_data(&mut empty);
         assert!(empty[0].data.is_empty());
+    }
+
+    /// `own_data_if_pinning` copies only data that would keep more than 8 times its size of
+    /// the buffer alive.
+    #[test]
+    fn own_data_if_pinning_copies_only_small_slices_of_large_buffers() {
+        let buffer = Bytes::from(vec![7u8; 64]);
+        let inside = buffer.as_ptr_range();
+        let run = || {
+            vec![
+                NewEvent::json(buffer.slice(0..3)),
+                NewEvent::json(buffer.slice(10..15)),
+            ]
+        };
+        let mut kept = run();
+        NewEvent::own_data_if_pinning(&mut kept, 64);
+        assert!(kept.iter().all(|e| inside.contains(&e.data.as_ptr())));
+        let mut copied = run();
+        NewEvent::own_data_if_pinning(&mut copied, 65);
+        assert!(copied.iter().all(|e| !inside.contains(&e.data.as_ptr())));
+        assert_eq!(copied[1].data, buffer.slice(10..15));
     }
 
     /// The retention pass reads a bounded topic's log only when it may have something to
