@@ -130,10 +130,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
 
     let shutdown = CancellationToken::new();
-    let limit = ConnectionLimit::new(settings.max_connections);
     let serving = Serving {
         shutdown: shutdown.clone(),
-        limit: Some(limit.clone()),
+        limit: Some(ConnectionLimit::new(settings.max_connections)),
         idle_timeout: Duration::from_secs(settings.http_idle_timeout),
     };
     let mut servers = tokio::task::JoinSet::new();
